@@ -1,0 +1,173 @@
+"""Shared evidence: passes over the model that several checks read, each computed once per session.
+
+A provider is a function ``session -> value`` registered under a name with :func:`provider`. The session
+resets the model to the user's state before and after each provider, so providers never see each other's
+training. Instruments that want to ride along on a shared pass register a factory in
+``INIT_INSTRUMENTS`` or ``TRAIN_INSTRUMENTS``: ``factory(session) -> context manager`` with a
+``result()`` method, read back by checks as ``evidence.instruments[name]``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+PROVIDERS: dict[str, Callable] = {}
+INIT_INSTRUMENTS: dict[str, Callable] = {}
+TRAIN_INSTRUMENTS: dict[str, Callable] = {}
+
+#: batches in the instrumented pass at initialization
+INIT_BATCHES = 4
+#: optimizer steps in the shared training probe
+TRAIN_STEPS = 24
+
+
+def provider(name: str):
+    def register(fn):
+        PROVIDERS[name] = fn
+        return fn
+
+    return register
+
+
+def _cpu_capped(obj: Any, limit: int = 1 << 22) -> Any:
+    """A detached host copy of a tensor (or structure), None when it is larger than ``limit`` elements."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu") if obj.numel() <= limit else None
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_capped(v, limit) for v in obj) if not hasattr(obj, "_fields") else obj
+    if isinstance(obj, dict):
+        return {k: _cpu_capped(v, limit) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def _instruments(factories: dict, session) -> Any:
+    active = {}
+    with contextlib.ExitStack() as stack:
+        for name, factory in factories.items():
+            active[name] = stack.enter_context(factory(session))
+        yield active
+
+
+@dataclass
+class InitPass:
+    """Forward and backward passes at initialization (train mode), over the first batches of the pool."""
+
+    losses: list[float]
+    outputs: list  # host copies of each batch's outputs (None where too large)
+    targets: list
+    batch_sizes: list[int]
+    grads_finite: bool
+    instruments: dict = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        return float(sum(self.losses) / len(self.losses))
+
+
+@provider("init_pass")
+def init_pass(session, batches: int = INIT_BATCHES) -> InitPass:
+    model = session.model
+    model.train()
+    losses, outputs_kept, targets_kept, sizes = [], [], [], []
+    n = min(batches, len(session.pool))
+    finite = torch.ones((), dtype=torch.bool, device=session.device)
+    with _instruments(INIT_INSTRUMENTS, session) as active:
+        for i in range(n):
+            batch = session.batch(i)
+            model.zero_grad(set_to_none=True)
+            loss, outputs, targets = session.forward_loss(batch)
+            if loss.requires_grad:
+                loss.backward()
+            losses.append(loss.detach())
+            outputs_kept.append(_cpu_capped(outputs))
+            targets_kept.append(_cpu_capped(targets))
+            from .session import batch_size_of
+
+            sizes.append(batch_size_of(targets) or batch_size_of(batch) or 0)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        results = {name: inst.result() for name, inst in active.items()}
+    model.zero_grad(set_to_none=True)
+    return InitPass(losses=torch.stack(losses).float().cpu().tolist(), outputs=outputs_kept, targets=targets_kept,
+                    batch_sizes=sizes, grads_finite=bool(finite), instruments=results)
+
+
+@dataclass
+class TrainProbe:
+    """A short real training run with the user's optimizer and learning rate, from the user's state."""
+
+    steps: int
+    lr: Optional[float]
+    losses: list[float]
+    grad_norm: list[float]  # total gradient norm per step (before the optimizer step)
+    param_names: list[str]
+    param_grad_norms: list[list[float]]  # [step][param]; nan where the parameter got no gradient
+    update_steps: list[int]  # steps at which update ratios were measured
+    update_ratios: list[list[float]]  # [measured step][param]: ||delta w|| / ||w||
+    no_grad: list[str]  # trainable parameters that never received a gradient
+    not_in_optimizer: list[str]  # trainable parameters the optimizer does not hold
+    frozen: list[str]  # parameters with requires_grad=False
+    trained_state: dict = field(default_factory=dict)  # name -> host tensor after the probe
+    instruments: dict = field(default_factory=dict)
+
+
+@provider("train_probe")
+def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] = None) -> TrainProbe:
+    from .session import lr_of
+
+    model = session.model
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters()]
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    names = [n for n, _ in trainable]
+    params = [p for _, p in trainable]
+    optimizer = session.make_optimizer()
+    in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    measure_every = measure_every or max(1, steps // 6)
+    losses, totals, per_param, ratio_rows, ratio_steps = [], [], [], [], []
+    got_grad = [False] * len(params)
+    zero = torch.zeros((), device=session.device)
+    masks: list[list[bool]] = []
+    with _instruments(TRAIN_INSTRUMENTS, session) as active:
+        for step in range(steps):
+            batch = session.batch(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _, _ = session.forward_loss(batch)
+            if loss.requires_grad:
+                loss.backward()
+            has = [p.grad is not None for p in params]
+            norms = torch.stack([p.grad.detach().float().norm() if h else zero for p, h in zip(params, has)]) \
+                if params else zero.reshape(0)
+            got_grad = [g or h for g, h in zip(got_grad, has)]
+            masks.append(has)
+            losses.append(loss.detach().float())
+            totals.append(norms.pow(2).sum().sqrt())  # a NaN gradient makes the total NaN
+            per_param.append(norms)
+            measure = step % measure_every == 0 or step == steps - 1
+            if measure:
+                before = [p.detach().clone() for p in params]
+            optimizer.step()
+            if measure:
+                ratio_steps.append(step)
+                ratio_rows.append(torch.stack([
+                    (p.detach() - b).float().norm() / b.float().norm().clamp_min(1e-12)
+                    for p, b in zip(params, before)]) if params else torch.zeros(0))
+                del before
+        results = {name: inst.result() for name, inst in active.items()}
+    # one host transfer for everything recorded on the device
+    host = lambda xs: torch.stack(xs).cpu().tolist() if xs else []  # noqa: E731
+    trained = {n: p.detach().to("cpu", copy=True) for n, p in named}
+    got = got_grad
+    return TrainProbe(
+        steps=steps, lr=lr_of(optimizer), losses=host(losses), grad_norm=host(totals), param_names=names,
+        param_grad_norms=[[v if h else float("nan") for v, h in zip(row, m)]
+                          for row, m in zip(host(per_param), masks)], update_steps=ratio_steps, update_ratios=host(ratio_rows),
+        no_grad=[n for n, g in zip(names, got) if not g],
+        not_in_optimizer=[n for n, p in trainable if id(p) not in in_opt],
+        frozen=[n for n, p in named if not p.requires_grad],
+        trained_state=trained, instruments=results)

@@ -1,0 +1,1 @@
+"""Renderers: terminal, HTML, JSON and CSV views of a report. They compute nothing."""

@@ -1,0 +1,114 @@
+"""The runner: selects checks, runs each in isolation inside the session, and gathers the report."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+import traceback
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+
+from . import __version__
+from .checklist import CHECKLIST, by_id
+from .checklist.base import Check
+from .errors import SkipCheck, UsageError
+from .report import CheckResult, Report
+from .session import Session
+from .target import Target
+
+ProgressFn = Callable[[str, str, Optional[CheckResult]], None]  # (event, check id, result)
+
+
+def select_checks(select: Optional[Iterable[str]] = None, ignore: Optional[Iterable[str]] = None,
+                  options: Optional[Mapping[str, Mapping]] = None) -> list[Check]:
+    """Instantiate the checklist in order, filtered by id, with per-check threshold overrides."""
+    known = [c.id for c in CHECKLIST]
+    select = _ids(select, known, "--select")
+    ignore = _ids(ignore, known, "--ignore")
+    options = dict(options or {})
+    for cid in options:
+        if cid not in known:
+            raise UsageError(f"options: unknown check id {cid!r}; the checks are: {', '.join(known)}")
+    checks = []
+    for cls in CHECKLIST:
+        if (select and cls.id not in select) or cls.id in ignore:
+            continue
+        opts = dict(options.get(cls.id, {}))
+        names = {name for name, *_ in cls.thresholds()}
+        bad = sorted(set(opts) - names)
+        if bad:
+            raise UsageError(f"options[{cls.id!r}]: unknown threshold {bad[0]!r}; {cls.id} takes: "
+                             f"{', '.join(sorted(names)) or 'none'}")
+        checks.append(cls(**opts))
+    return checks
+
+
+def _ids(values: Optional[Iterable[str]], known: Sequence[str], flag: str) -> set[str]:
+    out = set()
+    for v in values or ():
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part not in known:
+                raise UsageError(f"{flag}: unknown check id {part!r}; the checks are: {', '.join(known)}")
+            out.add(part)
+    return out
+
+
+def run_check(check: Check, session: Session) -> CheckResult:
+    """Run one check; a crash becomes status 'error' with its traceback, a SkipCheck becomes 'skip'."""
+    t0 = time.perf_counter()
+    try:
+        result = check.run(session)
+        if not isinstance(result, CheckResult):
+            raise TypeError(f"{type(check).__name__}.run returned {type(result).__name__}, not a CheckResult")
+    except SkipCheck as skip:
+        result = check.result("skip", skip.reason)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        result = check.result("error", f"the check crashed: {type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc())
+    finally:
+        session.reset()  # a check that trained leaves nothing behind for the next one
+    return result.replace(duration_s=round(time.perf_counter() - t0, 4))
+
+
+def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=None, ignore=None,
+               options: Optional[Mapping[str, Mapping]] = None, where: Optional[str] = None,
+               progress: Optional[ProgressFn] = None, max_batches: Optional[int] = None) -> Report:
+    """Check one target and return its report. Ctrl-C returns a partial report marked ``interrupted``."""
+    checks = select_checks(select, ignore, options)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    results: list[CheckResult] = []
+    interrupted = False
+    kwargs = {} if max_batches is None else {"max_batches": max_batches}
+    session = Session(target, device=device, seed=seed, where=where, **kwargs)
+    t0 = time.perf_counter()
+    with session:
+        try:
+            for check in checks:
+                if progress:
+                    progress("start", check.id, None)
+                result = run_check(check, session)
+                results.append(result)
+                if progress:
+                    progress("done", check.id, result)
+        except KeyboardInterrupt:
+            interrupted = True
+    run = {
+        "babysitter": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(session.device),
+        "seed": seed,
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "timings_s": {k: round(v, 4) for k, v in session.timings.items()},
+        "selected": [c.id for c in checks],
+        **session.facts,
+    }
+    return Report(target=target.name or "target", checks=tuple(results), run=run, interrupted=interrupted)

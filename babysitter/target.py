@@ -1,0 +1,293 @@
+"""Targets: what a user hands babysitter, how they are found, loaded and validated.
+
+A target is a function with no arguments returning a :class:`Target` or a plain dict with the same
+fields. ``babysit check`` discovers ``checks/*.py`` (each file's ``babysit()``), or takes ``FILE.py``,
+``FILE.py:func``, ``package.module:func`` or a directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from .errors import NoTargetsError, TargetError
+
+#: the function ``babysit check`` looks for in a file when none is named
+DEFAULT_FUNCTION = "babysit"
+#: the folder discovered when ``babysit check`` gets no path
+DEFAULT_DIR = "checks"
+#: batch size used to split a tuple ``(X, y)`` of tensors when ``batch_size`` is not given
+DEFAULT_BATCH_SIZE = 64
+
+FIELDS = ("model", "data", "loss_fn", "optimizer", "forward", "batch_size", "name")
+REQUIRED = ("model", "data", "loss_fn")
+
+
+@dataclass
+class Target:
+    """Everything babysitter needs to check a training setup.
+
+    Attributes:
+        model: the ``nn.Module`` about to be trained.
+        data: a DataLoader or any iterable of batches, or a tuple ``(X, y)`` of tensors (split into
+            batches of ``batch_size`` for you). A batch is ``(inputs, targets)`` (or ``(*inputs, targets)``)
+            unless ``forward`` says otherwise.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
+        optimizer: the user's real optimizer settings: a factory ``params -> torch.optim.Optimizer``, or an
+            optimizer instance over the model's parameters (its state is restored afterwards). When absent,
+            babysitter uses Adam(lr=1e-3), PyTorch's default Adam, and says so in the report.
+        forward: ``forward(model, batch) -> (outputs, targets)`` for batches of any other shape (dicts,
+            HuggingFace models).
+        batch_size: only for tuple data.
+        name: the name used for the report folder; defaults to the file's stem.
+    """
+
+    model: nn.Module
+    data: Any
+    loss_fn: Callable
+    optimizer: Optional[Any] = None
+    forward: Optional[Callable] = None
+    batch_size: Optional[int] = None
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        validate(self)
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """The optimizer used when a target gives none: Adam with PyTorch's default settings."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__module__.replace("builtins", "").strip(".") + ("." if type(value).__module__ != "builtins" else "") + type(value).__qualname__
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises must not hide the real message
+        text = f"<{type(value).__qualname__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate(target: Target, where: str | None = None) -> None:
+    """Check field types up front; raises :class:`TargetError` naming the field and the value."""
+    where = where or (target.name and f"target '{target.name}'") or None
+    if not isinstance(target.model, nn.Module):
+        raise TargetError(f"expected a torch.nn.Module, got {_type_name(target.model)}: {_short(target.model)}",
+                          where=where, field="model")
+    if target.data is None:
+        raise TargetError("is missing (None): give a DataLoader, an iterable of batches, or a tuple (X, y) of tensors",
+                          where=where, field="data")
+    if isinstance(target.data, tuple) and len(target.data) == 2 and all(isinstance(t, torch.Tensor) for t in target.data):
+        x, y = target.data
+        if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+            raise TargetError(
+                f"tuple (X, y) needs tensors with the same first (example) dimension, got X{tuple(x.shape)} "
+                f"and y{tuple(y.shape)}", where=where, field="data")
+        if x.shape[0] == 0:
+            raise TargetError("tuple (X, y) holds no examples (X has shape "
+                              f"{tuple(x.shape)})", where=where, field="data")
+    elif isinstance(target.data, (str, bytes, torch.Tensor)) or not _is_iterable(target.data):
+        raise TargetError(f"expected a DataLoader, an iterable of batches or a tuple (X, y) of tensors, got "
+                          f"{_type_name(target.data)}: {_short(target.data)}", where=where, field="data")
+    if not callable(target.loss_fn):
+        raise TargetError(f"expected a callable loss_fn(outputs, targets) -> scalar tensor, got "
+                          f"{_type_name(target.loss_fn)}: {_short(target.loss_fn)}", where=where, field="loss_fn")
+    opt = target.optimizer
+    if opt is not None and not (callable(opt) or isinstance(opt, torch.optim.Optimizer)):
+        raise TargetError(f"expected a factory params -> torch.optim.Optimizer (for example "
+                          f"lambda params: torch.optim.SGD(params, lr=0.1)) or an optimizer, got "
+                          f"{_type_name(opt)}: {_short(opt)}", where=where, field="optimizer")
+    if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
+        pass  # a class is a factory too: Adam(params) with its defaults
+    if target.forward is not None and not callable(target.forward):
+        raise TargetError(f"expected a callable forward(model, batch) -> (outputs, targets), got "
+                          f"{_type_name(target.forward)}: {_short(target.forward)}", where=where, field="forward")
+    if target.batch_size is not None and (not isinstance(target.batch_size, int) or isinstance(target.batch_size, bool)
+                                          or target.batch_size < 1):
+        raise TargetError(f"expected a positive int, got {_short(target.batch_size)}", where=where, field="batch_size")
+
+
+def _is_iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def coerce(value: Any, *, where: str, default_name: str) -> Target:
+    """Turn what a target function returned (a Target or a dict) into a validated Target."""
+    if isinstance(value, Target):
+        target = value
+    elif isinstance(value, dict):
+        unknown = sorted(set(value) - set(FIELDS))
+        if unknown:
+            raise TargetError(f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+                              f"{', '.join(FIELDS)}", where=where)
+        missing = [f for f in REQUIRED if f not in value]
+        if missing:
+            raise TargetError(f"required field '{missing[0]}' is missing; a target needs "
+                              f"{', '.join(REQUIRED)} (optimizer and forward are optional)", where=where)
+        target = Target.__new__(Target)
+        for f in dataclasses.fields(Target):
+            setattr(target, f.name, value.get(f.name, None))
+    else:
+        raise TargetError(f"the target function returned {_type_name(value)}: {_short(value)}; it must return "
+                          f"a babysitter.Target or a dict with fields model, data, loss_fn (and optionally "
+                          f"optimizer, forward)", where=where)
+    if target.name is None:
+        target.name = default_name
+    validate(target, where=where)
+    return target
+
+
+# -- finding and loading ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetRef:
+    """Where a target lives: a file or module, and the function in it."""
+
+    source: str  # a file path or a dotted module name
+    function: str
+    is_file: bool
+
+    @property
+    def name(self) -> str:
+        stem = Path(self.source).stem if self.is_file else self.source.rsplit(".", 1)[-1]
+        return stem if self.function == DEFAULT_FUNCTION else f"{stem}-{self.function}"
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.function}"
+
+
+def discover(specs: Iterable[str] = (), root: Path | None = None) -> list[TargetRef]:
+    """Resolve command-line specs into target references; no specs means ``checks/*.py``."""
+    root = Path.cwd() if root is None else root
+    specs = list(specs)
+    if not specs:
+        folder = root / DEFAULT_DIR
+        if not folder.is_dir():
+            raise NoTargetsError(f"no targets: there is no '{DEFAULT_DIR}/' folder in {root}; write "
+                                 f"{DEFAULT_DIR}/my_model.py with a function {DEFAULT_FUNCTION}(), or pass FILE.py[:func]")
+        refs = _discover_dir(folder)
+        if not refs:
+            raise NoTargetsError(f"no targets: {folder} holds no .py file (files starting with '_' are skipped)")
+        return refs
+    refs: list[TargetRef] = []
+    for spec in specs:
+        refs.extend(_resolve(spec, root))
+    return refs
+
+
+def _discover_dir(folder: Path) -> list[TargetRef]:
+    return [TargetRef(str(p), DEFAULT_FUNCTION, True)
+            for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+
+
+def _resolve(spec: str, root: Path) -> list[TargetRef]:
+    path_part, _, func = spec.partition(":")
+    if len(path_part) == 1 and func and ("\\" in func or "/" in func):  # a Windows drive letter, C:\...
+        path_part, _, func = spec.rpartition(":") if spec.count(":") > 1 else (spec, "", "")
+    path = Path(path_part)
+    if not path.is_absolute():
+        path = root / path
+    looks_like_file = path_part.endswith(".py") or "/" in path_part or "\\" in path_part
+    if path.is_dir():
+        if func:
+            raise TargetError(f"'{spec}' names a folder and a function; name a file: FOLDER/FILE.py:{func}")
+        refs = _discover_dir(path)
+        if not refs:
+            raise NoTargetsError(f"no targets: {path_part} holds no .py file")
+        return refs
+    if looks_like_file:
+        if not path.is_file():
+            raise TargetError(f"file not found: {path_part}", where=spec,
+                              hint="give FILE.py, FILE.py:function or package.module:function")
+        return [TargetRef(str(path), func or DEFAULT_FUNCTION, True)]
+    if not func:
+        raise TargetError(f"'{spec}' is neither a file nor a folder; for a module name the function too: "
+                          f"package.module:function")
+    return [TargetRef(path_part, func, False)]
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: str):
+    """Put the target's folder first on sys.path while it is imported and called (sibling imports work)."""
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+
+
+def _user_frames_message(exc: BaseException) -> str:
+    """The exception's last line and the innermost frame in the user's code."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    frame = tb[-1] if tb else None
+    where = f" (at {frame.filename}:{frame.lineno}, in {frame.name})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def load(ref: TargetRef) -> Target:
+    """Import the file or module and call its target function; every failure becomes a TargetError."""
+    where = ref.source
+    folder = str(Path(ref.source).resolve().parent) if ref.is_file else str(Path.cwd())
+    with _on_sys_path(folder):
+        try:
+            if ref.is_file:
+                module_name = f"babysitter_target_{abs(hash(str(Path(ref.source).resolve())))}"
+                spec = importlib.util.spec_from_file_location(module_name, ref.source)
+                if spec is None or spec.loader is None:
+                    raise TargetError("cannot be imported as a Python file", where=where)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                finally:
+                    sys.modules.pop(module_name, None)
+            else:
+                module = importlib.import_module(ref.source)
+        except SyntaxError as exc:
+            raise TargetError(f"syntax error at line {exc.lineno}: {exc.msg}"
+                              + (f"\n    {exc.text.rstrip()}" if exc.text else ""),
+                              where=f"{exc.filename or where}") from exc
+        except TargetError:
+            raise
+        except ModuleNotFoundError as exc:
+            if not ref.is_file and exc.name and ref.source.startswith(exc.name):
+                raise TargetError(f"module '{ref.source}' not found (is it installed or on PYTHONPATH?)",
+                                  where=str(ref)) from exc
+            raise TargetError(f"importing it failed: {_user_frames_message(exc)}", where=where) from exc
+        except Exception as exc:
+            raise TargetError(f"importing it failed: {_user_frames_message(exc)}", where=where) from exc
+        fn = getattr(module, ref.function, None)
+        if fn is None:
+            available = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                               and getattr(v, "__module__", None) == module.__name__)
+            raise TargetError(f"has no function '{ref.function}()'"
+                              + (f"; functions defined there: {', '.join(available)}" if available else ""),
+                              where=where, hint=f"define def {ref.function}(): return dict(model=..., data=..., "
+                                                f"loss_fn=..., optimizer=...)")
+        if not callable(fn):
+            raise TargetError(f"'{ref.function}' is a {_type_name(fn)}, not a function", where=where)
+        try:
+            value = fn()
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"calling {ref.function}() raised {_user_frames_message(exc)}", where=where) from exc
+    return coerce(value, where=where, default_name=ref.name)
