@@ -113,9 +113,13 @@ class Snapshot:
     def restore_model(self, onto: Optional[torch.device] = None) -> None:
         self.model_state.restore(onto)
 
+    def restore_optimizer(self) -> None:
+        """Load a copy of the saved state (load_state_dict may alias the tensors it is given)."""
+        if self.optimizer is not None:
+            # load_state_dict casts state tensors onto each parameter's device; bitwise for equal dtypes
+            self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+
     def restore(self) -> None:
         self.restore_model()
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
-            # load_state_dict casts state tensors onto each parameter's device; bitwise for equal dtypes
+        self.restore_optimizer()
         self.rng.restore()

@@ -165,15 +165,13 @@ class Session:
             return
         if devices and self.model_device != self.device:
             self.model.to(self.device)
-        if self._user_optimizer is not None:  # put its state on the parameters' device
-            self._user_optimizer.load_state_dict(self._snapshot.optimizer_state)
+        self._snapshot.restore_optimizer()  # puts a user optimizer's state on the parameters' device
 
     def reset(self) -> None:
         """Back to the state the user handed over (model, optimizer, modes), on the session's device, reseeded."""
         snap = self._snapshot
         snap.restore_model(onto=self.device if self.model_device is not None else None)
-        if self._user_optimizer is not None:
-            self._user_optimizer.load_state_dict(snap.optimizer_state)
+        snap.restore_optimizer()
         seed_everything(self.seed)
 
     # -- data -------------------------------------------------------------------------------------
@@ -248,7 +246,7 @@ class Session:
         sandbox restores it at the end).
         """
         if params is None and self._user_optimizer is not None:
-            self._user_optimizer.load_state_dict(self._snapshot.optimizer_state)
+            self._snapshot.restore_optimizer()
             return self._user_optimizer
         params = list(self.model.parameters()) if params is None else params
         return self.optimizer_factory(params)

@@ -1,0 +1,159 @@
+"""The ``babysit`` command: ``check``, ``list`` and ``explain``. Exit codes follow pytest (see errors.ExitCode)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table as RichTable
+
+from . import __version__
+from .errors import BabysitterError, ExitCode, TargetError
+
+DEFAULT_OUT = "reports"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="babysit", description="Pre-flight checks for a PyTorch training run.")
+    p.add_argument("--version", action="version", version=f"babysitter {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    c = sub.add_parser("check", help="run the checklist on targets (default: checks/*.py)")
+    c.add_argument("targets", nargs="*", metavar="TARGET",
+                   help="FILE.py, FILE.py:func, package.module:func or a folder (default: checks/)")
+    c.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    c.add_argument("--seed", type=int, default=0, help="seed for every random choice of the checks (default 0)")
+    c.add_argument("--select", action="append", default=[], metavar="IDS", help="only these check ids (comma list)")
+    c.add_argument("--ignore", action="append", default=[], metavar="IDS", help="skip these check ids (comma list)")
+    c.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help="where reports go, one folder per target (default: reports/)")
+    c.add_argument("--no-report", action="store_true", help="print only; write no files")
+    c.add_argument("--strict", action="store_true", help="treat warnings as failures (exit 1)")
+    c.add_argument("-v", "--verbose", action="store_true", help="tracebacks and every check's advice")
+    sub.add_parser("list", help="show the checklist")
+    e = sub.add_parser("explain", help="show a check's documentation")
+    e.add_argument("check_id", metavar="ID")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None, console: Optional[Console] = None) -> int:
+    console = console or Console(highlight=False)
+    err = Console(stderr=True, highlight=False) if console.file is sys.stdout else console
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list(console)
+        if args.command == "explain":
+            return _explain(console, args.check_id)
+        if args.command == "check":
+            return _check(args, console, err)
+        _parser().print_help()
+        return int(ExitCode.USAGE_ERROR)
+    except KeyboardInterrupt:
+        err.print("[bold yellow]interrupted[/]")
+        return int(ExitCode.INTERRUPTED)
+    except BabysitterError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        return int(exc.exit_code)
+
+
+def _list(console: Console) -> int:
+    from .checklist import CHECKLIST
+
+    table = RichTable(box=None, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("id", style="cyan")
+    table.add_column("what it answers")
+    for i, cls in enumerate(CHECKLIST, 1):
+        table.add_row(str(i), cls.id, cls.title)
+    console.print(table)
+    console.print("babysit explain ID shows a check's documentation", style="dim")
+    return int(ExitCode.OK)
+
+
+def _explain(console: Console, check_id: str) -> int:
+    from .checklist import CHECKLIST, by_id
+    from .errors import UsageError
+
+    try:
+        cls = by_id(check_id)
+    except KeyError:
+        raise UsageError(f"unknown check id {check_id!r}; the checks are: {', '.join(c.id for c in CHECKLIST)}")
+    console.print(cls.doc(), markup=False, highlight=False)
+    return int(ExitCode.OK)
+
+
+def _check(args, console: Console, err: Console) -> int:
+    from .render.terminal import progress_printer, render
+    from .runner import run_target, select_checks
+    from .target import discover, load
+
+    select_checks(args.select, args.ignore)  # bad ids are a usage error before anything is loaded
+    refs = discover(args.targets)
+    codes: list[ExitCode] = []
+    progress = progress_printer(console)
+    for ref in refs:
+        try:
+            target = load(ref)
+        except TargetError as exc:
+            _target_error(err, exc, args.verbose)
+            codes.append(ExitCode.USAGE_ERROR)
+            continue
+        console.print(f"[bold]checking[/] [cyan]{escape(target.name)}[/] [dim]({escape(str(ref))})[/]")
+        try:
+            status_cm = console.status("running checks…") if console.is_terminal else _null()
+            with status_cm:
+                report = run_target(target, device=args.device, seed=args.seed, select=args.select,
+                                    ignore=args.ignore, where=ref.source, progress=progress)
+        except TargetError as exc:
+            _target_error(err, exc, args.verbose)
+            codes.append(ExitCode.USAGE_ERROR)
+            continue
+        except BabysitterError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            err.print(f"[bold magenta]internal error[/] while checking {escape(str(ref))}:")
+            err.print(escape(traceback.format_exc()))
+            codes.append(ExitCode.INTERNAL_ERROR)
+            continue
+        saved = None
+        if not args.no_report:
+            folder = Path(args.out) / report.target
+            written = report.save(folder)
+            saved = str(written.get("html", folder))
+        render(report, console, saved_to=saved, verbose=args.verbose)
+        console.print()
+        if report.interrupted:
+            return int(ExitCode.INTERRUPTED)
+        bad = {"fail", "error"} | ({"warn"} if args.strict else set())
+        codes.append(ExitCode.CHECKS_FAILED if any(c.status in bad for c in report.checks) else ExitCode.OK)
+    for code in (ExitCode.INTERNAL_ERROR, ExitCode.USAGE_ERROR, ExitCode.CHECKS_FAILED):
+        if code in codes:
+            return int(code)
+    return int(ExitCode.OK)
+
+
+def _target_error(err: Console, exc: TargetError, verbose: bool) -> None:
+    err.print(f"[bold red]target error[/] {escape(str(exc))}")
+    if exc.__cause__ is not None:
+        if verbose:
+            err.print(escape("".join(traceback.format_exception(exc.__cause__))))
+        else:
+            err.print("  (run with -v for the traceback)", style="dim")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

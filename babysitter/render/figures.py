@@ -1,0 +1,94 @@
+"""Figures from plot data, through matplotlib's object API (no pyplot, no global state)."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Optional
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..report import Plot
+
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+_MARKER_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+
+
+def _finite(values) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def _pairs(xs, ys):
+    return [(float(x), float(y)) for x, y in zip(xs, ys)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(x) and math.isfinite(y)]
+
+
+def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
+    """Draw ``plot`` on ``ax`` (a new figure when None) and return the Figure."""
+    if ax is None:
+        fig = Figure(figsize=(6.4, 3.6), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+    fig = ax.figure
+    if plot.kind == "hist":
+        samples = [_finite(s.y) for s in plot.series]
+        pooled = [v for s in samples for v in s]
+        if pooled:
+            lo, hi = min(pooled), max(pooled)
+            if lo == hi:
+                lo, hi = lo - 0.5, hi + 0.5
+            for i, (s, vals) in enumerate(zip(plot.series, samples)):
+                if vals:
+                    ax.hist(vals, bins=plot.bins, range=(lo, hi), alpha=0.6 if len(samples) > 1 else 0.9,
+                            label=s.name, color=_COLORS[i % len(_COLORS)])
+    elif plot.kind == "bar":
+        n = max(len(plot.series), 1)
+        width = 0.8 / n
+        labels = [str(x) for x in plot.series[0].x] if plot.series else []
+        for i, s in enumerate(plot.series):
+            ys = [float(y) if isinstance(y, (int, float)) and math.isfinite(y) else 0.0 for y in s.y]
+            ax.bar([j + (i - (n - 1) / 2) * width for j in range(len(ys))], ys, width=width, label=s.name,
+                   color=_COLORS[i % len(_COLORS)])
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45 if max((len(x) for x in labels), default=0) > 6 else 0,
+                           ha="right", fontsize=7)
+    else:
+        for i, s in enumerate(plot.series):
+            pts = _pairs(s.x, s.y) if s.x else _pairs(range(len(s.y)), s.y)
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            if plot.kind == "scatter":
+                ax.scatter(xs, ys, s=12, label=s.name, color=_COLORS[i % len(_COLORS)])
+            else:
+                ax.plot(xs, ys, label=s.name, color=_COLORS[i % len(_COLORS)], lw=1.5)
+    for i, m in enumerate(plot.markers):
+        if not isinstance(m.value, (int, float)) or not math.isfinite(m.value):
+            continue
+        line = ax.axvline if m.axis == "x" else ax.axhline
+        line(m.value, color=_MARKER_COLORS[i % len(_MARKER_COLORS)], ls="--", lw=1.2, label=m.label)
+    if plot.log_x:
+        ax.set_xscale("log")
+    if plot.log_y:
+        ax.set_yscale("log")
+    ax.set_title(plot.title, fontsize=10)
+    ax.set_xlabel(plot.x_label, fontsize=9)
+    ax.set_ylabel(plot.y_label, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if len(plot.series) + len(plot.markers) > 1:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def to_png(plot: Plot) -> bytes:
+    fig = draw(plot)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

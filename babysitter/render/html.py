@@ -1,0 +1,89 @@
+"""A self-contained HTML report: inline CSS and figures, opens offline, every user string escaped."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+from ..report import CheckResult, Report, Table
+from .figures import to_png
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin:0} .sub{color:#666;font-size:.9em}
+.badge{display:inline-block;padding:.1em .6em;border-radius:.8em;color:#fff;font-weight:600;font-size:.85em}
+.pass{background:#2e7d32}.warn{background:#f9a825}.fail{background:#c62828}.skip{background:#9e9e9e}
+.error{background:#8e24aa}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em} td,th{border:1px solid #ddd;padding:.25em .6em;
+text-align:left;vertical-align:top} th{background:#f5f5f5}
+.check{border:1px solid #e0e0e0;border-radius:6px;margin:1em 0;padding:.8em 1em}
+.check summary{cursor:pointer;list-style:none} .check summary::-webkit-details-marker{display:none}
+.summary{margin:.3em 0 .2em 0} .advice li{margin:.2em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;
+font-size:.8em} img{max-width:100%;margin:.4em 0} .metrics td:first-child{font-family:monospace}
+.figs{display:flex;flex-wrap:wrap;gap:.5em} .figs img{max-width:540px}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        text = json.dumps(v)
+        return text if len(text) < 200 else text[:197] + "..."
+    return str(v)
+
+
+def _table(t: Table) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in t.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{esc(_fmt(v))}</td>" for v in r) + "</tr>" for r in t.rows)
+    return f"<h3>{esc(t.title)}</h3><table><tr>{head}</tr>{rows}</table>"
+
+
+def _check(c: CheckResult) -> str:
+    parts = [f'<details class="check" id="{esc(c.id)}" {"open" if c.status in ("warn", "fail", "error") else ""}>',
+             f'<summary><h2><span class="badge {esc(c.status)}">{esc(c.status.upper())}</span> '
+             f'{esc(c.title or c.id)} <span class="sub">{esc(c.id)} · {c.duration_s:.2f}s</span></h2>'
+             f'<p class="summary">{esc(c.summary)}</p></summary>']
+    if c.advice:
+        parts.append("<ul class='advice'>" + "".join(f"<li>{esc(a)}</li>" for a in c.advice) + "</ul>")
+    if c.notes:
+        parts.append("<p class='sub'>" + "<br>".join(esc(n) for n in c.notes) + "</p>")
+    if c.plots:
+        imgs = []
+        for p in c.plots:
+            data = base64.b64encode(to_png(p)).decode("ascii")
+            imgs.append(f'<img alt="{esc(p.title)}" src="data:image/png;base64,{data}">')
+        parts.append("<div class='figs'>" + "".join(imgs) + "</div>")
+    for t in c.tables:
+        parts.append(_table(t))
+    if c.metrics:
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in c.metrics.items())
+        parts.append(f"<h3>Metrics</h3><table class='metrics'>{rows}</table>")
+    if c.traceback:
+        parts.append(f"<h3>Traceback</h3><pre>{esc(c.traceback)}</pre>")
+    parts.append("</details>")
+    return "".join(parts)
+
+
+def render(report: Report) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
+    run_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in report.run.items())
+    overview = "".join(
+        f"<tr><td><span class='badge {esc(c.status)}'>{esc(c.status.upper())}</span></td>"
+        f"<td><a href='#{esc(c.id)}'>{esc(c.id)}</a></td><td>{esc(c.summary)}</td></tr>" for c in report.checks)
+    interrupted = "<p><b>Interrupted: this report is partial.</b></p>" if report.interrupted else ""
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>babysitter: {esc(report.target)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>babysitter: {esc(report.target)} <span class='badge {esc(report.status)}'>"
+        f"{esc(report.status.upper())}</span></h1><p class='sub'>{esc(counts)}</p>{interrupted}"
+        f"<table>{overview}</table>"
+        + "".join(_check(c) for c in report.checks)
+        + f"<details><summary>Run facts</summary><table class='metrics'>{run_rows}</table></details>"
+        "</body></html>")

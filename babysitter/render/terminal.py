@@ -1,0 +1,90 @@
+"""The terminal view: a table of checks with status colours and each check's key number, then next steps."""
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from ..report import CheckResult, Report
+
+STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "skip": "dim", "error": "bold magenta"}
+SYMBOLS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "error": "E"}
+
+
+def status_text(status: str) -> Text:
+    return Text(f"{SYMBOLS[status]} {status.upper()}", style=STYLES[status])
+
+
+def checks_table(report: Report) -> RichTable:
+    table = RichTable(show_header=True, header_style="bold", expand=False, pad_edge=False, box=None)
+    table.add_column("status", no_wrap=True)
+    table.add_column("check", no_wrap=True, style="cyan")
+    table.add_column("summary", overflow="fold")
+    for c in report.checks:
+        table.add_row(status_text(c.status), c.id, escape(c.summary))
+    return table
+
+
+def next_steps(report: Report, verbose: bool = False) -> list:
+    out = []
+    for c in report.checks:
+        if c.status not in ("warn", "fail", "error") and not verbose:
+            continue
+        lines = [Text.assemble(status_text(c.status), " ", (c.id, "cyan"), ": ", c.summary)]
+        for a in c.advice:
+            lines.append(Text("  → " + a))
+        if c.status == "error" and c.traceback:
+            tb = c.traceback.strip().splitlines()
+            lines.append(Text("  " + (c.traceback.strip() if verbose else tb[-1]), style="magenta"))
+            if not verbose:
+                lines.append(Text("  (the traceback is in report.json; -v prints it)", style="dim"))
+        out.append(Group(*lines))
+    return out
+
+
+def render(report: Report, console: Console, *, saved_to: Optional[str] = None, verbose: bool = False) -> None:
+    """Print the report for one target."""
+    status = report.status
+    head = Text.assemble(("babysitter ", "bold"), (report.target, "bold cyan"), "  ", status_text(status))
+    if report.interrupted:
+        head.append("  (interrupted: partial report)", style="bold yellow")
+    facts = report.run
+    sub = (f"{facts.get('model', '?')} ({_count(facts.get('parameters'))} params) · "
+           f"{facts.get('optimizer', '?')}{' (default)' if facts.get('optimizer_source') == 'default' else ''} "
+           f"lr={facts.get('user_lr', '?')} · {facts.get('device', '?')} · seed {facts.get('seed', '?')} · "
+           f"{facts.get('duration_s', 0):.1f}s")
+    console.print(head)
+    console.print(Text(sub, style="dim"))
+    console.print(checks_table(report))
+    steps = next_steps(report, verbose)
+    if steps:
+        console.print()
+        console.print(Text("Next steps", style="bold"))
+        for s in steps:
+            console.print(s)
+    counts = report.counts()
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    console.print(Text(f"{tally or 'no checks ran'}" + (f" · report: {saved_to}" if saved_to else ""), style="dim"))
+
+
+def _count(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "?"
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+def progress_printer(console: Console):
+    """A progress callback for the runner: one line per finished check (the live view uses rich's status)."""
+
+    def on_event(event: str, check_id: str, result: Optional[CheckResult]) -> None:
+        if event == "done" and result is not None:
+            console.print(Text.assemble("  ", status_text(result.status), f" {check_id} ",
+                                        (f"({result.duration_s:.1f}s)", "dim")))
+
+    return on_event

@@ -1,0 +1,149 @@
+"""End to end: the ``babysit`` command on real files, asserting printed lines and exit codes."""
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from babysitter.cli import main
+from babysitter.errors import ExitCode
+
+GOOD = """
+import torch
+from torch import nn
+
+def babysit():
+    torch.manual_seed(0)
+    x = torch.randn(256, 10)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    return dict(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+"""
+
+HOT = GOOD.replace("return dict(", "model[2].weight.data.mul_(100)\n    return dict(")
+
+
+def run(args, cwd: Path, monkeypatch) -> tuple[int, str]:
+    monkeypatch.chdir(cwd)
+    buf = io.StringIO()
+    code = main(list(args), console=Console(file=buf, width=120, force_terminal=False, color_system=None))
+    return code, buf.getvalue()
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+SELECT = ["--select", "initial_loss"]
+
+
+def test_discovers_checks_folder_and_writes_reports(tmp_path, monkeypatch):
+    write(tmp_path, "checks/good.py", GOOD)
+    write(tmp_path, "checks/_helper.py", "raise RuntimeError('helpers starting with _ are not targets')")
+    code, out = run(["check", *SELECT], tmp_path, monkeypatch)
+    assert code == ExitCode.OK, out
+    assert "checking good" in out and "PASS" in out and "initial_loss" in out
+    report = json.loads((tmp_path / "reports/good/report.json").read_text())
+    assert report["status"] == "pass" and report["checks"][0]["id"] == "initial_loss"
+    assert report["checks"][0]["metrics"]["observed"] > 0
+    assert (tmp_path / "reports/good/report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_failing_check_exits_1_and_names_the_problem(tmp_path, monkeypatch):
+    write(tmp_path, "hot.py", HOT)
+    code, out = run(["check", "hot.py", *SELECT, "--out", "out"], tmp_path, monkeypatch)
+    assert code == ExitCode.CHECKS_FAILED, out
+    assert "FAIL" in out and "x chance" in out and "Next steps" in out
+    assert (tmp_path / "out/hot/report.json").exists()
+
+
+def test_explicit_function_and_module_specs(tmp_path, monkeypatch):
+    write(tmp_path, "targets.py", GOOD.replace("def babysit", "def make_target"))
+    code, out = run(["check", "targets.py:make_target", *SELECT, "--no-report"], tmp_path, monkeypatch)
+    assert code == ExitCode.OK, out
+    write(tmp_path, "pkg/__init__.py", "")
+    write(tmp_path, "pkg/mod.py", GOOD.replace("def babysit", "def build"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out = run(["check", "pkg.mod:build", *SELECT, "--no-report"], tmp_path, monkeypatch)
+    assert code == ExitCode.OK, out
+    assert not (tmp_path / "reports").exists()
+
+
+def test_strict_turns_warnings_into_failures(tmp_path, monkeypatch):
+    warm = GOOD.replace("return dict(", "model[2].weight.data.mul_(12)\n    return dict(")
+    write(tmp_path, "warm.py", warm)
+    code, out = run(["check", "warm.py", *SELECT, "--no-report"], tmp_path, monkeypatch)
+    assert code == ExitCode.OK and "WARN" in out, out
+    code, out = run(["check", "warm.py", *SELECT, "--no-report", "--strict"], tmp_path, monkeypatch)
+    assert code == ExitCode.CHECKS_FAILED
+
+
+def test_no_targets_exits_5(tmp_path, monkeypatch):
+    code, out = run(["check"], tmp_path, monkeypatch)
+    assert code == ExitCode.NO_TARGETS and "checks/" in out
+    (tmp_path / "checks").mkdir()
+    code, out = run(["check"], tmp_path, monkeypatch)
+    assert code == ExitCode.NO_TARGETS
+
+
+def test_list_and_explain(tmp_path, monkeypatch):
+    code, out = run(["list"], tmp_path, monkeypatch)
+    assert code == 0 and "initial_loss" in out
+    code, out = run(["explain", "initial_loss"], tmp_path, monkeypatch)
+    assert code == 0
+    for section in ("What it checks", "Why it matters", "What to do", "Thresholds", "Sources", "fail_ratio"):
+        assert section in out
+    code, out = run(["explain", "nope"], tmp_path, monkeypatch)
+    assert code == ExitCode.USAGE_ERROR and "unknown check id 'nope'" in out
+
+
+def test_unknown_select_id_is_a_usage_error(tmp_path, monkeypatch):
+    write(tmp_path, "good.py", GOOD)
+    code, out = run(["check", "good.py", "--select", "initial_los"], tmp_path, monkeypatch)
+    assert code == ExitCode.USAGE_ERROR and "unknown check id 'initial_los'" in out
+
+
+def test_ignore_skips_a_check(tmp_path, monkeypatch):
+    write(tmp_path, "good.py", GOOD)
+    code, out = run(["check", "good.py", "--ignore", "initial_loss", "--out", "o"], tmp_path, monkeypatch)
+    report = json.loads((tmp_path / "o/good/report.json").read_text())
+    assert "initial_loss" not in [c["id"] for c in report["checks"]]
+
+
+def test_interrupt_writes_partial_report_and_exits_2(tmp_path, monkeypatch):
+    import babysitter.runner as runner
+
+    write(tmp_path, "good.py", GOOD)
+    real = runner.run_check
+    calls = []
+
+    def interrupted(check, session):
+        calls.append(check.id)
+        if len(calls) == 1:
+            return real(check, session)
+        raise KeyboardInterrupt
+
+    from babysitter.checklist import CHECKLIST
+
+    monkeypatch.setattr(runner, "CHECKLIST", CHECKLIST + CHECKLIST[:1])
+    monkeypatch.setattr(runner, "run_check", interrupted)
+    code, out = run(["check", "good.py", "--out", "o"], tmp_path, monkeypatch)
+    assert code == ExitCode.INTERRUPTED, out
+    report = json.loads((tmp_path / "o/good/report.json").read_text())
+    assert report["interrupted"] is True and len(report["checks"]) == 1
+
+
+def test_python_m_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "babysitter", "list"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "initial_loss" in proc.stdout
