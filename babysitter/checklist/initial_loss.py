@@ -67,6 +67,8 @@ def identify_loss(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tenso
         except Exception as exc:
             return None, f"calling loss_fn on host copies of the outputs failed ({type(exc).__name__}: {exc})"
         for family, fn in _CANDIDATES:
+            if family not in ("ce", "nll") and outputs.shape != targets.shape:
+                continue  # element-wise losses would only match through accidental broadcasting
             try:
                 mean = float(fn(outputs, targets))
                 total = float(fn(outputs, targets, reduction="sum"))
