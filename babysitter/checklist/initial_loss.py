@@ -222,7 +222,7 @@ class InitialLoss(Check):
             advice.append("Use reduction='mean' (the default): with a summed loss the gradient grows with the batch "
                           "size, so a learning rate tuned at one batch size diverges at another.")
         elif model.classification:
-            status, summary = self._judge(observed, chance, prior, ratio, what, advice, refs)
+            status, summary = self._judge(observed, chance, prior, ratio, what, advice, metrics["output_std"])
         else:
             status, summary = self._judge_regression(observed, refs, what, advice)
         if model.classification and prior < self.imbalance_ratio * chance and status != "fail":
@@ -233,10 +233,10 @@ class InitialLoss(Check):
         return self.result(status, summary, metrics=metrics, advice=tuple(advice), tables=(table,), plots=plots)
 
     # -- verdicts ---------------------------------------------------------------------------------
-    def _judge(self, observed, chance, prior, ratio, what, advice, refs):
+    def _judge(self, observed, chance, prior, ratio, what, advice, output_std):
         low = min(prior, chance)
         if ratio > self.fail_ratio:
-            advice.append(f"The initial outputs are far too large (logit std {refs.get('output_std', 0):.3g}): "
+            advice.append(f"The initial outputs are far too large (logit std {output_std:.3g}): "
                           f"scale the final layer's weights down (x0.01, or zero them), check for a missing "
                           f"normalization or an init with too large a std.")
             return "fail", f"loss at init {observed:.4g} is {ratio:.1f}x chance {chance:.4g} ({what})"

@@ -1,0 +1,174 @@
+"""What the whole default checklist costs against the plain training work it needs.
+
+For each model: count the root forwards F and optimizer steps S that ``babysitter.check`` performs (in an
+untimed run), then time, alternately, the checklist and a bare loop doing the same work (S steps of
+zero_grad/forward/loss/backward/step and F - S forwards without gradients) on the same model and data.
+(B - S backward passes without a step are added as forward/backward pairs.) Reports the median ratio and its spread, each check's share of the checklist's time, peak memory against a plain
+step, and how the ratio grows with depth and width.
+
+    python benchmarks/checklist_cost.py [--repeats 3] [--out benchmarks/out/checklist_cost.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import babysitter  # noqa: E402
+import zoo  # noqa: E402
+from _timing import alternate, count_work, ratio_stats  # noqa: E402
+
+from babysitter.session import Session, seed_everything  # noqa: E402
+from babysitter.target import Target  # noqa: E402
+
+
+def mlp(depth: int = 4, width: int = 256):
+    torch.manual_seed(0)
+    x, y = zoo.blobs(n=2048, features=64, classes=10)
+    return dict(model=zoo.FunctionalMLP(d_in=64, hidden=width, d_out=10, depth=depth), data=(x, y),
+                loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.sgd(0.05), batch_size=128)
+
+
+def cnn():
+    torch.manual_seed(0)
+    x, y = zoo.images(n=1024, size=32)
+    return dict(model=zoo.SmallCNN(width=32), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.sgd(0.05),
+                batch_size=64)
+
+
+def transformer():
+    torch.manual_seed(0)
+    ids, y = zoo.tokens(n=1024, length=32, vocab=200)
+    return dict(model=zoo.TinyTransformer(vocab=200, d_model=64, heads=4, layers=3, length=32), data=(ids, y),
+                loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-3), batch_size=64)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
+
+
+def plain_loop(fields: dict, forwards: int, backwards: int, steps: int):
+    """The bare training work the checklist needs, on the same batches (the session's pool)."""
+    target = Target(**fields)
+    model = target.model
+    with Session(target, device="cpu") as session:
+        pool = [session.batch(i) for i in range(len(session.pool))]
+    optimizer = (target.optimizer or babysitter.target.default_optimizer)(model.parameters())
+
+    def loss_of(i):
+        *inputs, y = pool[i % len(pool)]
+        return target.loss_fn(model(*inputs), y)
+
+    def run():
+        model.train()
+        for i in range(max(steps, backwards)):
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(i).backward()
+            if i < steps:
+                optimizer.step()
+        with torch.no_grad():
+            for i in range(max(forwards - max(steps, backwards), 0)):
+                loss_of(i)
+
+    return run
+
+
+def measure(name: str, fields_fn, repeats: int) -> dict:
+    fields = fields_fn()
+    with count_work(fields["model"]) as counts:
+        report = babysitter.check(**fields)
+    forwards, backwards, steps = counts["forwards"], counts["backwards"], counts["steps"]
+    plain = plain_loop(fields_fn(), forwards, backwards, steps)
+    shares = []
+
+    def checklist():
+        shares.append({c.id: c.duration_s for c in babysitter.check(**fields).checks})
+
+    ta, tb = alternate(checklist, plain, repeats=repeats)
+    stats = ratio_stats(ta, tb)
+    total = statistics.median(sum(s.values()) for s in shares)
+    per_check = {cid: statistics.median(s[cid] for s in shares) / total for cid in shares[0]}
+    return {"model": name, "forwards": forwards, "backwards": backwards, "optimizer_steps": steps,
+            "statuses": {c.id: c.status for c in report.checks}, **stats, "check_share": per_check}
+
+
+def peak_memory(name: str) -> dict:
+    """Peak RSS of a process doing one plain step, against one running the checklist (separate processes)."""
+    out = {}
+    for mode in ("plain", "checklist"):
+        proc = subprocess.run([sys.executable, __file__, "--memory-probe", name, mode], capture_output=True, text=True,
+                              cwd=ROOT, check=True)
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["ratio"] = out["checklist"]["peak"] / out["plain"]["peak"]
+    # what the work itself added above the process after import and model construction
+    out["increment_ratio"] = (out["checklist"]["peak"] - out["checklist"]["base"]) / max(
+        out["plain"]["peak"] - out["plain"]["base"], 1)
+    return out
+
+
+def _memory_probe(name: str, mode: str) -> None:
+    fields = MODELS[name]()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        fields["model"].cuda()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if mode == "plain":
+        plain_loop(fields, 1, 1, 1)()
+    else:
+        babysitter.check(**fields)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak": peak, "base": base, "unit": "bytes (CUDA allocated)" if cuda else "bytes (max RSS)"}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/out/checklist_cost.json"))
+    ap.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "MODE"))
+    ap.add_argument("--skip-scaling", action="store_true")
+    args = ap.parse_args()
+    if args.memory_probe:
+        _memory_probe(*args.memory_probe)
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                          f"{torch.__version__}, device {'cuda' if torch.cuda.is_available() else 'cpu'}",
+               "models": [], "memory": {}, "scaling": []}
+    for name, fn in MODELS.items():
+        r = measure(name, fn, args.repeats)
+        results["models"].append(r)
+        print(f"{name:12s} checklist/plain = {r['ratio']:.2f}x (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})"
+              f"  checklist {r['median_a_s']:.2f}s, plain {r['median_b_s']:.2f}s, {r['optimizer_steps']} steps, "
+              f"{r['backwards']} backwards, {r['forwards']} forwards", flush=True)
+        print("             share: " + ", ".join(f"{k} {v:.0%}" for k, v in r["check_share"].items()), flush=True)
+        results["memory"][name] = peak_memory(name)
+        mem = results["memory"][name]
+        print(f"             peak memory checklist/plain step = {mem['ratio']:.2f}x of the process, "
+              f"{mem['increment_ratio']:.2f}x above the model's own footprint", flush=True)
+    if not args.skip_scaling:
+        for depth, width in ((2, 128), (8, 128), (16, 128), (4, 64), (4, 512)):
+            r = measure(f"mlp d{depth} w{width}", lambda: mlp(depth, width), max(1, args.repeats - 1))
+            results["scaling"].append(r)
+            print(f"mlp depth {depth:2d} width {width:3d}: {r['ratio']:.2f}x  (plain {r['median_b_s']:.2f}s)",
+                  flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
