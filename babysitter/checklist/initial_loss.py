@@ -202,7 +202,7 @@ class InitialLoss(Check):
         metrics = {"observed": observed, "expected": chance, "loss_family": model.family, "recognised": model.how,
                    "reduction_scale": scale, "output_std": float(all_outputs.std()) if all_outputs.numel() > 1 else 0.0,
                    "ratio": observed / chance if chance > 0 else None, "batches": len(ev.losses)}
-        metrics.update({k: v for k, v in refs.items() if k not in ("chance",)})
+        metrics.update({k: v for k, v in refs.items() if k not in ("chance", "prior")})
         if "prior" in refs:
             metrics["expected_prior"] = prior
         zeroed = self._zeroed_input_loss(session)
