@@ -1,6 +1,8 @@
 """The session owns the model while checks run: device, seeding, batches, the sandbox and shared evidence."""
 from __future__ import annotations
 
+import inspect
+
 import itertools
 import math
 import random
@@ -231,10 +233,13 @@ class Session:
         if isinstance(opt, torch.optim.Optimizer):
             cls, groups = type(opt), opt.param_groups
 
+            accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+
             def rebuild(params):
-                params = list(params)
-                hyper = {k: v for k, v in groups[0].items() if k != "params"}
-                return cls(params, **hyper)
+                # the group's hyper-parameters, limited to what the constructor takes: torch adds keys of its
+                # own to param groups (AdamW's 'decoupled_weight_decay', 'initial_lr' from schedulers)
+                hyper = {k: v for k, v in groups[0].items() if k in accepted}
+                return cls(list(params), **hyper)
 
             return rebuild
         return opt
