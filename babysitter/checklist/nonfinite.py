@@ -1,0 +1,5 @@
+"""placeholder"""
+from .base import Check
+class NonFinite(Check):
+    id = "nonfinite"
+    title = ""

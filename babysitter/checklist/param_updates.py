@@ -1,0 +1,5 @@
+"""placeholder"""
+from .base import Check
+class ParamUpdates(Check):
+    id = "param_updates"
+    title = ""
