@@ -165,7 +165,7 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
                 loss.backward()
             has = [p.grad is not None for p in params]
             norms = torch.stack([p.grad.detach().float().norm() if h else zero for p, h in zip(params, has)]) \
-                if params else zero.reshape(0)
+                if params else zero.new_zeros(0)
             got_grad = [g or h for g, h in zip(got_grad, has)]
             masks.append(has)
             losses.append(loss.detach().float())
