@@ -95,6 +95,13 @@ class GradNorms(Check):
         if not probe.param_names:
             self.skip("the model has no trainable parameter")
         totals = probe.grad_norm
+        if not _finite(totals):
+            if len(probe.skipped_steps) == len(totals):
+                self.skip("every step's float16 gradient overflowed and was skipped, as a GradScaler would "
+                          "(see nonfinite)")
+            return self.result("fail", f"exploding gradients: the total norm is non-finite at every one of the "
+                                       f"{len(totals)} steps", metrics={"steps": len(totals), "suggested_clip": None},
+                               advice=("The nonfinite check names the first module that produced a NaN/Inf.",))
         if not any(v > 0 for v in _finite(totals)):
             self.skip("no parameter received a gradient during the probe (see param_updates)")
         model = session.model
