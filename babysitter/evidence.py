@@ -9,6 +9,7 @@ training. Instruments that want to ride along on a shared pass register a factor
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -114,6 +115,23 @@ class TrainProbe:
     frozen: list[str]  # parameters with requires_grad=False
     trained_state: dict = field(default_factory=dict)  # name -> host tensor after the probe
     instruments: dict = field(default_factory=dict)
+    param_finite: list[list[bool]] = field(default_factory=list)  # [step][param]: finite after the step
+    skipped_steps: list[int] = field(default_factory=list)  # optimizer steps skipped as GradScaler would
+    precision: str = "float32"  # "float16 (autocast)", "float16 parameters", "bfloat16", ...
+
+    def first_nonfinite(self) -> Optional[tuple[int, str]]:
+        """The first step at which the probe saw a non-finite value, and where: loss, gradient or parameters.
+
+        Steps skipped as GradScaler would skip them (non-finite gradients in float16) do not count.
+        """
+        for step in range(len(self.losses)):
+            if not math.isfinite(self.losses[step]):
+                return step, "loss"
+            if not math.isfinite(self.grad_norm[step]) and step not in self.skipped_steps:
+                return step, "gradient"
+            if step < len(self.param_finite) and not all(self.param_finite[step]):
+                return step, "parameters"
+        return None
 
 
 @provider("train_probe")
@@ -133,25 +151,40 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
     got_grad = [False] * len(params)
     zero = torch.zeros((), device=session.device)
     masks: list[list[bool]] = []
+    finite_rows: list[torch.Tensor] = []
+    skipped: list[int] = []
+    precision = _param_precision(params)
     with _instruments(TRAIN_INSTRUMENTS, session) as active:
         for step in range(steps):
             batch = session.batch(step)
             optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = session.forward_loss(batch)
+            loss, outputs, _ = session.forward_loss(batch)
+            if step == 0 and precision == "float32" and _has_dtype(outputs, torch.float16):
+                precision = "float16 (autocast)"
             if loss.requires_grad:
                 loss.backward()
             has = [p.grad is not None for p in params]
             norms = torch.stack([p.grad.detach().float().norm() if h else zero for p, h in zip(params, has)]) \
-                if params else zero.reshape(0)
+                if params else zero.new_zeros(0)
             got_grad = [g or h for g, h in zip(got_grad, has)]
             masks.append(has)
             losses.append(loss.detach().float())
-            totals.append(norms.pow(2).sum().sqrt())  # a NaN gradient makes the total NaN
+            total = norms.pow(2).sum().sqrt()  # a NaN gradient makes the total NaN
+            totals.append(total)
             per_param.append(norms)
             measure = step % measure_every == 0 or step == steps - 1
             if measure:
                 before = [p.detach().clone() for p in params]
-            optimizer.step()
+            # mixed precision: a GradScaler skips the step whose gradients overflow float16 (found_inf) and
+            # lowers its scale; the probe does the same, at the cost of one host sync per step in that mode only
+            skip = precision == "float16 (autocast)" and bool(torch.isfinite(loss.detach())) \
+                and not bool(torch.isfinite(total))
+            if skip:
+                skipped.append(step)
+            else:
+                optimizer.step()
+            finite_rows.append(torch.stack([torch.isfinite(p.detach()).all() for p in params]) if params
+                               else torch.ones(0, dtype=torch.bool, device=session.device))
             if measure:
                 ratio_steps.append(step)
                 ratio_rows.append(torch.stack([
@@ -170,4 +203,26 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
         no_grad=[n for n, g in zip(names, got) if not g],
         not_in_optimizer=[n for n, p in trainable if id(p) not in in_opt],
         frozen=[n for n, p in named if not p.requires_grad],
-        trained_state=trained, instruments=results)
+        trained_state=trained, instruments=results, param_finite=host(finite_rows), skipped_steps=skipped,
+        precision=precision)
+
+
+def _has_dtype(obj: Any, dtype: torch.dtype) -> bool:
+    """Whether any tensor in a (nested) structure has ``dtype``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.dtype == dtype
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_dtype(v, dtype) for v in obj)
+    return False
+
+
+def _param_precision(params: list) -> str:
+    """The floating-point precision the parameters train in ("float32" when mixed or unknown)."""
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if dtypes == {torch.float16}:
+        return "float16 parameters"
+    if dtypes == {torch.bfloat16}:
+        return "bfloat16"
+    return "float32" if not dtypes or torch.float32 in dtypes else str(next(iter(dtypes))).replace("torch.", "")

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 from .base import Check
+from .grad_norms import GradNorms
 from .initial_loss import InitialLoss
+from .nonfinite import NonFinite
+from .param_updates import ParamUpdates
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
+    GradNorms,
+    ParamUpdates,
+    NonFinite,
 )
 
 

@@ -1,0 +1,125 @@
+"""grad_norms in both directions: exploding and vanishing gradients fail, healthy models of every kind pass."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import babysitter
+import zoo
+
+
+def check(**fields):
+    return babysitter.check(**fields, select=["grad_norms"])["grad_norms"]
+
+
+class VanillaRNN(nn.Module):
+    """A tanh RNN whose recurrent matrix is orthogonal times ``scale``: above 1 it amplifies over time."""
+
+    def __init__(self, features: int = 8, hidden: int = 32, scale: float = 3.0):
+        super().__init__()
+        self.rnn = nn.RNN(features, hidden, batch_first=True)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.rnn.weight_hh_l0)
+            self.rnn.weight_hh_l0.mul_(scale)
+        self.head = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def deep_mlp(depth: int = 20, width: int = 32, gain: float = 2.0, act=nn.ReLU) -> nn.Sequential:
+    """A deep un-normalized MLP whose init std is ``gain`` times Kaiming's."""
+    layers, d = [], 16
+    for _ in range(depth):
+        linear = nn.Linear(d, width)
+        nn.init.normal_(linear.weight, std=gain * math.sqrt(2 / d))
+        nn.init.zeros_(linear.bias)
+        layers += [linear, act()]
+        d = width
+    layers.append(nn.Linear(d, 4))
+    return nn.Sequential(*layers)
+
+
+def rnn_target(optimizer, scale=3.0, length=50):
+    torch.manual_seed(0)
+    x, y = zoo.sequences(length=length)
+    return dict(model=VanillaRNN(scale=scale), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer,
+                batch_size=32)
+
+
+def deep_target(optimizer, gain=2.0, act=nn.ReLU, depth=20):
+    torch.manual_seed(0)
+    return dict(model=deep_mlp(depth=depth, gain=gain, act=act), data=zoo.blobs(), loss_fn=nn.CrossEntropyLoss(),
+                optimizer=optimizer)
+
+
+@pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
+def test_healthy_models_pass_with_a_clip_value(name):
+    result = check(**zoo.HEALTHY[name]())
+    assert result.status == "pass", result.summary
+    m = result.metrics
+    assert 0 < m["p50"] <= m["suggested_clip"] <= m["max"]
+    assert m["p50"] <= m["p90"] <= m["p99"]
+
+
+@pytest.mark.parametrize("label,fields", [
+    ("deep relu mlp, kaiming init, adam", lambda: deep_target(zoo.adam(1e-3), gain=1.0)),
+    ("deep relu mlp, kaiming init, sgd", lambda: deep_target(zoo.sgd(0.01), gain=1.0)),
+    ("vanilla rnn, orthogonal gain 1, 50 steps", lambda: rnn_target(zoo.adam(1e-3), scale=1.0)),
+    ("wide mlp, sgd without momentum", lambda: dict(model=zoo.FunctionalMLP(hidden=256, depth=3),
+                                                   data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss(),
+                                                   optimizer=zoo.sgd(0.05, momentum=0.0))),
+    ("gru on long sequences, rmsprop", lambda: dict(model=zoo.RecurrentClassifier(cell="gru", hidden=48),
+                                                    data=zoo.sequences(length=40), batch_size=32,
+                                                    loss_fn=nn.CrossEntropyLoss(),
+                                                    optimizer=lambda p: torch.optim.RMSprop(p, lr=1e-3))),
+])
+def test_more_healthy_setups_pass(label, fields):
+    result = check(**fields())
+    assert result.status == "pass", f"{label}: {result.summary}"
+
+
+@pytest.mark.parametrize("optimizer", [zoo.adam(1e-3), zoo.sgd(0.01)], ids=["adam", "sgd"])
+def test_vanilla_rnn_with_large_recurrent_weights_explodes(optimizer):
+    result = check(**rnn_target(optimizer, scale=3.0))
+    assert result.status == "fail", result.summary
+    assert "exploding" in result.summary
+    assert any("clip_grad_norm_" in a for a in result.advice)
+
+
+def test_rnn_explosion_is_seen_in_the_first_last_ratio():
+    result = check(**rnn_target(zoo.adam(1e-3), scale=3.0))
+    assert result.metrics["first_last_ratio"] > 70
+    assert result.metrics["first_layer"] == "rnn" and result.metrics["last_layer"] == "head"
+
+
+@pytest.mark.parametrize("optimizer", [zoo.adam(1e-3), zoo.sgd(0.01)], ids=["adam", "sgd"])
+def test_deep_unnormalized_net_with_too_large_init_explodes(optimizer):
+    result = check(**deep_target(optimizer, gain=2.0))
+    assert result.status == "fail", result.summary
+    assert "exploding" in result.summary
+
+
+def test_deep_sigmoid_net_has_vanishing_gradients():
+    result = check(**deep_target(zoo.sgd(0.01), gain=1.0, act=nn.Sigmoid, depth=12))
+    assert result.status == "fail", result.summary
+    assert "vanishing" in result.summary and result.metrics["first_last_ratio"] < 1e-3
+
+
+def test_histogram_marks_the_clip_and_layers_are_tabulated():
+    result = check(**zoo.mlp_target())
+    hist = next(p for p in result.plots if p.kind == "hist")
+    assert len(hist.series[0].y) == result.metrics["steps"]
+    assert hist.markers[0].value == pytest.approx(result.metrics["suggested_clip"])
+    table = result.tables[0]
+    assert [r[1] for r in table.rows] == ["layers.0", "layers.1", "head"]
+    assert any(p.id == "depth" for p in result.plots)
+
+
+def test_clip_threshold_can_be_configured():
+    low = check(**zoo.mlp_target(), options={"grad_norms": {"clip_percentile": 50.0}})
+    assert low.metrics["suggested_clip"] <= check(**zoo.mlp_target()).metrics["suggested_clip"]

@@ -1,0 +1,178 @@
+"""nonfinite in both directions: the first NaN/Inf is located (data, forward op, loss, backward, update)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import babysitter
+import zoo
+
+
+def check(**fields):
+    return babysitter.check(**fields, select=["nonfinite"])["nonfinite"]
+
+
+class LogOfNegative(zoo.FunctionalMLP):
+    """log() of a pre-activation that takes negative values: NaN at the first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.squash = Log()
+
+    def forward(self, x):
+        h = F.relu(self.layers[0](x))
+        return self.head(self.squash(self.layers[1](h)))
+
+
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+class SafeBelow(nn.Module):
+    """sqrt(limit - |x|): finite while activations stay below ``limit``, NaN once training grows them."""
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        return torch.sqrt(self.limit - x.abs())
+
+
+class GrowsIntoNaN(zoo.FunctionalMLP):
+    def __init__(self, limit: float = 6.0):
+        super().__init__()
+        self.guard = SafeBelow(limit)
+
+    def forward(self, x):
+        h = F.relu(self.layers[0](x))
+        return self.head(self.guard(self.layers[1](h)))
+
+
+class ZeroNorm(zoo.FunctionalMLP):
+    """Adds the norm of a zero vector: finite forward, NaN gradient (d||v||/dv at v=0)."""
+
+    def forward(self, x):
+        h = F.relu(self.layers[0](x))
+        return self.head(h) + torch.sqrt((h * 0).pow(2).sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
+def test_healthy_models_pass(name):
+    result = check(**zoo.HEALTHY[name]())
+    assert result.status == "pass", result.summary
+    assert result.metrics["first_step"] is None
+
+
+def test_attention_style_minus_inf_masking_is_healthy():
+    class Masked(zoo.FunctionalMLP):
+        def forward(self, x):
+            h = F.relu(self.layers[0](x))
+            weights = h.masked_fill(h == 0, float("-inf")).softmax(1).nan_to_num(0.0)
+            return self.head(h * weights)
+
+    fields = zoo.mlp_target()
+    fields["model"] = Masked()
+    assert check(**fields).status == "pass"
+
+
+def test_log_of_negative_values_is_located_at_step_0_with_its_inputs():
+    fields = zoo.mlp_target()
+    fields["model"] = LogOfNegative()
+    result = check(**fields)
+    assert result.status == "fail"
+    m = result.metrics
+    assert (m["phase"], m["where"], m["op"], m["first_step"], m["call"]) == ("forward", "model.squash", "torch.log", 0, 1)
+    assert "min -" in result.advice[-1]  # the negative inputs that triggered it
+    assert result.tables and result.tables[0].rows[0][2] < 0
+
+
+def test_module_that_breaks_only_after_training_with_a_large_lr():
+    fields = zoo.mlp_target()
+    fields["model"] = GrowsIntoNaN()
+    fields["optimizer"] = zoo.sgd(0.5)
+    result = check(**fields)
+    m = result.metrics
+    assert result.status == "fail"
+    assert m["first_step"] > 0 and m["replay_step"] == m["first_step"]
+    assert m["where"] == "model.guard" and m["op"] == "torch.sqrt"
+
+
+def test_lr_1e6_blow_up_reports_the_first_nonfinite_step_and_divergence():
+    fields = zoo.mlp_target()
+    fields["optimizer"] = zoo.sgd(1e6, momentum=0.0)
+    result = check(**fields)
+    assert result.status == "fail"
+    assert 0 < result.metrics["first_step"] < 5
+    assert any("diverged" in a and "learning rate" in a for a in result.advice)
+
+
+def test_nan_in_an_input_batch_is_an_input_problem():
+    fields = zoo.mlp_target()
+    x, y = fields["data"]
+    x = x.clone()
+    x[130, 1] = float("nan")
+    fields["data"] = (x, y)
+    result = check(**fields)
+    assert result.status == "fail" and result.metrics["phase"] == "data"
+    assert "inputs" in result.summary and "1 NaN" in result.summary
+
+
+def test_inf_in_regression_targets_is_a_target_problem():
+    fields = zoo.regression_target()
+    x, y = fields["data"]
+    y = y.clone()
+    y[3] = float("inf")
+    fields["data"] = (x, y)
+    result = check(**fields)
+    assert result.status == "fail" and "targets" in result.summary
+
+
+def test_nan_gradient_with_finite_forward_is_located_in_the_backward():
+    fields = zoo.mlp_target()
+    fields["model"] = ZeroNorm()
+    result = check(**fields)
+    assert result.status == "fail" and result.metrics["phase"] == "backward"
+    assert "Sqrt" in result.metrics["op"]
+
+
+def test_loss_that_produces_nan_is_located_in_the_loss():
+    fields = zoo.binary_target()
+    fields["loss_fn"] = lambda o, t: -(t * torch.log(o) + (1 - t) * torch.log(1 - o)).mean()  # o are logits
+    result = check(**fields)
+    assert result.status == "fail" and result.metrics["phase"] == "loss"
+    assert result.metrics["where"] == "loss_fn"
+
+
+def test_healthy_run_leaves_no_hook_behind():
+    fields = zoo.mlp_target()
+    fields["model"] = LogOfNegative()
+    model = fields["model"]
+    check(**fields)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+class AutocastMLP(zoo.FunctionalMLP):
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.float16):
+            return super().forward(x)
+
+
+def test_float16_autocast_model_passes():
+    fields = zoo.mlp_target()
+    fields["model"] = AutocastMLP()
+    result = check(**fields)
+    assert result.status == "pass" and result.metrics["precision"] == "float16 (autocast)"
+
+
+def test_float16_gradient_overflow_is_skipped_like_a_grad_scaler_not_failed():
+    fields = zoo.mlp_target()
+    fields["model"] = AutocastMLP()
+    fields["loss_fn"] = lambda o, t: F.cross_entropy(o.float(), t) * 1e7  # finite loss, fp16 grads overflow
+    result = check(**fields)
+    assert result.status == "warn", result.summary  # skipped steps, never a failure
+    assert result.metrics["skipped_steps"] == result.metrics["steps"]
+    assert any("GradScaler" in n for n in result.notes)

@@ -1,0 +1,129 @@
+"""param_updates in both directions: orphaned, cut, stuck and frozen parameters are found; healthy models pass."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import babysitter
+import zoo
+
+
+def check(**fields):
+    return babysitter.check(**fields, select=["param_updates"])["param_updates"]
+
+
+class DetachedMLP(zoo.FunctionalMLP):
+    """The first layer's output is detached: it runs but never learns."""
+
+    def forward(self, x):
+        x = F.relu(self.layers[0](x)).detach()
+        return self.head(F.relu(self.layers[1](x)))
+
+
+class UnusedHeadMLP(zoo.FunctionalMLP):
+    def __init__(self):
+        super().__init__()
+        self.aux_head = nn.Linear(64, 5)  # defined, never called
+
+
+@pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
+def test_healthy_models_pass(name):
+    result = check(**zoo.HEALTHY[name]())
+    assert result.status == "pass", result.summary
+    assert 1e-5 < result.metrics["ratio_median"] < 1e-1
+
+
+def test_more_healthy_setups_pass():
+    torch.manual_seed(0)
+    wide = dict(model=zoo.FunctionalMLP(hidden=512, depth=3), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss(),
+                optimizer=zoo.adam(1e-3))
+    assert check(**wide).status == "pass"
+    plain_sgd = zoo.cnn_target()
+    plain_sgd["optimizer"] = zoo.sgd(0.01, momentum=0.0)
+    assert check(**plain_sgd).status == "pass"
+
+
+def test_layer_missing_from_the_optimizer_fails_by_name():
+    fields = zoo.mlp_target()
+    model = fields["model"]
+    fields["optimizer"] = lambda params: torch.optim.Adam(model.layers.parameters(), lr=1e-2)
+    result = check(**fields)
+    assert result.status == "fail" and "not in the optimizer" in result.summary
+    assert result.metrics["not_in_optimizer"] == 2
+    assert any("head (weight, bias)" in a for a in result.advice)
+
+
+def test_detached_layer_fails_as_a_cut_gradient_path():
+    fields = zoo.mlp_target()
+    fields["model"] = DetachedMLP()
+    result = check(**fields)
+    assert result.status == "fail" and result.metrics["no_grad_path"] == 2
+    assert any("layers.0 (weight, bias)" in a and ".detach()" in a for a in result.advice)
+
+
+def test_unused_module_warns():
+    fields = zoo.mlp_target()
+    fields["model"] = UnusedHeadMLP()
+    result = check(**fields)
+    assert result.status == "warn" and result.metrics["unused"] == 2
+    assert any("aux_head" in a for a in result.advice)
+
+
+def test_frozen_layer_between_trainable_layers_warns():
+    fields = zoo.mlp_target()
+    fields["model"].layers[1].requires_grad_(False)
+    result = check(**fields)
+    assert result.status == "warn" and result.metrics["frozen_between_trainable"] == 2
+    assert any("layers.1" in a for a in result.advice)
+
+
+def test_frozen_backbone_prefix_is_a_note_not_a_warning():
+    fields = zoo.mlp_target()
+    fields["model"].layers.requires_grad_(False)
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert result.metrics["frozen_prefix"] == 4 and any("frozen backbone" in n for n in result.notes)
+
+
+def test_param_group_with_zero_lr_never_moves_and_fails():
+    fields = zoo.mlp_target()
+    model = fields["model"]
+    fields["optimizer"] = lambda params: torch.optim.Adam(
+        [{"params": model.layers.parameters()}, {"params": model.head.parameters(), "lr": 0.0}], lr=1e-2)
+    result = check(**fields)
+    assert result.status == "fail" and "never move" in result.summary
+    assert any("head (weight)" in a for a in result.advice)
+
+
+def test_everything_frozen_fails():
+    fields = zoo.mlp_target()
+    fields["model"].requires_grad_(False)
+    assert check(**fields).status == "fail"
+
+
+def test_tiny_learning_rate_gives_a_low_ratio_warning():
+    fields = zoo.mlp_target()
+    fields["optimizer"] = zoo.sgd(1e-6, momentum=0.0)
+    result = check(**fields)
+    assert result.status == "warn" and result.metrics["ratio_low"] == 3
+    assert result.metrics["ratio_median"] < 1e-5
+
+
+def test_huge_learning_rate_gives_a_high_ratio_warning():
+    fields = zoo.mlp_target()
+    fields["optimizer"] = zoo.adam(1.0)
+    result = check(**fields)
+    assert result.status == "warn" and result.metrics["ratio_high"] >= 1
+    assert result.metrics["ratio_peak"] > 1
+
+
+def test_table_lists_every_parameter_and_the_figure_has_the_reference_lines():
+    fields = zoo.transformer_target()
+    result = check(**fields)
+    table = result.tables[0]
+    assert len(table.rows) == len(list(fields["model"].parameters()))
+    plot = result.plots[0]
+    assert plot.log_y and [m.value for m in plot.markers] == [1e-5, 1e-3, 1e-1]
+    assert "embed.weight" not in plot.series[0].x  # embeddings are not judged
