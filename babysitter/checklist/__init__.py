@@ -4,11 +4,13 @@ from __future__ import annotations
 from .base import Check
 from .initial_loss import InitialLoss
 from .input_scale import InputScale
+from .batch_independence import BatchIndependence
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
     InputScale,
+    BatchIndependence,
 )
 
 

@@ -388,6 +388,11 @@ class InputScale(Check):
                 f"per-feature constants measured on your data are in the table '{self._table_id(s)}'.")
 
     def _pixel_advice(self, s: FeatureStats) -> str:
+        if s.layout == "feature":  # flattened images: one mean and std for every pixel
+            m = float(s.mean.mean())
+            sd = float(((s.std ** 2 + s.mean ** 2).mean() - m ** 2).clamp_min(0).sqrt())
+            return (f"Scale the pixels of {s.name} to [0, 1] and standardize them with constants from your data: "
+                    f"x = (x / 255 - {m / 255:.4g}) / {sd / 255:.4g}.")
         mean, std = self._norm_constants(s)
         return (f"Scale the pixels of {s.name} to [0, 1] (x.float() / 255, or transforms.ToTensor() on uint8 "
                 f"images), then normalize per channel: transforms.Normalize(mean={_fmt(mean / 255)}, "
