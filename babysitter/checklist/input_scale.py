@@ -374,14 +374,16 @@ class InputScale(Check):
 
     def _constants(self, s: FeatureStats) -> str:
         mean, std = self._norm_constants(s)
-        if s.layout == "channel":
+        trail = len(s.shape) - 1 - s.dim  # dimensions after the feature one: the constants broadcast over them
+        view = "[:, " + ", ".join(["None"] * trail) + "]" if trail else ""
+        if s.layout == "channel" and len(s.shape) >= 4 and s.dim == 1:
             return (f"Normalize each channel of {s.name} with constants from your data: "
-                    f"transforms.Normalize(mean={_fmt(mean)}, std={_fmt(std)}) (or (x - mean[:, None, None]) / "
-                    f"std[:, None, None] on tensors).")
-        if s.features <= _ADVICE_FEATURES:
+                    f"transforms.Normalize(mean={_fmt(mean)}, std={_fmt(std)}) (or (x - mean{view}) / std{view} "
+                    f"on tensors).")
+        if s.layout == "channel" or s.features <= _ADVICE_FEATURES:
             skip = int((~s.continuous).sum())
-            return (f"Standardize {s.name} with constants from your data: mean = torch.tensor({_fmt(mean)}); "
-                    f"std = torch.tensor({_fmt(std)}); x = (x - mean) / std"
+            return (f"Standardize each {s.layout} of {s.name} with constants from your data: mean = "
+                    f"torch.tensor({_fmt(mean)}){view}; std = torch.tensor({_fmt(std)}){view}; x = (x - mean) / std"
                     + (f" ({skip} binary/constant features keep mean 0, std 1)" if skip else "") + ".")
         return (f"Standardize the {s.features} features of {s.name}: mean = X_train.mean(0), "
                 f"std = X_train.std(0).clamp_min(1e-8), x = (x - mean) / std (or sklearn StandardScaler); the "
