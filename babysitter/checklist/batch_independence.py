@@ -174,8 +174,8 @@ class BatchIndependence(Check):
         probes = [p for p in (self._probe(i, n, leaves, outs, records, session) for i in self._examples(n))
                   if p is not None]
         if not probes:
-            self.skip("the outputs do not depend on the inputs (zero gradient for every probed example), so "
-                      "dependencies cannot be charted")
+            self.skip("no finite, non-zero gradient reaches the inputs from the probed examples' outputs (a "
+                      "torch.no_grad() or .detach() in forward?), so dependencies cannot be charted")
         return self._verdict(probes, n, leaves, outs, flattened, model, records)
 
     # -- the probe ----------------------------------------------------------------------------------------
@@ -229,11 +229,12 @@ class BatchIndependence(Check):
         targets = [leaf for _, leaf, _ in leaves] + [t for _, _, t, _ in records]
         grads = torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True)
         per = [_per_example(g, d, n) for g, (_, _, d) in zip(grads, leaves) if g is not None]
+        per = [p for p in per if bool(torch.isfinite(p).all())]  # e.g. an additive -inf mask given as input
         if not per:
             return None
         total = torch.stack(per).amax(0).cpu()
         peak = float(total.max())
-        if not torch.isfinite(total).all() or peak == 0:
+        if peak == 0:
             return None
         relative = (total / peak).tolist()
         leak = max(v for j, v in enumerate(relative) if j != i)
