@@ -166,7 +166,7 @@ class _Accumulator:
             torch.where(finite, x, big).amin(0), torch.where(finite, x, -big).amax(0),
             ((x != x.round()) & finite).any(0).float(), ((x != 0) & (x != 1) & finite).any(0).float(),
             (~finite).sum(0).float(),
-        ]).double().cpu())
+        ]).cpu().double())  # float64 on the host: MPS has none
 
     def result(self, name: str, shape: tuple, dim: int, layout: str) -> FeatureStats:
         p = torch.stack(self.parts)  # (batches, 8, F)
@@ -175,7 +175,7 @@ class _Accumulator:
         centred = s1 / n
         var = (s2 / n - centred ** 2).clamp_min(0) * n / (n - 1).clamp_min(1)
         return FeatureStats(name=name, shape=shape, dim=dim, layout=layout, count=int(n.min()),
-                            mean=self.shift.double().cpu() + centred, std=var.sqrt(), min=p[:, 3].amin(0),
+                            mean=self.shift.cpu().double() + centred, std=var.sqrt(), min=p[:, 3].amin(0),
                             max=p[:, 4].amax(0), integer=p[:, 5].amax(0) == 0, binary=p[:, 6].amax(0) == 0,
                             nonfinite=int(p[:, 7].sum()))
 
