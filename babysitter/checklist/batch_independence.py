@@ -83,9 +83,11 @@ class _Tracer:
         return obj
 
     def _pre(self, module, args, kwargs):
-        names = _positional_names(module, len(args))
+        self.calls = getattr(self, "calls", 0) + 1
+        call = f" (call {self.calls})" if self.calls > 1 else ""  # a siamese forward calls the model twice
+        names = [n + call for n in _positional_names(module, len(args))]
         return (tuple(self._swap(a, n) for n, a in zip(names, args)),
-                {k: self._swap(v, k) for k, v in kwargs.items()})
+                {k: self._swap(v, k + call) for k, v in kwargs.items()})
 
     def _post(self, module, args, kwargs, output):
         name = self.names[module]
