@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from .base import Check
+from .batch_independence import BatchIndependence
 from .grad_norms import GradNorms
 from .initial_loss import InitialLoss
+from .input_scale import InputScale
 from .nonfinite import NonFinite
 from .param_updates import ParamUpdates
 
@@ -12,7 +14,9 @@ CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
     GradNorms,
     ParamUpdates,
+    InputScale,
     NonFinite,
+    BatchIndependence,
 )
 
 

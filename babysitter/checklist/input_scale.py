@@ -1,0 +1,462 @@
+"""input_scale: are the inputs zero-centred and unit-scaled?"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..report import Plot, Series, Table
+from .base import Check, threshold
+
+
+# -- what the forward passes to the model ---------------------------------------------------------------
+class _Seen(BaseException):
+    """Stops a forward once the model's inputs are seen. A BaseException, so that a broad ``except Exception``
+    in a user's forward cannot swallow it."""
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The tensors that the forward passes to the model on its first call, by name: the parameter names of
+    ``model.forward`` for positional arguments (``input 0`` when unknown), keyword names for the others, and
+    ``name['key']`` / ``name[i]`` inside dicts and sequences."""
+
+    named: tuple[tuple[str, torch.Tensor], ...]
+
+    def floats(self) -> list[tuple[str, torch.Tensor]]:
+        return [(n, t) for n, t in self.named if t.is_floating_point() and t.ndim >= 1 and t.numel() > 1]
+
+    def integers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(n, t) for n, t in self.named if not t.is_floating_point() and not t.is_complex()
+                and t.dtype != torch.bool and t.ndim >= 1]
+
+
+def _positional_names(model: nn.Module, count: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:count]]
+    return names + [f"input {i}" for i in range(len(names), count)]
+
+
+def _flatten(obj: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{name}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flatten(v, f"{name}[{i}]")
+
+
+def model_inputs(session, batch) -> Optional[ModelInputs]:
+    """The tensors the forward passes to the model on ``batch``, seen by a forward pre-hook on the model's first
+    call, which then stops the forward: the model itself does not run.
+
+    This is what counts for a custom ``forward`` too (dict batches, HuggingFace models), after whatever the
+    forward does to the batch. None when the forward never calls the model (it calls ``model.forward`` or
+    submodules directly), so that the inputs cannot be seen.
+    """
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise _Seen
+
+    handle = session.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            session.forward(batch)
+    except _Seen:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        return None
+    names = _positional_names(session.model, len(seen["args"]))
+    named = [item for n, a in zip(names, seen["args"]) for item in _flatten(a, n)]
+    named += [item for k, v in seen["kwargs"].items() for item in _flatten(v, k)]
+    return ModelInputs(tuple(named))
+
+
+# -- per-feature statistics ------------------------------------------------------------------------------
+def _first_weighted(model: nn.Module) -> Optional[nn.Module]:
+    """The first module (in definition order) that holds parameters of its own: usually the one the input meets."""
+    for m in model.modules():
+        if any(True for _ in m.parameters(recurse=False)):
+            return m
+    return None
+
+
+def feature_dim(x: torch.Tensor, model: nn.Module) -> int:
+    """The dimension that indexes features: the last one for tables (N, F) and sequences (N, L, F), the channel
+    dimension for images (N, C, H, W), volumes and signals fed to a Conv1d (N, C, L). Channels-last images
+    are recognised when the first convolution's in_channels match the last dimension only."""
+    if x.ndim <= 2:
+        return x.ndim - 1
+    first = _first_weighted(model)
+    conv = isinstance(first, nn.modules.conv._ConvNd)
+    if x.ndim == 3:
+        return 1 if conv and first.in_channels == x.shape[1] != x.shape[2] else 2
+    if conv and first.in_channels == x.shape[-1] != x.shape[1]:
+        return x.ndim - 1
+    return 1
+
+
+@dataclass
+class FeatureStats:
+    """Per-feature statistics of one input over several batches (host tensors of length F)."""
+
+    name: str
+    shape: tuple
+    dim: int
+    layout: str  # "feature" or "channel"
+    count: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+    integer: torch.Tensor  # bool: every value integer-valued
+    binary: torch.Tensor  # bool: every value 0 or 1
+    nonfinite: int
+
+    @property
+    def features(self) -> int:
+        return int(self.mean.numel())
+
+    @property
+    def rms(self) -> torch.Tensor:
+        """sqrt(E[x^2]): the scale a linear layer sees (LeCun et al. 1998: the Hessian of a linear unit is E[x x^T])."""
+        return (self.mean ** 2 + self.std ** 2).sqrt()
+
+    @property
+    def constant(self) -> torch.Tensor:
+        return (self.max - self.min) <= 1e-12 * torch.maximum(self.max.abs(), torch.ones_like(self.max))
+
+    @property
+    def continuous(self) -> torch.Tensor:
+        """Features judged for scale: neither constant nor binary (0/1 flags, one-hot codes, masks)."""
+        return ~self.constant & ~self.binary
+
+
+class _Accumulator:
+    """Streams per-feature sums on the device, shifted by the first batch's means (no cancellation for features
+    such as a year, mean 2000 and std 10); one small host transfer per batch."""
+
+    def __init__(self):
+        self.shift = None
+        self.parts: list[torch.Tensor] = []
+
+    def update(self, rows: torch.Tensor) -> None:  # rows: (S, F)
+        x = rows.float()
+        finite = torch.isfinite(x)
+        if self.shift is None:
+            self.shift = torch.where(finite, x, 0.0).sum(0) / finite.sum(0).clamp_min(1)
+        shifted = torch.where(finite, x - self.shift, 0.0)
+        big = torch.finfo(torch.float32).max
+        self.parts.append(torch.stack([
+            finite.sum(0).float(), shifted.sum(0), shifted.pow(2).sum(0),
+            torch.where(finite, x, big).amin(0), torch.where(finite, x, -big).amax(0),
+            ((x != x.round()) & finite).any(0).float(), ((x != 0) & (x != 1) & finite).any(0).float(),
+            (~finite).sum(0).float(),
+        ]).cpu().double())  # float64 on the host: MPS has none
+
+    def result(self, name: str, shape: tuple, dim: int, layout: str) -> FeatureStats:
+        p = torch.stack(self.parts)  # (batches, 8, F)
+        n = p[:, 0].sum(0).clamp_min(1)
+        s1, s2 = p[:, 1].sum(0), p[:, 2].sum(0)
+        centred = s1 / n
+        var = (s2 / n - centred ** 2).clamp_min(0) * n / (n - 1).clamp_min(1)
+        return FeatureStats(name=name, shape=shape, dim=dim, layout=layout, count=int(n.min()),
+                            mean=self.shift.cpu().double() + centred, std=var.sqrt(), min=p[:, 3].amin(0),
+                            max=p[:, 4].amax(0), integer=p[:, 5].amax(0) == 0, binary=p[:, 6].amax(0) == 0,
+                            nonfinite=int(p[:, 7].sum()))
+
+
+def input_stats(session, batches: int) -> tuple[list[FeatureStats], Optional[ModelInputs]]:
+    """Per-feature (tables, sequences) or per-channel (images) statistics of every float input of the model."""
+    accs: dict[str, tuple[_Accumulator, tuple, int]] = {}
+    first = None
+    for i in range(min(batches, len(session.pool))):
+        seen = model_inputs(session, session.batch(i))
+        if seen is None:
+            return [], None
+        first = first or seen
+        for name, x in seen.floats():
+            if name not in accs:
+                accs[name] = (_Accumulator(), tuple(x.shape), feature_dim(x, session.model))
+            acc, shape, dim = accs[name]
+            if x.ndim != len(shape) or x.shape[dim] != shape[dim]:
+                continue  # a batch whose feature count differs (ragged data) is left out
+            acc.update(x.detach().movedim(dim, -1).reshape(-1, x.shape[dim]) if x.ndim > 1 else x.reshape(-1, 1))
+    out = []
+    for name, (acc, shape, dim) in accs.items():
+        layout = "feature" if len(shape) <= 2 or dim == len(shape) - 1 and len(shape) == 3 else "channel"
+        out.append(acc.result(name, shape, dim, layout))
+    return out, first
+
+
+# -- the check -------------------------------------------------------------------------------------------
+#: a feature-scale ratio compares the largest range with the smallest one; from this many features on (flattened
+#: images, spectra) with the 10% quantile of the ranges instead, so that faint edge pixels do not count
+_MANY_FEATURES, _SPREAD_QUANTILE = 64, 0.1
+#: integer-valued images in [0, 255] whose maximum reaches this are raw 8-bit pixels
+_RAW_PIXEL_MAX = 32
+#: at most this many per-feature constants are written out in the advice
+_ADVICE_FEATURES = 16
+#: at most this many rows per table, bars per plot
+_TABLE_ROWS, _PLOT_BARS = 512, 64
+
+_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: str
+    summary: str
+    advice: tuple[str, ...] = ()
+
+
+def _fmt(values, digits: int = 4) -> str:
+    return "[" + ", ".join(f"{float(v):.{digits}g}" for v in values) + "]"
+
+
+@dataclass
+class InputScale(Check):
+    id = "input_scale"
+    title = "Input scale"
+    what = """Per-feature (tables (N, F), sequences (N, L, F)) or per-channel (images (N, C, H, W)) mean, std, min
+    and max of the float tensors that the forward passes to the model, over several batches of the user's data.
+    Flags raw 0-255 pixels, features far from unit scale (means around 100, a year, an income), features whose
+    scales differ by orders of magnitude, inputs that are all tiny, and non-finite values. Constant and binary
+    features (flags, one-hot codes, masks) are listed but not judged; integer inputs (token ids) are skipped."""
+    why = """A linear layer's loss surface has the curvature E[x x^T] of its inputs: a large mean or one feature
+    much larger than the others makes it ill-conditioned, so the learning rate that is safe for the largest
+    direction crawls along the others (LeCun et al., Efficient BackProp). Large inputs also blow up the first
+    layer's pre-activations under the standard inits, which assume unit-variance inputs, saturating units and
+    inflating the initial loss."""
+    todo = """Standardize each feature (tables) or channel (images) with constants computed on the training set:
+    (x - mean) / std, transforms.Normalize(mean, std) for images, or StandardScaler; divide raw pixels by 255 first.
+    The advice gives the constants computed from your own data. Images in [0, 1] are fine as they are; normalizing
+    per channel is the usual practice."""
+    sources = (
+        "Y. LeCun, L. Bottou, G. Orr, K.-R. Mueller, 'Efficient BackProp' (1998), sec. 4.3: normalize the inputs "
+        "to zero mean, equal (unit) variance; means and unequal scales slow learning",
+        "CS231n, 'Neural Networks Part 2: data preprocessing': zero-centre and normalize; for images subtract the "
+        "per-channel mean",
+        "K. He et al. (2015) and X. Glorot & Y. Bengio (2010): the standard inits keep activations at unit scale "
+        "only for unit-scale inputs; an input RMS of 20 makes first-layer pre-activations ~20x larger",
+        "Thresholds: warn at 10x and fail at 100x between feature ranges (one and two orders of magnitude); "
+        "[0, 1] images (mean ~0.5, std ~0.3, RMS ~0.6) pass by design",
+    )
+
+    batches: int = threshold(8, "batches of the user's data whose inputs are measured")
+    warn_scale: float = threshold(5.0, "warn when a feature's RMS sqrt(mean^2 + std^2) exceeds this (inputs should "
+                                       "be of order 1)")
+    fail_scale: float = threshold(20.0, "fail when a feature's RMS exceeds this (raw pixels, means around 100)")
+    offset_sigmas: float = threshold(3.0, "warn when a feature's |mean| exceeds this many standard deviations "
+                                          "and also exceeds `offset_floor` (not centred)")
+    offset_floor: float = threshold(1.0, "means below this in absolute value are fine whatever the std ([0, 1] "
+                                         "data has mean/std ~1.7)")
+    warn_ratio: float = threshold(10.0, "warn when the largest feature range is this many times a small one "
+                                        "(the 10% quantile; the smallest with up to 10 features)")
+    fail_ratio: float = threshold(100.0, "fail when feature ranges differ by this factor (two orders of magnitude)")
+    small_scale: float = threshold(0.01, "warn when the median feature RMS is below this (inputs divided twice, "
+                                         "units far too large)")
+
+    def run(self, session):
+        stats, seen = input_stats(session, self.batches)
+        if seen is None:
+            self.skip("the forward never calls the model (it calls model.forward or submodules directly), so the "
+                      "inputs it passes cannot be seen; call model(...) in forward")
+        judged = [s for s in stats if bool(s.continuous.any()) or s.nonfinite]
+        if not judged:
+            ints = seen.integers()
+            if ints:
+                names = ", ".join(f"{n} ({str(t.dtype).replace('torch.', '')})" for n, t in ints[:4])
+                self.skip(f"the model's inputs are integers ({names}): token ids or indices into an embedding "
+                          f"have no scale to normalize" + (f"; float inputs {', '.join(s.name for s in stats)} "
+                                                           f"are binary or constant (masks)" if stats else ""))
+            if stats:
+                self.skip(f"every float input is binary or constant ({', '.join(s.name for s in stats)}: masks, "
+                          f"one-hot codes); there is no scale to judge")
+            self.skip("the model receives no float tensor inputs")
+        verdicts = {s.name: self._judge(s) for s in judged}
+        worst = max(judged, key=lambda s: _ORDER[verdicts[s.name].status])
+        verdict = verdicts[worst.name]
+        advice = [a for s in judged for a in verdicts[s.name].advice]
+        notes = [self._note(s) for s in stats if self._note(s)]
+        if verdict.status != "pass" and not advice:
+            advice.append(self._constants(worst))
+        return self.result(verdict.status, verdict.summary, metrics=self._metrics(worst, stats),
+                           advice=tuple(dict.fromkeys(advice)), notes=tuple(notes),
+                           tables=tuple(self._table(s) for s in stats),
+                           plots=tuple(self._plot(s) for s in judged))
+
+    # -- verdicts -----------------------------------------------------------------------------------------
+    def _judge(self, s: FeatureStats) -> _Verdict:
+        """The worst problem of one input: non-finite values, raw pixels, too large, uneven, not centred, tiny."""
+        label = f"{s.layout} {{}} of {s.name}"
+        if s.nonfinite:
+            return _Verdict("fail", f"{s.name} holds {s.nonfinite} non-finite values (NaN/Inf)",
+                            (f"Find where NaN/Inf enter {s.name} (missing values, log(0), division by zero) and "
+                             f"impute or drop them before training.",))
+        cont = s.continuous
+        idx = cont.nonzero().flatten()
+        rms, mean, std, rng = s.rms[idx], s.mean[idx], s.std[idx], (s.max - s.min)[idx]
+        if self._raw_pixels(s):
+            return _Verdict("fail", f"{s.name} holds raw 0-255 pixel values (max {float(s.max.max()):.0f}, mean "
+                                    f"{float(s.mean.mean()):.4g}, std {float(s.std.mean()):.4g})",
+                            (self._pixel_advice(s),))
+        k = int(rms.argmax())
+        top = rms[k]
+        big = (f"{label.format(int(idx[k]))} has mean {float(mean[k]):.4g} and std {float(std[k]):.4g} (RMS "
+               f"{float(top):.4g} > {{:g}}): " + ("off-centre" if mean[k].abs() > std[k] else "too large"))
+        if top > self.fail_scale:
+            return _Verdict("fail", big.format(self.fail_scale) + ", far from unit scale", (self._constants(s),))
+        ratio, lo, hi = self._spread(rng)
+        if ratio > self.fail_ratio:
+            return _Verdict("fail", self._spread_text(s, idx, rng, ratio, lo, hi), (self._constants(s),))
+        if top > self.warn_scale:
+            return _Verdict("warn", big.format(self.warn_scale) + " for unit-scale inputs", (self._constants(s),))
+        if ratio > self.warn_ratio:
+            return _Verdict("warn", self._spread_text(s, idx, rng, ratio, lo, hi), (self._constants(s),))
+        offset = mean.abs() / std.clamp_min(1e-12)
+        off = (mean.abs() > self.offset_floor) & (offset > self.offset_sigmas)
+        if off.any():
+            j = int(torch.where(off, offset, torch.zeros_like(offset)).argmax())
+            return _Verdict("warn", f"{label.format(int(idx[j]))} is not centred: mean {float(mean[j]):.4g} is "
+                                    f"{float(offset[j]):.1f} std ({float(std[j]):.4g}); {int(off.sum())} such",
+                            (self._constants(s),))
+        median = float(rms.median())
+        if median < self.small_scale:
+            return _Verdict("warn", f"{s.name} is tiny: median {s.layout} RMS {median:.3g} < {self.small_scale:g} "
+                                    f"(divided twice?)", (self._constants(s),))
+        return _Verdict("pass", f"{s.name} is of unit scale: {s.layout} RMS {float(rms.min()):#.3g} to "
+                                f"{float(top):#.3g}, |mean| <= {float(mean.abs().max()):#.3g}, ranges within "
+                                f"{ratio:#.3g}x over {int(cont.sum())} {s.layout}s")
+
+    def _raw_pixels(self, s: FeatureStats) -> bool:
+        return ((len(s.shape) >= 3 or s.features >= _MANY_FEATURES) and bool(s.integer.all()) and float(s.min.min()) >= 0
+                and _RAW_PIXEL_MAX <= float(s.max.max()) <= 255)
+
+    @staticmethod
+    def _spread(rng: torch.Tensor) -> tuple[float, int, int]:
+        """Largest range over a low quantile of the ranges: (ratio, index of the low one, index of the high one)."""
+        if rng.numel() < 2:
+            return 1.0, 0, 0
+        order = rng.argsort()
+        q = _SPREAD_QUANTILE if rng.numel() >= _MANY_FEATURES else 0.0
+        lo = int(order[int(math.floor(q * (rng.numel() - 1)))])
+        hi = int(order[-1])
+        return float(rng[hi] / rng[lo].clamp_min(1e-30)), lo, hi
+
+    @staticmethod
+    def _spread_text(s, idx, rng, ratio, lo, hi) -> str:
+        return (f"{s.layout} scales of {s.name} differ by {ratio:.3g}x: {s.layout} {int(idx[hi])} spans "
+                f"{float(rng[hi]):.4g}, {s.layout} {int(idx[lo])} spans {float(rng[lo]):.4g}")
+
+    # -- advice ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _norm_constants(s: FeatureStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardizing constants; binary and constant features keep mean 0 and std 1 (left as they are)."""
+        keep = s.continuous
+        std = torch.where(keep, s.std.clamp_min(1e-8), torch.ones_like(s.std))
+        mean = torch.where(keep & (s.mean.abs() > 1e-4 * std), s.mean, torch.zeros_like(s.mean))  # no 1e-9 noise
+        return mean, std
+
+    def _constants(self, s: FeatureStats) -> str:
+        mean, std = self._norm_constants(s)
+        trail = len(s.shape) - 1 - s.dim  # dimensions after the feature one: the constants broadcast over them
+        view = "[:, " + ", ".join(["None"] * trail) + "]" if trail else ""
+        if s.layout == "channel" and len(s.shape) >= 4 and s.dim == 1:
+            return (f"Normalize each channel of {s.name} with constants from your data: "
+                    f"transforms.Normalize(mean={_fmt(mean)}, std={_fmt(std)}) (or (x - mean{view}) / std{view} "
+                    f"on tensors).")
+        if s.layout == "channel" or s.features <= _ADVICE_FEATURES:
+            skip = int((~s.continuous).sum())
+            return (f"Standardize each {s.layout} of {s.name} with constants from your data: mean = "
+                    f"torch.tensor({_fmt(mean)}){view}; std = torch.tensor({_fmt(std)}){view}; x = (x - mean) / std"
+                    + (f" ({skip} binary/constant features keep mean 0, std 1)" if skip else "") + ".")
+        return (f"Standardize the {s.features} features of {s.name}: mean = X_train.mean(0), "
+                f"std = X_train.std(0).clamp_min(1e-8), x = (x - mean) / std (or sklearn StandardScaler); the "
+                f"per-feature constants measured on your data are in the table '{self._table_id(s)}'.")
+
+    def _pixel_advice(self, s: FeatureStats) -> str:
+        if s.layout == "feature":  # flattened images: one mean and std for every pixel
+            m = float(s.mean.mean())
+            sd = float(((s.std ** 2 + s.mean ** 2).mean() - m ** 2).clamp_min(0).sqrt())
+            return (f"Scale the pixels of {s.name} to [0, 1] and standardize them with constants from your data: "
+                    f"x = (x / 255 - {m / 255:.4g}) / {sd / 255:.4g}.")
+        mean, std = self._norm_constants(s)
+        return (f"Scale the pixels of {s.name} to [0, 1] (x.float() / 255, or transforms.ToTensor() on uint8 "
+                f"images), then normalize per channel: transforms.Normalize(mean={_fmt(mean / 255)}, "
+                f"std={_fmt(std / 255)}); in one step on the raw values: (x - {_fmt(mean)}) / {_fmt(std)} per channel.")
+
+    def _note(self, s: FeatureStats) -> str:
+        notes = []
+        cont = s.continuous
+        if cont.any() and len(s.shape) >= 3 and float(s.min.min()) >= 0 and float(s.max.max()) <= 1 \
+                and float(s.mean[cont].mean()) > 0.1:
+            mean, std = self._norm_constants(s)
+            notes.append(f"{s.name} is in [0, 1] (mean {float(s.mean.mean()):.3g}, std {float(s.std.mean()):.3g}): "
+                         f"fine; the usual practice normalizes per {s.layout}: Normalize(mean={_fmt(mean)}, "
+                         f"std={_fmt(std)})")
+        n_const, n_bin = int(s.constant.sum()), int((s.binary & ~s.constant).sum())
+        if not cont.any():
+            return f"{s.name} is all 0/1 or constant (a mask, flags): not judged"
+        if n_const:
+            notes.append(f"{n_const} of {s.features} {s.layout}s of {s.name} are constant over {s.count} rows "
+                         f"(they carry no information; drop them unless they vary in other batches)")
+        if n_bin:
+            notes.append(f"{n_bin} {s.layout}s of {s.name} are binary (0/1: flags, one-hot codes, masks): not judged")
+        return "; ".join(notes)
+
+    # -- evidence -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _metrics(s: FeatureStats, stats: list[FeatureStats]) -> dict:
+        idx = s.continuous.nonzero().flatten()
+        rms, rng = s.rms[idx], (s.max - s.min)[idx]
+        ratio = InputScale._spread(rng)[0] if idx.numel() else None
+        offset = (s.mean[idx].abs() / s.std[idx].clamp_min(1e-12)) if idx.numel() else torch.zeros(0)
+        return {
+            "input": s.name, "inputs": [x.name for x in stats], "layout": s.layout, "features": s.features,
+            "rows": s.count, "max_rms": float(rms.max()) if idx.numel() else None,
+            "median_rms": float(rms.median()) if idx.numel() else None,
+            "min_rms": float(rms.min()) if idx.numel() else None,
+            "max_abs_mean": float(s.mean[idx].abs().max()) if idx.numel() else None,
+            "max_offset_sigmas": float(offset.max()) if idx.numel() else None, "scale_ratio": ratio,
+            "overall_min": float(s.min.min()), "overall_max": float(s.max.max()),
+            "constant_features": int(s.constant.sum()), "binary_features": int((s.binary & ~s.constant).sum()),
+            "nonfinite_values": s.nonfinite,
+            "mean": [round(float(v), 6) for v in s.mean[:_ADVICE_FEATURES]],
+            "std": [round(float(v), 6) for v in s.std[:_ADVICE_FEATURES]],
+        }
+
+    @staticmethod
+    def _table_id(s: FeatureStats) -> str:
+        return "".join(c if c.isalnum() else "_" for c in f"stats_{s.name}").strip("_")
+
+    def _table(self, s: FeatureStats) -> Table:
+        kind = ["constant" if c else "binary" if b else "continuous" for c, b in
+                zip(s.constant.tolist(), s.binary.tolist())]
+        rows = [(i, kind[i], float(s.mean[i]), float(s.std[i]), float(s.min[i]), float(s.max[i]), float(s.rms[i]))
+                for i in range(min(s.features, _TABLE_ROWS))]
+        more = f" (first {_TABLE_ROWS} of {s.features})" if s.features > _TABLE_ROWS else ""
+        return Table(self._table_id(s), f"Per-{s.layout} statistics of {s.name} {tuple(s.shape)}{more}",
+                     (s.layout, "kind", "mean", "std", "min", "max", "rms"), rows)
+
+    @staticmethod
+    def _plot(s: FeatureStats) -> Plot:
+        n = min(s.features, _PLOT_BARS)
+        xs = [str(i) for i in range(n)]
+        return Plot(f"scale_{InputScale._table_id(s)}", f"Per-{s.layout} |mean| and std of {s.name}", "bar",
+                    (Series("|mean|", xs, s.mean[:n].abs().tolist()), Series("std", xs, s.std[:n].tolist())),
+                    x_label=s.layout, y_label="value (log)", log_y=True)

@@ -1,0 +1,197 @@
+"""input_scale in both directions: unscaled inputs warn or fail, healthy inputs of every kind pass or skip."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import babysitter
+import zoo
+
+CE = nn.CrossEntropyLoss()
+
+
+def check(options=None, **fields):
+    opts = {"input_scale": options} if options else None
+    return babysitter.check(**fields, select=["input_scale"], options=opts)["input_scale"]
+
+
+def mlp(d_in: int = 16, classes: int = 4) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, 32), nn.ReLU(), nn.Linear(32, classes))
+
+
+def strokes(n: int = 256, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """MNIST-like digits: a few anti-aliased strokes near the centre on a black background, in 1/255 steps."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.arange(size).float()
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    start = torch.randn(n, 3, 1, 2, generator=g) * size / 10 + size / 2
+    end = start + torch.randn(n, 3, 1, 2, generator=g) * size / 5
+    t = torch.linspace(0, 1, 12)[None, None, :, None]
+    pts = (start * (1 - t) + end * t).reshape(n, -1, 2)  # (n, points, 2)
+    d = ((yy.reshape(1, 1, -1) - pts[..., :1]) ** 2 + (xx.reshape(1, 1, -1) - pts[..., 1:]) ** 2).amin(1).sqrt()
+    return ((1.5 - d).clamp(0, 1) * 255).round().reshape(n, size, size) / 255
+
+
+def tabular(n: int = 512, seed: int = 0):
+    x, y = zoo.blobs(n=n, features=8, seed=seed)
+    return x, y
+
+
+# -- healthy ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
+def test_healthy_zoo_models_pass_or_skip_token_ids(name):
+    result = check(**zoo.HEALTHY[name]())
+    if name == "transformer":
+        assert result.status == "skip" and "integers" in result.summary
+    else:
+        assert result.status == "pass", result.summary
+        assert 0.5 < result.metrics["max_rms"] < 2
+
+
+@pytest.mark.parametrize("kind", ["uniform", "strokes"])
+def test_images_in_zero_one_pass_with_normalization_note(kind):
+    x = torch.rand(256, 3, 16, 16) if kind == "uniform" else strokes()[:, None]
+    y = torch.randint(0, 4, (256,))
+    model = nn.Sequential(nn.Conv2d(x.shape[1], 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    result = check(model=model, data=(x, y), loss_fn=CE)
+    assert result.status == "pass", result.summary
+    assert result.metrics["layout"] == "channel" and result.metrics["features"] == x.shape[1]
+    assert any("[0, 1]" in n and "Normalize(mean=" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("scale", ["unit", "normalized"])
+def test_flattened_digits_pass_despite_faint_edge_pixels(scale):
+    x = strokes().flatten(1)
+    if scale == "normalized":
+        x = (x - 0.1307) / 0.3081  # the usual global MNIST constants
+    result = check(model=mlp(256, 10), data=(x, torch.randint(0, 10, (256,))), loss_fn=CE)
+    assert result.status == "pass", result.summary
+
+
+def test_one_hot_columns_beside_standardized_ones_pass():
+    x, y = tabular()
+    x = torch.cat([x, nn.functional.one_hot(y, 4).float()], 1)
+    result = check(model=mlp(12), data=(x, y), loss_fn=CE)
+    assert result.status == "pass", result.summary
+    assert result.metrics["binary_features"] == 4
+    assert any("binary" in n for n in result.notes)
+
+
+def test_dict_batches_judge_the_tensors_the_forward_passes():
+    result = check(**zoo.dict_batch_target())
+    assert result.status == "pass"
+    assert result.metrics["input"] == "input_values" and "attention_mask" in result.metrics["inputs"]
+    assert any("attention_mask" in n and "not judged" in n for n in result.notes)
+
+
+def test_conv1d_signals_are_judged_per_channel():
+    x = torch.randn(256, 4, 32) * torch.tensor([1.0, 1.0, 1.0, 40.0])[:, None]
+    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2))
+    result = check(model=model, data=(x, torch.randint(0, 2, (256,))), loss_fn=CE)
+    assert result.metrics["layout"] == "channel" and result.metrics["features"] == 4
+    assert result.status == "fail" and "channel 3" in result.summary
+
+
+# -- faulty ----------------------------------------------------------------------------------------------
+def test_raw_pixels_fail_with_constants_for_normalize():
+    x, y = zoo.images()
+    raw = ((x - x.min()) / (x.max() - x.min()) * 255).round()
+    result = check(**{**zoo.cnn_target(), "data": (raw, y)})
+    assert result.status == "fail" and "raw 0-255 pixel" in result.summary
+    advice = " ".join(result.advice)
+    assert "/ 255" in advice and "transforms.Normalize(mean=[0.4" in advice
+
+
+def test_flattened_raw_pixels_fail():
+    x = strokes().flatten(1) * 255
+    result = check(model=mlp(256, 10), data=(x, torch.randint(0, 10, (256,))), loss_fn=CE)
+    assert result.status == "fail" and "raw 0-255 pixel" in result.summary
+
+
+def test_feature_with_mean_around_100_fails_with_its_constants():
+    x, y = tabular()
+    x[:, 3] = x[:, 3] * 5 + 100
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    assert result.status == "fail" and "feature 3" in result.summary and "off-centre" in result.summary
+    assert result.metrics["max_abs_mean"] == pytest.approx(100, rel=0.01)
+    advice = " ".join(result.advice)
+    assert "x = (x - mean) / std" in advice and "100" in advice
+
+
+def test_feature_scales_three_orders_apart_fail():
+    x, y = tabular()
+    x[:, 5] *= 1e-3  # a length in km beside lengths in m
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    assert result.status == "fail" and "feature 5" in result.summary
+    assert result.metrics["scale_ratio"] > 100
+
+
+def test_features_ten_times_apart_warn_and_large_features_fail():
+    x, y = tabular()
+    x[:, :2] *= 0.05
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    assert result.status == "warn" and 10 < result.metrics["scale_ratio"] < 100, result.summary
+    x, y = tabular()
+    x[:, :2] *= 30
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    assert result.status == "fail" and "too large" in result.summary
+
+
+def test_offset_features_warn_as_not_centred():
+    x, y = tabular()
+    x[:, 2] = x[:, 2] * 0.2 + 3  # mean 3, std 0.2: RMS 3 is fine, the offset is not
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    assert result.status == "warn" and "not centred" in result.summary and "feature 2" in result.summary
+
+
+def test_tiny_inputs_warn():
+    x, y = tabular()
+    result = check(model=mlp(8), data=(x / 1000, y), loss_fn=CE)
+    assert result.status == "warn" and "tiny" in result.summary
+
+
+def test_non_finite_inputs_fail():
+    x, y = tabular()
+    x[7, 1] = float("nan")
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    assert result.status == "fail" and result.metrics["nonfinite_values"] >= 1
+
+
+def test_thresholds_are_options():
+    x, y = tabular()
+    x[:, 2] = x[:, 2] * 5 + 10
+    assert check(model=mlp(8), data=(x, y), loss_fn=CE).status == "warn"
+    assert check(options={"warn_scale": 50.0, "offset_sigmas": 5.0}, model=mlp(8), data=(x, y),
+                 loss_fn=CE).status == "pass"
+
+
+def test_sequences_with_an_offset_feature_name_it():
+    x, y = zoo.sequences()
+    x[..., 6] += 200
+    result = check(**{**zoo.gru_target(), "data": (x, y)})
+    assert result.status == "fail" and "feature 6" in result.summary and result.metrics["layout"] == "feature"
+
+
+# -- not applicable --------------------------------------------------------------------------------------
+def test_forward_that_bypasses_the_model_call_skips_with_the_reason():
+    fields = zoo.dict_batch_target()
+    fields["forward"] = lambda model, b: (model.body(b["input_values"]), b["labels"])
+    result = check(**fields)
+    assert result.status == "skip" and "never calls the model" in result.summary
+
+
+def test_report_tables_and_plots():
+    x, y = tabular()
+    result = check(model=mlp(8), data=(x, y), loss_fn=CE)
+    table = result.tables[0]
+    assert table.columns[:4] == ("feature", "kind", "mean", "std") and len(table.rows) == 8
+    assert result.plots[0].kind == "bar" and result.plots[0].log_y
+
+
+def test_model_is_left_untouched():
+    fields = zoo.cnn_target()
+    before = {k: v.clone() for k, v in fields["model"].state_dict().items()}
+    check(**fields)
+    assert all(torch.equal(before[k], v) for k, v in fields["model"].state_dict().items())
