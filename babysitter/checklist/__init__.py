@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from .base import Check
 from .initial_loss import InitialLoss
+from .dead_relu import DeadRelu
+from .saturation import Saturation
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
+    DeadRelu,
+    Saturation,
 )
 
 

@@ -94,8 +94,8 @@ ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
                       nn.Softmax2d)
 #: modules whose activations run inside fused kernels
 FUSED_MODULES = (nn.RNNBase, nn.MultiheadAttention, nn.RNNCellBase)
-FUSED_FUNCTIONS = {F.scaled_dot_product_attention: "scaled_dot_product_attention (fused softmax)",
-                   F.multi_head_attention_forward: "multi_head_attention_forward (attention softmax)"}
+FUSED_FUNCTIONS = {F.scaled_dot_product_attention: "F.scaled_dot_product_attention: attention softmax",
+                   F.multi_head_attention_forward: "F.multi_head_attention_forward: attention softmax"}
 #: leaf modules that set the scale of the next activation's input
 WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -191,8 +191,9 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         spec = ACTIVATION_FUNCTIONS.get(func)
         if spec is None:
-            if func in FUSED_FUNCTIONS and self.owner.stack.stack:
-                self.owner.hidden.add(FUSED_FUNCTIONS[func])
+            frames = self.owner.stack.frames
+            if func in FUSED_FUNCTIONS and frames and not isinstance(frames[-1][2], FUSED_MODULES):
+                self.owner.hidden.add(f"{_short(frames[-1][0])} ({FUSED_FUNCTIONS[func]})")
             return func(*args, **kwargs)
         return self.owner._call(func, spec, args, kwargs)
 
@@ -220,7 +221,8 @@ class _Stack(ModuleStack):
         self.stack.append(name)
         self.frames.append([name, min(inv, MAX_INVOCATIONS), module, {}])
         if isinstance(module, FUSED_MODULES) and self.owner.recording:
-            self.owner.hidden.add(f"{_short(name)} ({type(module).__name__}: gates/softmax fused)")
+            what = "attention softmax" if isinstance(module, nn.MultiheadAttention) else "gate sigmoids and tanh"
+            self.owner.hidden.add(f"{_short(name)} ({type(module).__name__}: {what})")
 
     def _post(self, module, args, output):
         if self.stack:
@@ -377,21 +379,30 @@ class ActivationInstrument:
                 site.value_hist += torch.histc(flat, VALUE_BINS, lo, hi)
 
     def _record_softmax(self, site, op, y, args, kwargs) -> None:
+        """Distributions whose top probability exceeds SOFTMAX_PINNED, among those with a real choice.
+
+        A row whose second-largest probability is exactly 0 had every other entry masked out (the first query
+        of causal attention, a padded key set): pinned by construction, so it is not counted.
+        """
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         if dim is None:
             dim = 0 if y.ndim in (0, 1, 3) else 1  # torch's legacy implicit dimension
-        top = y.amax(dim)
-        limit = SOFTMAX_PINNED if op == "softmax" else math.log(SOFTMAX_PINNED)
-        pinned = (top > limit).sum(dtype=torch.float32)
-        site.pinned = pinned if site.pinned is None else site.pinned + pinned
-        site.rows += top.numel()
-        if site.log_hist is None:
+        if y.shape[dim] < 2:
+            return
+        top2 = y.topk(2, dim).values
+        top, second = top2.select(dim, 0), top2.select(dim, 1)
+        if op == "softmax":
+            valid, pinned = second > 0, top > SOFTMAX_PINNED
+        else:
+            valid, pinned = second > -80.0, top > math.log(SOFTMAX_PINNED)
+            top = top.exp()
+        counts = torch.stack([(pinned & valid).sum(dtype=torch.float32), valid.sum(dtype=torch.float32)])
+        site.pinned = counts if site.pinned is None else site.pinned + counts
+        if site.value_hist is None:
             site.log_hist = torch.zeros(LOG_BINS, device=y.device)
             site.value_range = (0.0, 1.0)
             site.value_hist = torch.zeros(VALUE_BINS, device=y.device)
-        probs = top if op == "softmax" else top.exp()
-        flat = probs.reshape(-1)[:HIST_SAMPLE]
-        site.value_hist += torch.histc(flat, VALUE_BINS, 0.0, 1.0)
+        site.value_hist += torch.histc(top.reshape(-1)[:HIST_SAMPLE], VALUE_BINS, 0.0, 1.0)
 
     # -- results ------------------------------------------------------------------------------------
     def result(self) -> ActivationResult:
@@ -442,7 +453,7 @@ class ActivationInstrument:
                 saturated=[v / n for v in saturated] if saturated is not None else None,
                 mean=mean, std=std, unit_std=unit_std, pre_mean=pre_mean, pre_std=pre_std,
                 log_hist=log_hist or [], value_hist=value_hist, value_range=s.value_range,
-                pinned=(pinned[0] / max(s.rows, 1)) if pinned is not None else None,
+                pinned=(pinned[0] / max(pinned[1], 1.0)) if pinned is not None else None,
                 producer=s.producer, producer_type=s.producer_type))
         return ActivationResult(layers=layers, forwards=max(self.forwards - self.skip_forwards, 0),
                                 hidden=sorted(self.hidden), skipped=self.skipped)
@@ -497,5 +508,30 @@ def activations_of(session, which: str) -> Optional[ActivationResult]:
     return ev.instruments.get("activations")
 
 
-__all__ = ["ActivationInstrument", "ActivationResult", "LayerStats", "activations_of", "ACTIVATION_FUNCTIONS",
+def hidden_clause(result: Optional[ActivationResult]) -> str:
+    """' (not visible inside fused kernels: ...)' for skip reasons, or ''."""
+    if not result or not result.hidden:
+        return ""
+    return f" (not visible inside fused kernels: {', '.join(result.hidden)})"
+
+
+def visibility_notes(result: Optional[ActivationResult]) -> tuple[str, ...]:
+    """What the instrument saw and what it could not see, for a check's notes."""
+    if result is None:
+        return ()
+    out = []
+    if result.layers:
+        kinds = sorted({l.op for l in result.layers})
+        out.append(f"{len(result.layers)} activation sites seen (modules and functional calls: {', '.join(kinds)})")
+    if result.hidden:
+        out.append("not visible, computed inside fused kernels: " + "; ".join(result.hidden) +
+                   ". The gates of LSTM/GRU/RNN and the attention softmax of nn.MultiheadAttention or "
+                   "F.scaled_dot_product_attention never reach Python.")
+    if result.skipped:
+        out.append(f"{result.skipped} activation calls could not be reduced (their shape changed between calls)")
+    return tuple(out)
+
+
+__all__ = ["ActivationInstrument", "ActivationResult", "LayerStats", "activations_of", "hidden_clause",
+           "visibility_notes", "ACTIVATION_FUNCTIONS",
            "RECTIFIER", "TANH", "SIGMOID", "SOFTMAX"]
