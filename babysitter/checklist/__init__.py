@@ -5,12 +5,14 @@ from .base import Check
 from .initial_loss import InitialLoss
 from .dead_relu import DeadRelu
 from .saturation import Saturation
+from .activation_scale import ActivationScale
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
     DeadRelu,
     Saturation,
+    ActivationScale,
 )
 
 
