@@ -90,7 +90,8 @@ class DeadRelu(Check):
                        + (f", {dead_after} after {_steps(session)} training steps" if layers[1] else "")
                        + f"; worst layer {worst_name} {worst_frac:.0%} dead")
         else:
-            summary = f"{worst_frac:.0%} of layer {worst_name}'s units are dead {when} (threshold {self.fail_layer if status == 'fail' else self.warn_layer:.0%})"
+            limit = self.fail_layer if status == 'fail' else self.warn_layer
+            summary = f"{worst_frac:.1%} of layer {worst_name}'s units are dead {when} (threshold {limit:.0%})"
         advice = self._advice(session, layers, status) if status != "pass" else ()
         table = Table("dead_units", "Dead units per layer (a unit is dead when positive on < "
                       f"{self.unit_threshold:.0%} of its outputs)",

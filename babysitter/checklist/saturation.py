@@ -83,7 +83,7 @@ class Saturation(Check):
             summary = (f"{len(layers)} tanh/sigmoid/softmax layers at init, at most {worst:.1%} {what} "
                        f"({worst_name})")
         else:
-            summary = (f"{worst:.0%} of {worst_name}'s outputs are {what} at init "
+            summary = (f"{worst:.1%} of {worst_name}'s outputs are {what} at init "
                        f"(threshold {self.fail_layer if status == 'fail' else self.warn_layer:.0%})")
         advice = self._advice(session, layers, fractions) if status != "pass" else ()
         table = Table("saturation", "Saturated fraction per layer", (
