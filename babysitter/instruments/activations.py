@@ -40,12 +40,14 @@ from .hooks import HookSet, ModuleStack
 #: activation families
 RECTIFIER, TANH, SIGMOID, SOFTMAX = "rectifier", "tanh", "sigmoid", "softmax"
 
-#: edges of the log10|y| histogram: 4 bins per decade from 1e-8 to 1e4 (zeros land in the first bin)
-LOG_MIN, LOG_MAX, LOG_BINS = -8.0, 4.0, 48
+#: the magnitude histogram has one bin per octave, by binary exponent e (|y| in [2^(e-1), 2^e)) from EXP_MIN
+#: (everything below 2^-27 ~ 7e-9, zeros included) to EXP_MAX (everything from 2^11 = 2048 up)
+EXP_MIN, EXP_MAX = -27, 12
+LOG_BINS = EXP_MAX - EXP_MIN + 1
 #: bins of the value histogram of bounded activations (tanh over [-1, 1], sigmoid over [0, 1])
 VALUE_BINS = 40
 #: at most this many elements of one call go into the histograms (a strided sample, no copy)
-HIST_SAMPLE = 1 << 16
+HIST_SAMPLE = 1 << 13
 #: invocations of one module in a forward beyond this one share a row (recurrent loops)
 MAX_INVOCATIONS = 16
 
@@ -120,15 +122,19 @@ class LayerStats:
     saturated: Optional[list[float]]  # per unit: fraction in the flat region (tanh, sigmoid)
     mean: float
     std: float
-    unit_std: list[float]  # per unit standard deviation
     pre_mean: Optional[float]  # of the activation's input (None for in-place calls seen after the fact)
     pre_std: Optional[float]
-    log_hist: list[float]  # counts over log10|y| bins
+    log_hist: list[float]  # counts of |y| per octave (see ActivationResult.log_edges), on a sample of each call
     value_hist: Optional[list[float]]  # counts over the value range of bounded activations
     value_range: Optional[tuple[float, float]]
     pinned: Optional[float]  # softmax: fraction of distributions whose maximum exceeds SOFTMAX_PINNED
     producer: str = ""  # the last leaf module before the call (Linear, Conv, norm...), qualified name
     producer_type: str = ""
+
+    @property
+    def finite(self) -> bool:
+        """False when the layer produced NaN or Inf (counts and moments are then meaningless)."""
+        return all(math.isfinite(a) for a in self.active) and math.isfinite(self.std)
 
     @property
     def dead_fraction(self) -> float:
@@ -160,22 +166,22 @@ class ActivationResult:
 
     @staticmethod
     def log_edges() -> list[float]:
-        step = (LOG_MAX - LOG_MIN) / LOG_BINS
-        return [LOG_MIN + i * step for i in range(LOG_BINS + 1)]
+        """Edges of the magnitude histogram's bins in log10|y| (the outer bins are open-ended)."""
+        return [(EXP_MIN - 1 + i) * math.log10(2) for i in range(LOG_BINS + 1)]
 
 
 class _Site:
     """Device accumulators of one call site."""
 
     __slots__ = ("key", "module", "module_type", "op", "family", "order", "calls", "units", "per_unit", "active",
-                 "saturated", "sum", "sumsq", "pre", "pre_n", "log_hist", "value_hist", "value_range", "pinned",
+                 "saturated", "moments", "pre", "pre_n", "log_hist", "value_hist", "value_range", "pinned",
                  "rows", "producer", "producer_type", "unit_dim", "has_pre")
 
     def __init__(self, key, module, module_type, op, family, order, producer, producer_type):
         self.key, self.module, self.module_type, self.op, self.family = key, module, module_type, op, family
         self.order, self.producer, self.producer_type = order, producer, producer_type
         self.calls = self.units = self.per_unit = self.pre_n = self.rows = 0
-        self.active = self.saturated = self.sum = self.sumsq = self.pre = None
+        self.active = self.saturated = self.moments = self.pre = None
         self.log_hist = self.value_hist = self.pinned = None
         self.value_range = None
         self.unit_dim = None
@@ -349,12 +355,10 @@ class ActivationInstrument:
             units = y.shape[dim]
             if site.unit_dim is None:
                 site.unit_dim, site.units = dim, units
-                zeros = torch.zeros(units, device=y.device)
-                site.active, site.sum, site.sumsq = zeros, zeros.clone(), zeros.clone()
-                if family in (TANH, SIGMOID):
-                    site.saturated = zeros.clone()
+                site.active = torch.zeros(units, device=y.device)
                 site.log_hist = torch.zeros(LOG_BINS, device=y.device)
                 if family in (TANH, SIGMOID):
+                    site.saturated = torch.zeros(units, device=y.device)
                     site.value_range = (-1.0, 1.0) if family == TANH else (0.0, 1.0)
                     site.value_hist = torch.zeros(VALUE_BINS, device=y.device)
             elif units != site.units:
@@ -362,18 +366,22 @@ class ActivationInstrument:
                 return
             dims = tuple(d for d in range(y.ndim) if d != dim)
             site.per_unit += y.numel() // units
-            site.active += (y > 0).sum(dims, dtype=torch.float32)
-            site.sum += y.sum(dims)
-            site.sumsq += (y * y).sum(dims)
+            # counts through sign() and float sums: a bool tensor summed into floats takes a slow path
+            positive = y.sign()
+            if family != SIGMOID and op not in ("relu", "relu6"):
+                positive.clamp_(min=0)  # signed outputs (leaky, ELU, GELU, tanh): only +1 counts
+            site.active += positive.sum(dims)
+            moments = self._moments(y)
+            site.moments = moments if site.moments is None else site.moments + moments
             if family == TANH:
-                site.saturated += (y.abs() > TANH_SATURATED).sum(dims, dtype=torch.float32)
+                site.saturated += y.abs().sub_(TANH_SATURATED).sign_().clamp_(min=0).sum(dims)
             elif family == SIGMOID:
-                site.saturated += ((y - 0.5).abs() > SIGMOID_SATURATED - 0.5).sum(dims, dtype=torch.float32)
+                site.saturated += (y - 0.5).abs_().sub_(SIGMOID_SATURATED - 0.5).sign_().clamp_(min=0).sum(dims)
             flat = y.reshape(-1)
             if flat.numel() > HIST_SAMPLE:
                 flat = flat[:: flat.numel() // HIST_SAMPLE + 1]
-            site.log_hist += torch.histc(flat.abs().clamp_(min=10 ** LOG_MIN).log10_().clamp_(LOG_MIN, LOG_MAX),
-                                         LOG_BINS, LOG_MIN, LOG_MAX)
+            exponent = torch.frexp(flat.abs().clamp_(min=2.0 ** (EXP_MIN - 3))).exponent.float()
+            site.log_hist += torch.histc(exponent.clamp_(EXP_MIN, EXP_MAX), LOG_BINS, EXP_MIN - 0.5, EXP_MAX + 0.5)
             if site.value_hist is not None:
                 lo, hi = site.value_range
                 site.value_hist += torch.histc(flat, VALUE_BINS, lo, hi)
@@ -410,7 +418,7 @@ class ActivationInstrument:
         sites = sorted(self.sites.values(), key=lambda s: s.order)
         parts: list[torch.Tensor] = []
         for s in sites:
-            for t in (s.active, s.saturated, s.sum, s.sumsq, s.pre, s.log_hist, s.value_hist, s.pinned):
+            for t in (s.active, s.saturated, s.moments, s.pre, s.log_hist, s.value_hist, s.pinned):
                 if t is not None:
                     parts.append(t.reshape(-1).float())
         host: list[float] = []
@@ -431,17 +439,14 @@ class ActivationInstrument:
         names = self._display_names(sites)
         layers = []
         for s in sites:
-            active, saturated, total, sq, pre, log_hist, value_hist, pinned = (
-                take(t) for t in (s.active, s.saturated, s.sum, s.sumsq, s.pre, s.log_hist, s.value_hist, s.pinned))
+            active, saturated, moments, pre, log_hist, value_hist, pinned = (
+                take(t) for t in (s.active, s.saturated, s.moments, s.pre, s.log_hist, s.value_hist, s.pinned))
             n = max(s.per_unit, 1)
             units = s.units
             mean = std = 0.0
-            unit_std: list[float] = []
-            if total is not None:
-                mean = sum(total) / (n * units)
-                var = max(sum(sq) / (n * units) - mean * mean, 0.0)
-                std = math.sqrt(var)
-                unit_std = [math.sqrt(max(q / n - (t / n) ** 2, 0.0)) for t, q in zip(total, sq)]
+            if moments is not None:
+                mean = moments[0] / (n * units)
+                std = math.sqrt(max(moments[1] / (n * units) - mean * mean, 0.0))
             pre_mean = pre_std = None
             if pre is not None and s.has_pre and s.pre_n:
                 pre_mean = pre[0] / s.pre_n
@@ -451,7 +456,7 @@ class ActivationInstrument:
                 order=s.order, calls=s.calls, units=units, per_unit=s.per_unit,
                 active=[a / n for a in active] if active is not None else [],
                 saturated=[v / n for v in saturated] if saturated is not None else None,
-                mean=mean, std=std, unit_std=unit_std, pre_mean=pre_mean, pre_std=pre_std,
+                mean=mean, std=std, pre_mean=pre_mean, pre_std=pre_std,
                 log_hist=log_hist or [], value_hist=value_hist, value_range=s.value_range,
                 pinned=(pinned[0] / max(pinned[1], 1.0)) if pinned is not None else None,
                 producer=s.producer, producer_type=s.producer_type))
