@@ -6,7 +6,7 @@ on the default thread count. An instrumented block enters the instrument, runs t
 ``result()`` (the one host transfer), so the ratio includes everything the checks pay for. Reports the median
 ratio and the spread of the paired ratios. Goal: at most 1.10x.
 
-    python benchmarks/instrument_overhead.py [--repeats 7] [--device cpu|cuda] [--out benchmarks/out/instrument_overhead.json]
+    python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--out benchmarks/out/instrument_overhead.json]
 """
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ class Encoder(nn.Module):
 def cases(device):
     g = torch.Generator().manual_seed(0)
     return {
-        "mlp 6x1024, batch 128": (MLP(), torch.randn(128, 256, generator=g), 6),
-        "cnn 5 conv 64ch 32x32, batch 8": (cnn(), torch.randn(8, 3, 32, 32, generator=g), 3),
-        "transformer 4 layers d=256, 8x64 tokens": (Encoder(), torch.randint(0, 1000, (8, 64), generator=g), 3),
+        "mlp 6x1024, batch 128": (MLP(), torch.randn(128, 256, generator=g), 4),
+        "cnn 5 conv 64ch 32x32, batch 8": (cnn(), torch.randn(8, 3, 32, 32, generator=g), 2),
+        "transformer 4 layers d=256, 8x64 tokens": (Encoder(), torch.randint(0, 1000, (8, 64), generator=g), 2),
     }
 
 
@@ -103,7 +103,7 @@ def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int, device)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/out/instrument_overhead.json"))
     args = ap.parse_args()

@@ -46,8 +46,10 @@ EXP_MIN, EXP_MAX = -27, 12
 LOG_BINS = EXP_MAX - EXP_MIN + 1
 #: bins of the value histogram of bounded activations (tanh over [-1, 1], sigmoid over [0, 1])
 VALUE_BINS = 40
-#: at most this many elements of one call go into the histograms (a strided sample, no copy)
+#: at most this many elements of one call go into the histograms (a strided sample, no copy), and only the
+#: first HIST_CALLS calls of a site: the histograms are a picture, the counts above are exact
 HIST_SAMPLE = 1 << 13
+HIST_CALLS = 4
 #: invocations of one module in a forward beyond this one share a row (recurrent loops)
 MAX_INVOCATIONS = 16
 
@@ -377,6 +379,8 @@ class ActivationInstrument:
                 site.saturated += y.abs().sub_(TANH_SATURATED).sign_().clamp_(min=0).sum(dims)
             elif family == SIGMOID:
                 site.saturated += (y - 0.5).abs_().sub_(SIGMOID_SATURATED - 0.5).sign_().clamp_(min=0).sum(dims)
+            if site.calls > HIST_CALLS:
+                return
             flat = y.reshape(-1)
             if flat.numel() > HIST_SAMPLE:
                 flat = flat[:: flat.numel() // HIST_SAMPLE + 1]
