@@ -46,10 +46,11 @@ EXP_MIN, EXP_MAX = -27, 12
 LOG_BINS = EXP_MAX - EXP_MIN + 1
 #: bins of the value histogram of bounded activations (tanh over [-1, 1], sigmoid over [0, 1])
 VALUE_BINS = 40
-#: at most this many elements of one call go into the histograms (a strided sample, no copy), and only the
-#: first HIST_CALLS calls of a site: the histograms are a picture, the counts above are exact
+#: at most this many elements of one call go into the histograms (a strided sample, no copy)
 HIST_SAMPLE = 1 << 13
-HIST_CALLS = 4
+#: moments (mean, std of the output and of its input) and histograms come from the first DETAIL_CALLS calls of a
+#: site (the 4 batches at init); the active and saturated counts are exact over every call
+DETAIL_CALLS = 4
 #: invocations of one module in a forward beyond this one share a row (recurrent loops)
 MAX_INVOCATIONS = 16
 
@@ -177,17 +178,16 @@ class _Site:
 
     __slots__ = ("key", "module", "module_type", "op", "family", "order", "calls", "units", "per_unit", "active",
                  "saturated", "moments", "pre", "pre_n", "log_hist", "value_hist", "value_range", "pinned",
-                 "rows", "producer", "producer_type", "unit_dim", "has_pre")
+                 "moment_n", "producer", "producer_type", "unit_dim")
 
     def __init__(self, key, module, module_type, op, family, order, producer, producer_type):
         self.key, self.module, self.module_type, self.op, self.family = key, module, module_type, op, family
         self.order, self.producer, self.producer_type = order, producer, producer_type
-        self.calls = self.units = self.per_unit = self.pre_n = self.rows = 0
+        self.calls = self.units = self.per_unit = self.pre_n = self.moment_n = 0
         self.active = self.saturated = self.moments = self.pre = None
         self.log_hist = self.value_hist = self.pinned = None
         self.value_range = None
         self.unit_dim = None
-        self.has_pre = True
 
 
 class _Mode(TorchFunctionMode):
@@ -289,17 +289,20 @@ class ActivationInstrument:
             return func(*args, **kwargs)
         op, family = spec
         x = args[0]
+        if not x.is_floating_point() or not x.ndim or not x.numel():
+            return func(*args, **kwargs)
         if op == "hardtanh":
             low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
             if low < 0:
                 return func(*args, **kwargs)  # a clipping hardtanh, not a rectifier
             op = "relu6"
-        # the input's moments before the call: an in-place activation overwrites it
-        pre = self._moments(x) if family != SOFTMAX and x.is_floating_point() and x.numel() else None
+        site = self._site(frames[-1], op, family)
+        # the input's moments before the call (an in-place activation overwrites it), on the first calls only
+        pre = self._moments(x) if family != SOFTMAX and site.calls < DETAIL_CALLS else None
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim and out.numel():
             try:
-                self._record(frames[-1], op, family, out, pre, args, kwargs)
+                self._record(site, op, family, out, pre, args, kwargs)
             except Exception:
                 self.skipped += 1
         return out
@@ -338,18 +341,16 @@ class ActivationInstrument:
             return 1
         return y.ndim - 1
 
-    def _record(self, frame, op, family, out, pre, args, kwargs) -> None:
-        site = self._site(frame, op, family)
+    def _record(self, site, op, family, out, pre, args, kwargs) -> None:
         with torch.no_grad():
             y = out.detach()
             if y.dtype != torch.float32:
                 y = y.float()
             site.calls += 1
+            detail = site.calls <= DETAIL_CALLS
             if pre is not None:
                 site.pre = pre if site.pre is None else site.pre + pre
                 site.pre_n += out.numel()
-            else:
-                site.has_pre = False
             if family == SOFTMAX:
                 self._record_softmax(site, op, y, args, kwargs)
                 return
@@ -373,14 +374,15 @@ class ActivationInstrument:
             if family != SIGMOID and op not in ("relu", "relu6"):
                 positive.clamp_(min=0)  # signed outputs (leaky, ELU, GELU, tanh): only +1 counts
             site.active += positive.sum(dims)
-            moments = self._moments(y)
-            site.moments = moments if site.moments is None else site.moments + moments
             if family == TANH:
                 site.saturated += y.abs().sub_(TANH_SATURATED).sign_().clamp_(min=0).sum(dims)
             elif family == SIGMOID:
                 site.saturated += (y - 0.5).abs_().sub_(SIGMOID_SATURATED - 0.5).sign_().clamp_(min=0).sum(dims)
-            if site.calls > HIST_CALLS:
+            if not detail:
                 return
+            moments = self._moments(y)
+            site.moments = moments if site.moments is None else site.moments + moments
+            site.moment_n += y.numel()
             flat = y.reshape(-1)
             if flat.numel() > HIST_SAMPLE:
                 flat = flat[:: flat.numel() // HIST_SAMPLE + 1]
@@ -448,11 +450,11 @@ class ActivationInstrument:
             n = max(s.per_unit, 1)
             units = s.units
             mean = std = 0.0
-            if moments is not None:
-                mean = moments[0] / (n * units)
-                std = math.sqrt(max(moments[1] / (n * units) - mean * mean, 0.0))
+            if moments is not None and s.moment_n:
+                mean = moments[0] / s.moment_n
+                std = math.sqrt(max(moments[1] / s.moment_n - mean * mean, 0.0))
             pre_mean = pre_std = None
-            if pre is not None and s.has_pre and s.pre_n:
+            if pre is not None and s.pre_n:
                 pre_mean = pre[0] / s.pre_n
                 pre_std = math.sqrt(max(pre[1] / s.pre_n - pre_mean ** 2, 0.0))
             layers.append(LayerStats(
