@@ -232,6 +232,25 @@ class _Stack(ModuleStack):
             what = "attention softmax" if isinstance(module, nn.MultiheadAttention) else "gate sigmoids and tanh"
             self.owner.hidden.add(f"{_short(name)} ({type(module).__name__}: {what})")
 
+    def __enter__(self) -> "_Stack":
+        seen = set()
+        for module in self.names:
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            try:  # a scripted module may take no Python hooks: what it runs is not visible anyway
+                pre = module.register_forward_pre_hook(self._pre)
+            except Exception:
+                continue
+            try:
+                post = module.register_forward_hook(self._post)
+            except Exception:
+                pre.remove()
+                continue
+            self.hooks.add(pre)
+            self.hooks.add(post)
+        return self
+
     def _post(self, module, args, output):
         if self.stack:
             self.stack.pop()
