@@ -6,7 +6,7 @@ on the default thread count. An instrumented block enters the instrument, runs t
 ``result()`` (the one host transfer), so the ratio includes everything the checks pay for. Reports the median
 ratio and the spread of the paired ratios. Goal: at most 1.10x.
 
-    python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--out benchmarks/out/instrument_overhead.json]
+    python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--out FILE.json]
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Optional
 from torch import nn
 
 from ..instruments.activations import (RECTIFIER, SIGMOID, TANH, ActivationResult, LayerStats, activations_of,
-                                       hidden_clause, visibility_notes)
+                                       hidden_clause, ref, visibility_notes)
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
 
@@ -197,15 +197,15 @@ def _init_for(layer: LayerStats, producer: Optional[nn.Module]) -> Optional[Init
         return None
     fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
     std = float(weight.detach().float().std())
-    ref = f"model.get_submodule('{layer.producer}').weight"
+    target = ref(layer.producer, "weight")
     if layer.op == "selu":
         return InitAdvice(layer.producer, fan_in, fan_out, std, math.sqrt(1 / fan_in), "LeCun",
-                          f"nn.init.kaiming_normal_({ref}, nonlinearity='linear')")
+                          f"nn.init.kaiming_normal_({target}, nonlinearity='linear')")
     if layer.family == RECTIFIER:
         return InitAdvice(layer.producer, fan_in, fan_out, std, math.sqrt(2 / fan_in), "Kaiming",
-                          f"nn.init.kaiming_normal_({ref}, nonlinearity='relu')")
+                          f"nn.init.kaiming_normal_({target}, nonlinearity='relu')")
     return InitAdvice(layer.producer, fan_in, fan_out, std, math.sqrt(2 / (fan_in + fan_out)), "Xavier",
-                      f"nn.init.xavier_normal_({ref})")
+                      f"nn.init.xavier_normal_({target})")
 
 
 def _log_heatmap(layers: list[LayerStats]) -> Plot:
@@ -216,5 +216,5 @@ def _log_heatmap(layers: list[LayerStats]) -> Plot:
     for l in layers:
         total = sum(l.log_hist) or 1.0
         series.append(Series(f"{l.name} (std {l.std:.2g})", centres, [v / total for v in l.log_hist]))
-    return Plot("log_histograms", "Histogram of log10 |activation| per layer at init (first bin: exact zeros and "
-                "|a| < 1e-8)", "heatmap", tuple(series), x_label="log10 |activation|", y_label="layer")
+    return Plot("log_histograms", "log10 |activation| per layer at init (left bin: zeros)", "heatmap",
+                tuple(series), x_label="log10 |activation|", y_label="layer")

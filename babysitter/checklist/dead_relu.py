@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..instruments.activations import RECTIFIER, ActivationResult, LayerStats, activations_of, hidden_clause, visibility_notes
+from ..instruments.activations import (RECTIFIER, ActivationResult, LayerStats, activations_of, hidden_clause, ref,
+                                       visibility_notes)
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
 
@@ -172,7 +173,7 @@ def _init_advice(layer: LayerStats, producer: Optional[nn.Module], fraction: flo
         if float(b.mean()) < 0 and float(b.mean()) < -0.5 * float(b.std() if b.numel() > 1 else 0.0):
             return (f"{head}{pre}: the bias of {layer.producer} has mean {float(b.mean()):.3g}, which pushes the "
                     f"inputs below zero. Initialise it at 0 or a small positive value "
-                    f"(nn.init.constant_({layer.producer}.bias, 0.01)).")
+                    f"(nn.init.constant_({ref(layer.producer, 'bias')}, 0.01)).")
     if layer.pre_mean is not None and layer.pre_std is not None and layer.pre_mean < -layer.pre_std:
         return (f"{head}{pre}: its inputs are shifted far below zero. Normalize them (BatchNorm/LayerNorm before "
                 f"the activation), center the input data, and use zero biases.")

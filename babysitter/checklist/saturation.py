@@ -7,7 +7,7 @@ from typing import Optional
 from torch import nn
 
 from ..instruments.activations import (SIGMOID, SIGMOID_SATURATED, SOFTMAX, SOFTMAX_PINNED, TANH, TANH_SATURATED,
-                                       ActivationResult, LayerStats, activations_of, hidden_clause,
+                                       ActivationResult, LayerStats, activations_of, hidden_clause, ref,
                                        visibility_notes)
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
@@ -146,7 +146,7 @@ def _layer_advice(layer: LayerStats, producer: Optional[nn.Module], fraction: fl
         xavier = (2.0 / (fan_in + fan_out)) ** 0.5
         std = float(weight.detach().float().std())
         return (f"{head}{pre}: the weights of {layer.producer} have std {std:.3g}, {std / xavier:.1f}x the Xavier "
-                f"value {xavier:.3g}. Use nn.init.xavier_uniform_({layer.producer}.weight, "
+                f"value {xavier:.3g}. Use nn.init.xavier_uniform_({ref(layer.producer, 'weight')}, "
                 f"gain=nn.init.calculate_gain('{layer.op}')) and standardize the inputs; or switch the hidden "
                 f"activation to ReLU/GELU.")
     return (f"{head}{pre}: scale down what feeds it (Xavier init, standardized inputs), add a normalization layer "

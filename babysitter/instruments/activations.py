@@ -538,6 +538,11 @@ def activations_of(session, which: str) -> Optional[ActivationResult]:
     return ev.instruments.get("activations")
 
 
+def ref(module: str, attr: str) -> str:
+    """Python that reaches a parameter of a submodule by its qualified name, for advice the user can paste."""
+    return f"model.get_submodule('{module}').{attr}" if module else f"model.{attr}"
+
+
 def hidden_clause(result: Optional[ActivationResult]) -> str:
     """' (not visible inside fused kernels: ...)' for skip reasons, or ''."""
     if not result or not result.hidden:
@@ -562,6 +567,6 @@ def visibility_notes(result: Optional[ActivationResult]) -> tuple[str, ...]:
     return tuple(out)
 
 
-__all__ = ["ActivationInstrument", "ActivationResult", "LayerStats", "activations_of", "hidden_clause",
+__all__ = ["ref", "ActivationInstrument", "ActivationResult", "LayerStats", "activations_of", "hidden_clause",
            "visibility_notes", "ACTIVATION_FUNCTIONS",
            "RECTIFIER", "TANH", "SIGMOID", "SOFTMAX"]
