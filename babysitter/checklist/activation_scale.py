@@ -99,10 +99,15 @@ class ActivationScale(Check):
                 summary = (f"the input of {worst.name} ({worst.op}) has std {worst.pre_std:.3g} at init: "
                            f"its units start in the flat region")
         if status == "pass":
-            summary = (f"activation std through {len(live)} layers at init: {first.std:.3g} -> {last.std:.3g} "
-                       f"({ratio:.3g}x)" if first else
-                       f"{len({l.name for l in chain + bounded})} activation layer at init, its input std "
-                       f"{(chain + bounded)[0].pre_std or 0:.3g} is in range")
+            if first:
+                summary = (f"activation std through {len(live)} layers at init: {first.std:.3g} -> {last.std:.3g} "
+                           f"({ratio:.3g}x)")
+            else:
+                n = len({l.name for l in chain + bounded})
+                summary = f"{n} activation layer{'s' if n > 1 else ''} at init, no depth to compare"
+            if bounded:
+                top = max(bounded, key=lambda l: l.pre_std)
+                summary += f"; tanh/sigmoid input std at most {top.pre_std:.3g} ({top.name})"
         gains = _gains(chain)
         rows = []
         for l in chain + [b for b in bounded if b not in chain]:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..evidence import TRAIN_STEPS
 from ..instruments.activations import (RECTIFIER, ActivationResult, LayerStats, activations_of, hidden_clause, ref,
                                        visibility_notes)
 from ..report import Marker, Plot, Series, Table
@@ -88,7 +89,7 @@ class DeadRelu(Check):
         when = ("at init" if frac_init >= frac_after else "after training") if status != "pass" else ""
         if status == "pass":
             summary = (f"{dead_init} of {total_units} rectifier units dead at init"
-                       + (f", {dead_after} after {_steps(session)} training steps" if layers[1] else "")
+                       + (f", {dead_after} after {TRAIN_STEPS} training steps" if layers[1] else "")
                        + f"; worst layer {worst_name} {worst_frac:.0%} dead")
         else:
             limit = self.fail_layer if status == 'fail' else self.warn_layer
@@ -154,12 +155,6 @@ def _count(layer: Optional[LayerStats], threshold: float) -> Optional[int]:
 
 def _mean_active(layer: Optional[LayerStats]) -> Optional[float]:
     return None if layer is None or not layer.active else sum(layer.active) / len(layer.active)
-
-
-def _steps(session) -> int:
-    from ..evidence import TRAIN_STEPS
-
-    return TRAIN_STEPS
 
 
 def _init_advice(layer: LayerStats, producer: Optional[nn.Module], fraction: float) -> str:

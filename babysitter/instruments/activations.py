@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -562,6 +562,10 @@ def visibility_notes(result: Optional[ActivationResult]) -> tuple[str, ...]:
         out.append("not visible, computed inside fused kernels: " + "; ".join(result.hidden) +
                    ". The gates of LSTM/GRU/RNN and the attention softmax of nn.MultiheadAttention or "
                    "F.scaled_dot_product_attention never reach Python.")
+    broken = [l.name for l in result.layers if not l.finite]
+    if broken:
+        out.append(f"non-finite values (NaN/Inf) in {', '.join(broken[:6])}: their statistics are not meaningful "
+                   f"(see the nonfinite check)")
     if result.skipped:
         out.append(f"{result.skipped} activation calls could not be reduced (their shape changed between calls)")
     return tuple(out)
