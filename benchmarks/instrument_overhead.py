@@ -1,10 +1,12 @@
 """What the activation instrument costs on a training step: instrumented forward/backward against the plain one.
 
 For a mid-sized MLP (functional F.relu), a CNN (Conv-BN-ReLU) and a Transformer encoder (GELU, attention), time
-blocks of forward+backward steps alternately with and without the instrument (A B A B ...), on one thread and
-on the default thread count. An instrumented block enters the instrument, runs the steps and calls
-``result()`` (the one host transfer), so the ratio includes everything the checks pay for. Reports the median
-ratio and the spread of the paired ratios. Goal: at most 1.10x.
+blocks of forward+backward steps alternately with and without the instrument (A B A B ..., then B A B A ...),
+on one thread and on the default thread count. An instrumented block enters the instrument, runs the steps and
+calls ``result()`` (the one host transfer), so the ratio includes everything the checks pay for. The steps are
+few enough that every call is one of the first four of its site, which also pay for moments and histograms: the
+worst case (later calls only count active and saturated units). Reports the median of the paired ratios, their
+spread, and the ratio of the fastest blocks (robust on a machine shared with other work). Goal: at most 1.10x.
 
     python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--out FILE.json]
 """
@@ -95,9 +97,13 @@ def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int, device)
             result = inst.result()
         sites["n"] = len(result.layers)
 
-    ta, tb = alternate(instrumented, plain, repeats=repeats, warmup=1)
+    # half the pairs in each order: whichever runs first in a pair pays for cache and scheduler effects
+    ta, tb = alternate(instrumented, plain, repeats=(repeats + 1) // 2, warmup=1)
+    tb2, ta2 = alternate(plain, instrumented, repeats=repeats // 2, warmup=0)
+    ta, tb = ta + ta2, tb + tb2
     stats = ratio_stats(ta, tb)
-    stats.update(step_s=stats["median_b_s"] / steps, sites=sites["n"], steps_per_block=steps)
+    stats.update(step_s=stats["median_b_s"] / steps, sites=sites["n"], steps_per_block=steps,
+                 best_ratio=min(ta) / min(tb))
     return stats
 
 
@@ -112,7 +118,8 @@ def main() -> None:
     thread_settings = [1] + ([default_threads] if default_threads > 1 and device.type == "cpu" else [])
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                           f"{torch.__version__}, device {device}", "goal": 1.10, "rows": []}
-    print(f"{'model':42s} {'threads':>7s} {'plain step':>11s} {'ratio':>6s} {'min':>6s} {'max':>6s} {'sites':>5s}")
+    print(f"{'model':42s} {'threads':>7s} {'plain step':>11s} {'ratio':>6s} {'min':>6s} {'max':>6s} {'best':>6s} "
+          f"{'sites':>5s}")
     for threads in thread_settings:
         torch.set_num_threads(threads)
         for name, (model, x, steps) in cases(device).items():
@@ -121,9 +128,10 @@ def main() -> None:
             r.update(model=name, threads=threads)
             results["rows"].append(r)
             print(f"{name:42s} {threads:7d} {r['step_s'] * 1e3:9.1f}ms {r['ratio']:6.3f} {r['ratio_min']:6.3f} "
-                  f"{r['ratio_max']:6.3f} {r['sites']:5d}", flush=True)
+                  f"{r['ratio_max']:6.3f} {r['best_ratio']:6.3f} {r['sites']:5d}", flush=True)
     worst = max(r["ratio"] for r in results["rows"])
-    print(f"worst median ratio {worst:.3f}x (goal <= 1.10x)")
+    best = max(r["best_ratio"] for r in results["rows"])
+    print(f"worst median ratio {worst:.3f}x, worst fastest-block ratio {best:.3f}x (goal <= 1.10x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
