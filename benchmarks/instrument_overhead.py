@@ -6,7 +6,8 @@ on one thread and on the default thread count. An instrumented block enters the 
 calls ``result()`` (the one host transfer), so the ratio includes everything the checks pay for. The steps are
 few enough that every call is one of the first four of its site, which also pay for moments and histograms: the
 worst case (later calls only count active and saturated units). Reports the median of the paired ratios, their
-spread, and the ratio of the fastest blocks (robust on a machine shared with other work). Goal: at most 1.10x.
+spread, the ratio of the fastest blocks, and the median ratio of process CPU time (both robust on a machine
+shared with other work: CPU time does not count the turns of other processes). Goal: at most 1.10x.
 
     python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--out FILE.json]
 """
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -97,13 +99,26 @@ def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int, device)
             result = inst.result()
         sites["n"] = len(result.layers)
 
+    cpu: dict[str, list[float]] = {"a": [], "b": []}
+
+    def with_cpu_time(fn, key):
+        """Also record the process's CPU time: unlike wall time, it does not count other processes' turns."""
+        def run():
+            t0 = time.process_time()
+            fn()
+            cpu[key].append(time.process_time() - t0)
+        return run
+
+    a, b = with_cpu_time(instrumented, "a"), with_cpu_time(plain, "b")
     # half the pairs in each order: whichever runs first in a pair pays for cache and scheduler effects
-    ta, tb = alternate(instrumented, plain, repeats=(repeats + 1) // 2, warmup=1)
-    tb2, ta2 = alternate(plain, instrumented, repeats=repeats // 2, warmup=0)
+    ta, tb = alternate(a, b, repeats=(repeats + 1) // 2, warmup=1)
+    tb2, ta2 = alternate(b, a, repeats=repeats // 2, warmup=0)
     ta, tb = ta + ta2, tb + tb2
     stats = ratio_stats(ta, tb)
+    cpu_stats = ratio_stats(cpu["a"][1:], cpu["b"][1:])  # without the warmup pair
     stats.update(step_s=stats["median_b_s"] / steps, sites=sites["n"], steps_per_block=steps,
-                 best_ratio=min(ta) / min(tb))
+                 best_ratio=min(ta) / min(tb), cpu_ratio=cpu_stats["ratio"], cpu_ratio_min=cpu_stats["ratio_min"],
+                 cpu_ratio_max=cpu_stats["ratio_max"])
     return stats
 
 
@@ -119,7 +134,7 @@ def main() -> None:
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                           f"{torch.__version__}, device {device}", "goal": 1.10, "rows": []}
     print(f"{'model':42s} {'threads':>7s} {'plain step':>11s} {'ratio':>6s} {'min':>6s} {'max':>6s} {'best':>6s} "
-          f"{'sites':>5s}")
+          f"{'cpu':>6s} {'sites':>5s}")
     for threads in thread_settings:
         torch.set_num_threads(threads)
         for name, (model, x, steps) in cases(device).items():
@@ -128,10 +143,12 @@ def main() -> None:
             r.update(model=name, threads=threads)
             results["rows"].append(r)
             print(f"{name:42s} {threads:7d} {r['step_s'] * 1e3:9.1f}ms {r['ratio']:6.3f} {r['ratio_min']:6.3f} "
-                  f"{r['ratio_max']:6.3f} {r['best_ratio']:6.3f} {r['sites']:5d}", flush=True)
+                  f"{r['ratio_max']:6.3f} {r['best_ratio']:6.3f} {r['cpu_ratio']:6.3f} {r['sites']:5d}", flush=True)
     worst = max(r["ratio"] for r in results["rows"])
     best = max(r["best_ratio"] for r in results["rows"])
-    print(f"worst median ratio {worst:.3f}x, worst fastest-block ratio {best:.3f}x (goal <= 1.10x)")
+    cpu = max(r["cpu_ratio"] for r in results["rows"])
+    print(f"worst median ratio {worst:.3f}x (wall), {best:.3f}x (fastest blocks), {cpu:.3f}x (process CPU time); "
+          f"goal <= 1.10x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
