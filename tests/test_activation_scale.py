@@ -106,3 +106,20 @@ def test_functional_cnn_without_normalization_collapsing_is_flagged():
     torch.manual_seed(0)
     good = check(model=Cnn((2 / (9 * 16)) ** 0.5), data=(x, y), loss_fn=nn.CrossEntropyLoss(), batch_size=32)
     assert good.status == "pass", good.summary
+
+
+def test_histograms_through_depth_render_and_round_trip(tmp_path):
+    from babysitter.render.figures import to_png
+    from babysitter.report import Report
+
+    torch.manual_seed(0)
+    report = babysitter.check(**fields(deep_mlp(nn.Tanh, depth=4, init="normal", std=0.01)),
+                              select=["activation_scale", "saturation"])
+    heatmaps = [p for c in report.checks for p in c.plots if p.kind == "heatmap"]
+    assert len(heatmaps) == 2
+    assert all(to_png(p).startswith(b"\x89PNG") for p in heatmaps)
+    assert Report.from_json(report.to_json()).to_dict() == report.to_dict()
+    paths = report.save(tmp_path)
+    assert (tmp_path / "activation_scale.activation_scale.csv").exists()  # the per-layer table as CSV
+    assert (tmp_path / "saturation.saturation.csv").exists()
+    assert "data:image/png" in paths["html"].read_text()
