@@ -123,3 +123,16 @@ def test_histograms_through_depth_render_and_round_trip(tmp_path):
     assert (tmp_path / "activation_scale.activation_scale.csv").exists()  # the per-layer table as CSV
     assert (tmp_path / "saturation.saturation.csv").exists()
     assert "data:image/png" in paths["html"].read_text()
+
+
+def test_a_small_final_layer_before_an_output_tanh_is_not_a_collapse():
+    """RL policies and generators end in tanh after a last layer initialised small on purpose."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4), nn.Tanh())
+    with torch.no_grad():
+        model[4].weight.mul_(0.001)
+        model[4].bias.zero_()
+    result = check(model=model, data=(x, torch.rand(256, 4) * 2 - 1), loss_fn=nn.MSELoss())
+    assert result.status == "pass", result.summary
+    assert result.metrics["layers"] == 2

@@ -179,10 +179,12 @@ def _rank(status: str) -> int:
 
 
 def _chain(result: Optional[ActivationResult]) -> list[LayerStats]:
-    """Hidden activations in forward order: the rectifier family and tanh (sigmoids are mostly gates or outputs)."""
+    """Hidden activations in forward order: the rectifier family and tanh. Sigmoids (mostly gates or outputs) and
+    an activation the model returns as its output (a final tanh whose scale a deliberately small last layer sets)
+    are left out."""
     if not result:
         return []
-    return [l for l in result.family(RECTIFIER, TANH) if l.units]
+    return [l for l in result.family(RECTIFIER, TANH) if l.units and not l.is_output]
 
 
 def _gains(chain: list[LayerStats]) -> dict[str, Optional[float]]:

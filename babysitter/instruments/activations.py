@@ -133,6 +133,7 @@ class LayerStats:
     pinned: Optional[float]  # softmax: fraction of distributions whose maximum exceeds SOFTMAX_PINNED
     producer: str = ""  # the last leaf module before the call (Linear, Conv, norm...), qualified name
     producer_type: str = ""
+    is_output: bool = False  # its result is returned by the model as is (a final sigmoid, tanh or softmax)
 
     @property
     def finite(self) -> bool:
@@ -178,7 +179,7 @@ class _Site:
 
     __slots__ = ("key", "module", "module_type", "op", "family", "order", "calls", "units", "per_unit", "active",
                  "saturated", "moments", "pre", "pre_n", "log_hist", "value_hist", "value_range", "pinned",
-                 "moment_n", "producer", "producer_type", "unit_dim")
+                 "moment_n", "producer", "producer_type", "unit_dim", "is_output")
 
     def __init__(self, key, module, module_type, op, family, order, producer, producer_type):
         self.key, self.module, self.module_type, self.op, self.family = key, module, module_type, op, family
@@ -188,6 +189,7 @@ class _Site:
         self.log_hist = self.value_hist = self.pinned = None
         self.value_range = None
         self.unit_dim = None
+        self.is_output = False
 
 
 class _Mode(TorchFunctionMode):
@@ -257,6 +259,8 @@ class _Stack(ModuleStack):
             self.frames.pop()
         if id(module) in self.leaves:
             self.last_leaf = module
+        if not self.stack:
+            self.owner._forward_done(output)
 
 
 def _short(name: str) -> str:
@@ -278,6 +282,7 @@ class ActivationInstrument:
         self.sites: dict[tuple, _Site] = {}
         self.hidden: set[str] = set()
         self.skipped = 0
+        self._last: Optional[tuple] = None  # (id of the last activation's result, its site)
         self.stack = _Stack(model, self)
         self.hooks = HookSet()
 
@@ -300,6 +305,17 @@ class ActivationInstrument:
     def _new_forward(self) -> None:
         self.forwards += 1
         self.recording = self.forwards > self.skip_forwards
+        self._last = None
+
+    def _forward_done(self, output) -> None:
+        """Mark the last activation as the model's output when the model returns its result unchanged."""
+        if self._last is None:
+            return
+        values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
+            else (output,)
+        if any(id(v) == self._last[0] for v in values):
+            self._last[1].is_output = True
+        self._last = None
 
     # -- the hot path -------------------------------------------------------------------------------
     def _call(self, func, spec, args, kwargs):
@@ -319,6 +335,7 @@ class ActivationInstrument:
         # the input's moments before the call (an in-place activation overwrites it), on the first calls only
         pre = self._moments(x) if family != SOFTMAX and site.calls < DETAIL_CALLS else None
         out = func(*args, **kwargs)
+        self._last = (id(out), site)
         if isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim and out.numel():
             try:
                 self._record(site, op, family, out, pre, args, kwargs)
@@ -484,7 +501,7 @@ class ActivationInstrument:
                 mean=mean, std=std, pre_mean=pre_mean, pre_std=pre_std,
                 log_hist=log_hist or [], value_hist=value_hist, value_range=s.value_range,
                 pinned=(pinned[0] / max(pinned[1], 1.0)) if pinned is not None else None,
-                producer=s.producer, producer_type=s.producer_type))
+                producer=s.producer, producer_type=s.producer_type, is_output=s.is_output))
         return ActivationResult(layers=layers, forwards=max(self.forwards - self.skip_forwards, 0),
                                 hidden=sorted(self.hidden), skipped=self.skipped)
 
