@@ -82,7 +82,8 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
     ax.set_xlabel(plot.x_label, fontsize=9)
     ax.set_ylabel(plot.y_label, fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.grid(alpha=0.3 if plot.kind != "heatmap" else 0.0)
+    if plot.kind != "heatmap":
+        ax.grid(alpha=0.3)
     if plot.kind != "heatmap" and len(plot.series) + len(plot.markers) > 1:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -102,7 +103,7 @@ def _heatmap(plot: Plot, ax: Axes) -> None:
               extent=(xs[0] - step / 2, xs[-1] + step / 2, len(rows) - 0.5, -0.5))
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([s.name for s in plot.series], fontsize=6 if len(rows) > 12 else 7)
-    ax.figure.set_size_inches(6.4, max(3.6, 0.25 * len(rows) + 1.2))
+    ax.figure.set_size_inches(6.4, min(max(3.6, 0.25 * len(rows) + 1.2), 12.0))
 
 
 def to_png(plot: Plot) -> bytes:
