@@ -1,17 +1,23 @@
 """The checklist: an explicit registry whose order is the order in which items run and are reported."""
 from __future__ import annotations
 
+from .activation_scale import ActivationScale
 from .base import Check
 from .batch_independence import BatchIndependence
+from .dead_relu import DeadRelu
 from .grad_norms import GradNorms
 from .initial_loss import InitialLoss
 from .input_scale import InputScale
 from .nonfinite import NonFinite
 from .param_updates import ParamUpdates
+from .saturation import Saturation
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
+    DeadRelu,
+    Saturation,
+    ActivationScale,
     GradNorms,
     ParamUpdates,
     InputScale,

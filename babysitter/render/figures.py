@@ -35,7 +35,9 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
     fig = ax.figure
-    if plot.kind == "hist":
+    if plot.kind == "heatmap":
+        _heatmap(plot, ax)
+    elif plot.kind == "hist":
         samples = [_finite(s.y) for s in plot.series]
         pooled = [v for s in samples for v in s]
         if pooled:
@@ -80,11 +82,28 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
     ax.set_xlabel(plot.x_label, fontsize=9)
     ax.set_ylabel(plot.y_label, fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.grid(alpha=0.3)
-    if len(plot.series) + len(plot.markers) > 1:
+    if plot.kind != "heatmap":
+        ax.grid(alpha=0.3)
+    if plot.kind != "heatmap" and len(plot.series) + len(plot.markers) > 1:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def _heatmap(plot: Plot, ax: Axes) -> None:
+    """One row per series (y over the shared x of the first series), top row first: histograms through depth."""
+    rows = [[float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in s.y] for s in plot.series]
+    if not rows or not rows[0]:
+        return
+    width = max(len(r) for r in rows)
+    rows = [r + [0.0] * (width - len(r)) for r in rows]
+    xs = _finite(plot.series[0].x) or [0.0, float(width)]
+    step = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) if len(xs) > 1 else 1.0
+    ax.imshow(rows, aspect="auto", cmap="viridis", interpolation="nearest",
+              extent=(xs[0] - step / 2, xs[-1] + step / 2, len(rows) - 0.5, -0.5))
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([s.name for s in plot.series], fontsize=6 if len(rows) > 12 else 7)
+    ax.figure.set_size_inches(6.4, min(max(3.6, 0.25 * len(rows) + 1.2), 12.0))
 
 
 def to_png(plot: Plot) -> bytes:

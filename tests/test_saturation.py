@@ -1,0 +1,142 @@
+"""saturation in both directions: large weights saturate tanh/sigmoid and pin softmax; healthy models pass."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import babysitter
+import zoo
+
+
+def check(**fields):
+    return babysitter.check(**fields, select=["saturation"])["saturation"]
+
+
+def mlp(act, depth=3, width=32, std=None, d_in=16, classes=4):
+    layers, d = [], d_in
+    for _ in range(depth):
+        lin = nn.Linear(d, width)
+        if std is not None:
+            nn.init.normal_(lin.weight, std=std)
+            nn.init.zeros_(lin.bias)
+        else:
+            nn.init.xavier_normal_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        layers += [lin, act()]
+        d = width
+    return nn.Sequential(*layers, nn.Linear(d, classes))
+
+
+def blobs_fields(model, **kw):
+    x, y = zoo.blobs()
+    return {"model": model, "data": (x, y), "loss_fn": nn.CrossEntropyLoss(), **kw}
+
+
+@pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
+def test_healthy_models_pass(name):
+    result = check(**zoo.HEALTHY[name]())
+    assert result.status in ("pass", "skip"), result.summary
+
+
+def test_deep_xavier_tanh_and_sigmoid_mlps_pass():
+    torch.manual_seed(0)
+    assert check(**blobs_fields(mlp(nn.Tanh, depth=8, width=64))).status == "pass"
+    assert check(**blobs_fields(mlp(nn.Sigmoid, depth=4, width=64))).status == "pass"
+
+
+def test_tanh_with_large_weights_fails_and_names_the_xavier_value():
+    torch.manual_seed(0)
+    result = check(**blobs_fields(mlp(nn.Tanh, depth=10, width=64, std=1.0)))
+    assert result.status == "fail"
+    assert result.metrics["worst_saturated_fraction"] > 0.4
+    assert any("Xavier" in a and "xavier_uniform_" in a for a in result.advice)
+    assert {p.kind for p in result.plots} == {"bar", "heatmap"}
+    assert len(result.tables[0].rows) == 10
+
+
+def test_functional_sigmoid_with_large_weights_fails():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(16, 32), nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.head(torch.sigmoid(self.fc(x)))
+
+    torch.manual_seed(0)
+    model = Gated()
+    with torch.no_grad():
+        model.fc.weight.mul_(30)
+    result = check(**blobs_fields(model))
+    assert result.status == "fail" and result.metrics["worst_layer"] == "model#sigmoid"
+
+
+def test_moderately_scaled_tanh_warns():
+    torch.manual_seed(0)
+    model = mlp(nn.Tanh, depth=2, width=64, std=0.5)  # pre-activation std ~3 in the second layer
+    result = check(**blobs_fields(model))
+    assert result.status in ("warn", "fail")
+    assert 0.1 < result.metrics["worst_saturated_fraction"]
+
+
+class SoftmaxClassifier(nn.Module):
+    """Outputs log-probabilities (for NLLLoss) through a functional log_softmax."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+        self.head = nn.Linear(32, 4)
+        with torch.no_grad():
+            self.head.weight.mul_(scale)
+
+    def forward(self, x):
+        return F.log_softmax(self.head(self.body(x)), dim=1)
+
+
+def test_softmax_pinned_at_init_fails_and_healthy_softmax_passes():
+    torch.manual_seed(0)
+    result = check(**blobs_fields(SoftmaxClassifier(scale=100.0), loss_fn=nn.NLLLoss()))
+    assert result.status == "fail" and "pinned" in result.summary
+    torch.manual_seed(0)
+    assert check(**blobs_fields(SoftmaxClassifier(), loss_fn=nn.NLLLoss())).status == "pass"
+
+
+class Attention(nn.Module):
+    """Hand-written causal self-attention: the softmax is seen by the instrument."""
+
+    def __init__(self, d=64, scaled=True, vocab=50, classes=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.head = nn.Linear(d, classes)
+        self.scale = 1 / math.sqrt(d) if scaled else 1.0
+        if not scaled:
+            with torch.no_grad():
+                self.embed.weight.mul_(3)
+
+    def forward(self, ids):
+        q, k, v = self.qkv(self.embed(ids)).chunk(3, -1)
+        n = ids.shape[1]
+        mask = torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1)
+        att = F.softmax((q @ k.transpose(1, 2) * self.scale).masked_fill(mask, float("-inf")), dim=-1)
+        return self.head((att @ v).mean(1))
+
+
+def test_attention_softmax_scaled_passes_and_unscaled_is_flagged():
+    ids, y = zoo.tokens()
+    torch.manual_seed(0)
+    ok = check(model=Attention(scaled=True), data=(ids, y), loss_fn=nn.CrossEntropyLoss(), batch_size=32)
+    assert ok.status == "pass", ok.summary
+    torch.manual_seed(0)
+    bad = check(model=Attention(scaled=False), data=(ids, y), loss_fn=nn.CrossEntropyLoss(), batch_size=32)
+    assert bad.status in ("warn", "fail") and bad.metrics["worst_layer"] == "model#softmax"
+    assert any("sqrt(d_head)" in a for a in bad.advice)
+
+
+def test_fused_attention_and_recurrent_gates_are_said_to_be_invisible():
+    result = check(**zoo.transformer_target())
+    assert result.status == "skip" and "MultiheadAttention" in result.summary
