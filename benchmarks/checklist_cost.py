@@ -3,21 +3,19 @@
 For each model: count the root forwards F and optimizer steps S that ``babysitter.check`` performs (in an
 untimed run), then time, alternately, the checklist and a bare loop doing the same work (S steps of
 zero_grad/forward/loss/backward/step and F - S forwards without gradients) on the same model and data.
-(B - S backward passes without a step are added as forward/backward pairs.) Reports the median ratio and its spread, each check's share of the checklist's time, peak memory against a plain
-step, and how the ratio grows with depth and width.
+(B - S backward passes without a step are added as forward/backward pairs.) Reports the median ratio and its
+spread, each check's share of the checklist's time, and how the ratio grows with depth and width (peak memory is
+measured by ``benchmarks/memory.py``).
 
-    python benchmarks/checklist_cost.py [--repeats 3] [--out benchmarks/out/checklist_cost.json]
+    python benchmarks/checklist_cost.py [--repeats 3] [--device cpu|cuda] [--skip-scaling]
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import babysitter  # noqa: E402
 import zoo  # noqa: E402
 from _timing import alternate, count_work, ratio_stats  # noqa: E402
 
-from babysitter.session import Session, seed_everything  # noqa: E402
+from babysitter.session import Session  # noqa: E402
 from babysitter.target import Target  # noqa: E402
 
 
@@ -60,11 +58,14 @@ def transformer():
 MODELS = {"mlp": mlp, "cnn": cnn, "transformer": transformer}
 
 
+DEVICE = "cpu"
+
+
 def plain_loop(fields: dict, forwards: int, backwards: int, steps: int):
-    """The bare training work the checklist needs, on the same batches (the session's pool)."""
+    """The bare training work the checklist needs, on the same batches (the session's pool) and device."""
     target = Target(**fields)
-    model = target.model
-    with Session(target, device="cpu") as session:
+    model = target.model.to(DEVICE)
+    with Session(target, device=DEVICE) as session:
         pool = [session.batch(i) for i in range(len(session.pool))]
     optimizer = (target.optimizer or babysitter.target.default_optimizer)(model.parameters())
 
@@ -89,13 +90,13 @@ def plain_loop(fields: dict, forwards: int, backwards: int, steps: int):
 def measure(name: str, fields_fn, repeats: int) -> dict:
     fields = fields_fn()
     with count_work(fields["model"]) as counts:
-        report = babysitter.check(**fields)
+        report = babysitter.check(**fields, device=DEVICE)
     forwards, backwards, steps = counts["forwards"], counts["backwards"], counts["steps"]
     plain = plain_loop(fields_fn(), forwards, backwards, steps)
     shares = []
 
     def checklist():
-        shares.append({c.id: c.duration_s for c in babysitter.check(**fields).checks})
+        shares.append({c.id: c.duration_s for c in babysitter.check(**fields, device=DEVICE).checks})
 
     ta, tb = alternate(checklist, plain, repeats=repeats)
     stats = ratio_stats(ta, tb)
@@ -105,49 +106,19 @@ def measure(name: str, fields_fn, repeats: int) -> dict:
             "statuses": {c.id: c.status for c in report.checks}, **stats, "check_share": per_check}
 
 
-def peak_memory(name: str) -> dict:
-    """Peak RSS of a process doing one plain step, against one running the checklist (separate processes)."""
-    out = {}
-    for mode in ("plain", "checklist"):
-        proc = subprocess.run([sys.executable, __file__, "--memory-probe", name, mode], capture_output=True, text=True,
-                              cwd=ROOT, check=True)
-        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["ratio"] = out["checklist"]["peak"] / out["plain"]["peak"]
-    # what the work itself added above the process after import and model construction
-    out["increment_ratio"] = (out["checklist"]["peak"] - out["checklist"]["base"]) / max(
-        out["plain"]["peak"] - out["plain"]["base"], 1)
-    return out
-
-
-def _memory_probe(name: str, mode: str) -> None:
-    fields = MODELS[name]()
-    cuda = torch.cuda.is_available()
-    if cuda:
-        fields["model"].cuda()
-        torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if mode == "plain":
-        plain_loop(fields, 1, 1, 1)()
-    else:
-        babysitter.check(**fields)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak": peak, "base": base, "unit": "bytes (CUDA allocated)" if cuda else "bytes (max RSS)"}))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/out/checklist_cost.json"))
-    ap.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "MODE"))
     ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
-    if args.memory_probe:
-        _memory_probe(*args.memory_probe)
-        return
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                          f"{torch.__version__}, device {'cuda' if torch.cuda.is_available() else 'cpu'}",
-               "models": [], "memory": {}, "scaling": []}
+                          f"{torch.__version__}, device {DEVICE}",
+               "models": [], "scaling": []}
     for name, fn in MODELS.items():
         r = measure(name, fn, args.repeats)
         results["models"].append(r)
@@ -155,10 +126,6 @@ def main() -> None:
               f"  checklist {r['median_a_s']:.2f}s, plain {r['median_b_s']:.2f}s, {r['optimizer_steps']} steps, "
               f"{r['backwards']} backwards, {r['forwards']} forwards", flush=True)
         print("             share: " + ", ".join(f"{k} {v:.0%}" for k, v in r["check_share"].items()), flush=True)
-        results["memory"][name] = peak_memory(name)
-        mem = results["memory"][name]
-        print(f"             peak memory checklist/plain step = {mem['ratio']:.2f}x of the process, "
-              f"{mem['increment_ratio']:.2f}x above the model's own footprint", flush=True)
     if not args.skip_scaling:
         for depth, width in ((2, 128), (8, 128), (16, 128), (4, 64), (4, 512)):
             r = measure(f"mlp d{depth} w{width}", lambda: mlp(depth, width), max(1, args.repeats - 1))
