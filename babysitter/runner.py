@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import torch
 
 from . import __version__
-from .checklist import CHECKLIST, by_id
+from .checklist import CHECKLIST
 from .checklist.base import Check
 from .errors import SkipCheck, UsageError
 from .report import CheckResult, Report

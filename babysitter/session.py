@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import TargetError
 from .instruments.hooks import ModuleStack

@@ -6,7 +6,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from babysitter.cli import main

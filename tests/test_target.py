@@ -1,7 +1,6 @@
 """Every bad input gives exit 4 and one clear message naming the file, the field and the value."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import torch
