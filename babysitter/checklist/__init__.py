@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from .base import Check
 from .initial_loss import InitialLoss
+from .lr_range import LrRange
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
+    LrRange,
 )
 
 
