@@ -4,10 +4,12 @@ from __future__ import annotations
 from .base import Check
 from .initial_loss import InitialLoss
 from .lr_range import LrRange
+from .overfit_batch import OverfitBatch
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
+    OverfitBatch,
     LrRange,
 )
 

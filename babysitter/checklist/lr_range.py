@@ -94,6 +94,8 @@ def sweep_once(session, *, start_lr: float = START_LR, end_lr: float = END_LR, s
         _set_lr(optimizer.param_groups, lr, scales)
         optimizer.zero_grad(set_to_none=True)
         loss, _, _ = session.forward_loss(session.batch(order[i % len(order)]))
+        if not loss.requires_grad:
+            return SweepRun(order_seed=order_seed, lrs=[], losses=[], ema=[], stop="no_grad", stopped_at=None)
         loss.backward()
         optimizer.step()
         lrs.append(lr)
@@ -136,14 +138,12 @@ def run_sweep(session, *, repeats: int = REPEATS, **kw) -> LrSweep:
         skipped = "LBFGS takes a closure and searches its own step size; an LR range test does not apply"
     runs = []
     if skipped is None:
-        loss, _, _ = session.forward_loss(session.batch(0))
-        if not loss.requires_grad:
-            skipped = "the loss does not require grad: nothing can be trained"
-        session.reset()
-    if skipped is None:
         for r in range(repeats):
             session.reset()
             runs.append(sweep_once(session, order_seed=r, **kw))
+            if runs[-1].stop == "no_grad":
+                skipped, runs = "the loss does not require grad: nothing can be trained", []
+                break
     session.reset()
     return LrSweep(runs=runs, user_lr=user_lr if user_lr is not None else lr_of(optimizer), group_scales=scales,
                    optimizer=name, steps=sum(len(r.losses) for r in runs), seconds=time.perf_counter() - t0,
