@@ -198,11 +198,12 @@ class OverfitBatch(Check):
         verdict = None
         if not attempts[0].passed:
             verdict = self._lr_verdict(session)
-            suggested = verdict.suggested_lr if verdict is not None else None
-            if suggested and (not user_lr or abs(math.log(suggested / user_lr)) > math.log(self.retry_factor)):
-                why = (f"lr_range's suggestion {suggested:.3g}"
-                       + (f" (it judged your LR unusable: {verdict.summary})" if verdict.status == "fail" else ""))
-                attempts.append(self._attempt(session, subset, suggested, why))
+            for lr, why in self._retry_lrs(verdict):
+                if any(x.passed for x in attempts):
+                    break
+                tried = [x.lr for x in attempts if x.lr]
+                if all(abs(math.log(lr / t)) > math.log(self.retry_factor) for t in tried):
+                    attempts.append(self._attempt(session, subset, lr, why))
         final = next((x for x in attempts if x.passed), attempts[-1])
         metrics = {"examples": n, "start_loss": final.start, "best_loss": final.best, "floor": final.floor,
                    "reduction": final.reduction, "accuracy": final.accuracy, "steps": final.steps, "lr": final.lr,
@@ -223,8 +224,8 @@ class OverfitBatch(Check):
             if final is not attempts[0]:
                 a0 = attempts[0]
                 advice.append(f"At {a0.why_lr} the subset was not fit in {a0.steps} steps (loss {a0.best:.4g}, "
-                              f"{a0.reduction:.0%} of its start); at {final.lr:.3g} it was: your LR is slow, see "
-                              f"lr_range.")
+                              f"{a0.reduction:.0%} of its start); at {final.lr:.3g} it was: your LR is slow for "
+                              f"this, see lr_range.")
             return self.result("pass", summary, metrics=metrics, advice=tuple(advice), tables=(table,), plots=plots,
                                notes=tuple(notes))
         causes = self._causes(session, final, attempts, verdict, n, subset)
@@ -238,6 +239,19 @@ class OverfitBatch(Check):
                            tables=(table, causes_table), plots=plots, notes=tuple(notes))
 
     # -- the probe --------------------------------------------------------------------------------
+    @staticmethod
+    def _retry_lrs(verdict) -> list[tuple[float, str]]:
+        """LRs to retry at when the user's failed: lr_range's suggestion, then the top of its good range (the
+        largest LR at which the sweep's loss was still at its lowest: memorising a few examples wants a large
+        step)."""
+        if verdict is None or not verdict.suggested_lr:
+            return []
+        unusable = f" (it judged your LR unusable: {verdict.summary})" if verdict.status == "fail" else ""
+        out = [(verdict.suggested_lr, f"lr_range's suggestion {verdict.suggested_lr:.3g}{unusable}")]
+        if verdict.lr_high:
+            out.append((verdict.lr_high, f"the top of lr_range's good range {verdict.lr_high:.3g}"))
+        return out
+
     @staticmethod
     def _lr_verdict(session):
         try:
