@@ -372,16 +372,16 @@ def cost_markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer LRs, seeds and steps: a smoke run")
-    ap.add_argument("--steps", type=int, default=None, help="training budget per run (default 200; 100 quick)")
+    ap.add_argument("--steps", type=int, default=None, help="training budget per run (default 150; 100 quick)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3; 2 quick)")
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
     ap.add_argument("--no-cost", action="store_true", help="skip the sweep-cost measurement")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "lr_quality.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    steps = args.steps or (100 if args.quick else 200)
+    steps = args.steps or (100 if args.quick else 150)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
-    grid = [float(v) for v in np.logspace(-5, 0, 6 if args.quick else 16)]
+    grid = [float(v) for v in np.logspace(-4, 0, 5 if args.quick else 13)]
     chosen = [t for t in tasks() if not args.tasks or t.name in args.tasks.split(",")]
     t0 = time.perf_counter()
     rows = []

@@ -39,6 +39,7 @@ class SweepRun:
     ema: list[float]  # bias-corrected exponential moving average (the online divergence test)
     stop: str  # "end", "diverged" or "nonfinite"
     stopped_at: Optional[float]  # the LR at which the sweep stopped early
+    taken: int = 0  # optimizer steps run (up to sync_every - 1 more than the curve's points, after a stop)
 
 
 @dataclass
@@ -119,7 +120,8 @@ def sweep_once(session, *, start_lr: float = START_LR, end_lr: float = END_LR, s
             if stop != "end":
                 break
     n = len(host)
-    return SweepRun(order_seed=order_seed, lrs=lrs[:n], losses=host, ema=ema, stop=stop, stopped_at=stopped_at)
+    return SweepRun(order_seed=order_seed, lrs=lrs[:n], losses=host, ema=ema, stop=stop, stopped_at=stopped_at,
+                    taken=len(lrs))
 
 
 def run_sweep(session, *, repeats: int = REPEATS, **kw) -> LrSweep:
@@ -146,7 +148,7 @@ def run_sweep(session, *, repeats: int = REPEATS, **kw) -> LrSweep:
                 break
     session.reset()
     return LrSweep(runs=runs, user_lr=user_lr if user_lr is not None else lr_of(optimizer), group_scales=scales,
-                   optimizer=name, steps=sum(len(r.losses) for r in runs), seconds=time.perf_counter() - t0,
+                   optimizer=name, steps=sum(r.taken for r in runs), seconds=time.perf_counter() - t0,
                    skipped=skipped)
 
 
@@ -227,7 +229,7 @@ def analyse_run(run: SweepRun, *, sigma_decades: float, min_drop: float, onset: 
     i_steep = int(np.argmin(grad[: i_min + 1]))
     i_valley = min(valley_index(s), i_min)
     out.steepest, out.minimum, out.valley = float(lrs[i_steep]), float(lrs[i_min]), float(lrs[i_valley])
-    candidates = np.log10([out.steepest, out.minimum / 10, out.valley])
+    candidates = np.log10([out.steepest, out.minimum / 3, out.valley])
     out.suggestion = float(10 ** np.median(candidates))
     # the good range: from the onset of the descent (the loss has made ``onset`` of it: Smith's lower bound),
     # to the last LR past the minimum still within ``band`` of the descent above the minimum
@@ -271,7 +273,7 @@ class LrRange(Check):
     grows exponentially (1e-7 to 10 over 100 steps by default, every parameter group scaled together), stopping
     when the EMA of the loss exceeds 4x its best or turns non-finite. The sweep is repeated over 3 batch orders,
     each from the user's state. Each curve is smoothed in log-LR without lag; the suggestion is the median of
-    three readings (the steepest descent, the minimum / 10, fastai's valley), then the median over repeats, with
+    three readings (the steepest descent, the minimum / 3, fastai's valley), then the median over repeats, with
     their spread. The good range runs from the onset of the descent (2% of it made) to where the loss has risen
     back 10% of its descent past the minimum. The user's LR is compared with that range and with the divergence point."""
     why = """The learning rate is the hyper-parameter that matters most. Too high and the loss oscillates or
@@ -289,6 +291,8 @@ class LrRange(Check):
         "fastai lr_find: exponential schedule, EMA beta 0.98 with bias correction, stop at 4x the best loss, "
         "suggestions 'minimum/10', 'steep' and 'valley'",
         "torch-lr-finder / Lightning lr_find: suggestion at the steepest gradient of the smoothed curve",
+        "minimum / 3 rather than fastai's minimum / 10: fastai reads the minimum on its EMA curve, which lags the "
+        "loss and puts the minimum at a larger LR; our curve is smoothed without lag",
         "Fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value (1/ln(10^(8/99))), so "
         "an LR 100x below where the sweep first moved the loss moves it about as little in ~500 steps",
     )
