@@ -168,3 +168,10 @@ def test_thresholds_are_documented():
     for name, _, text in LrRange.thresholds():
         assert name in doc and text
     assert math.isclose(LrRange().start_lr, 1e-7)
+
+
+def test_small_but_common_lr_is_not_flagged():
+    fields = zoo.transformer_target()
+    fields["optimizer"] = lambda p: torch.optim.Adam(p, lr=1e-4)  # fine-tuning practice
+    result = check(**fields, options=FAST)
+    assert result.status == "pass", result.summary

@@ -53,6 +53,19 @@ class LrSweep:
     steps: int
     seconds: float
     skipped: Optional[str] = None  # why no sweep could be run
+    adaptive: bool = False  # a per-parameter adaptive optimizer (Adam family, RMSprop, Adagrad, Adadelta)
+
+
+#: hyper-parameters that only per-parameter adaptive optimizers have
+_ADAPTIVE_KEYS = ("betas", "alpha", "rho", "initial_accumulator_value", "beta1", "beta2", "eps_root")
+
+
+def is_adaptive(optimizer) -> bool:
+    """Adam-like optimizers normalise each step by a running gradient scale; SGD-like ones do not."""
+    if any(k in optimizer.param_groups[0] for k in _ADAPTIVE_KEYS):
+        return True
+    return type(optimizer).__name__ in ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "Adadelta",
+                                        "RMSprop", "SparseAdam", "Adafactor", "LAMB", "Lamb", "Lion")
 
 
 def _set_lr(groups, lr: float, scales: list[float]) -> None:
@@ -149,7 +162,7 @@ def run_sweep(session, *, repeats: int = REPEATS, **kw) -> LrSweep:
     session.reset()
     return LrSweep(runs=runs, user_lr=user_lr if user_lr is not None else lr_of(optimizer), group_scales=scales,
                    optimizer=name, steps=sum(r.taken for r in runs), seconds=time.perf_counter() - t0,
-                   skipped=skipped)
+                   skipped=skipped, adaptive=is_adaptive(optimizer))
 
 
 @provider("lr_sweep")
@@ -200,7 +213,8 @@ class CurveAnalysis:
     reason: str = ""
 
 
-def analyse_run(run: SweepRun, *, sigma_decades: float, min_drop: float, onset: float, band: float) -> CurveAnalysis:
+def analyse_run(run: SweepRun, *, sigma_decades: float, min_drop: float, onset: float, band: float,
+                low_margin: float = 1.0, adaptive: bool = False) -> CurveAnalysis:
     """Smooth the curve and read the evidence: steepest descent, minimum, valley, and the good range."""
     lrs = np.asarray(run.lrs, dtype=float)
     losses = np.asarray(run.losses, dtype=float)
@@ -229,15 +243,22 @@ def analyse_run(run: SweepRun, *, sigma_decades: float, min_drop: float, onset: 
     i_steep = int(np.argmin(grad[: i_min + 1]))
     i_valley = min(valley_index(s), i_min)
     out.steepest, out.minimum, out.valley = float(lrs[i_steep]), float(lrs[i_min]), float(lrs[i_valley])
-    candidates = np.log10([out.steepest, out.minimum / 3, out.valley])
-    out.suggestion = float(10 ** np.median(candidates))
-    # the good range: from the onset of the descent (the loss has made ``onset`` of it: Smith's lower bound),
-    # to the last LR past the minimum still within ``band`` of the descent above the minimum
+    # the good range: from the onset of the descent (the loss has made ``onset`` of it: Smith's lower bound)
+    # divided by ``low_margin``, to the last LR past the minimum still within ``band`` of the descent above it
     fallen = (start - s) / total
     i_low = int(np.argmax(fallen[: i_min + 1] >= onset))
     above = (s[i_min:] - s[i_min]) / total
     i_high = i_min + (int(np.argmax(above > band)) - 1 if (above > band).any() else len(above) - 1)
-    out.low, out.high = float(lrs[i_low]), float(lrs[i_high])
+    out.low, out.high = float(lrs[i_low]) / low_margin, float(lrs[i_high])
+    # the suggestion: adaptive optimizers (per-parameter normalised steps) reach the curve's minimum at LRs too
+    # large to sustain, so take the geometric middle of the steepest descent and fastai's minimum / 10; plain
+    # and momentum SGD sustain the bottom of the curve, so take the middle of that bottom (minimum to the top
+    # of the range). A curve that never turned back up has no known bottom: the adaptive rule then too.
+    turned = bool((above > band).any()) or run.stopped_at is not None
+    if adaptive or not turned:
+        out.suggestion = math.sqrt(out.steepest * out.minimum / 10)
+    else:
+        out.suggestion = math.sqrt(out.minimum * out.high)
     out.suggestion = float(min(max(out.suggestion, out.low), out.high))
     return out
 
@@ -274,8 +295,9 @@ class LrRange(Check):
     when the EMA of the loss exceeds 4x its best or turns non-finite. The sweep is repeated over 3 batch orders,
     each from the user's state. Each curve is smoothed in log-LR without lag; the suggestion is the median of
     three readings (the steepest descent, the minimum / 3, fastai's valley), then the median over repeats, with
-    their spread. The good range runs from the onset of the descent (2% of it made) to where the loss has risen
-    back 10% of its descent past the minimum. The user's LR is compared with that range and with the divergence point."""
+    their spread. The good range runs from 10x below the onset of the descent (where 2% of it is made: the sweep
+    spends ~5 steps per LR, a real run thousands) to where the loss has risen back 10% of its descent past the
+    minimum. The user's LR is compared with that range and with the divergence point."""
     why = """The learning rate is the hyper-parameter that matters most. Too high and the loss oscillates or
     diverges; too low and training crawls and looks like a model that cannot learn. Single-sweep finders pick the
     argmin of a noisy gradient, so their suggestion moves by an order of magnitude between seeds; repeating over
@@ -309,11 +331,14 @@ class LrRange(Check):
                                      "suggestion (flat)")
     onset: float = threshold(0.02, "the good range starts where the smoothed loss has made this fraction of its "
                                    "descent (the onset of the descent, Smith's lower bound)")
+    low_margin: float = threshold(10.0, "the range's low end is the onset divided by this: the sweep spends ~5 steps "
+                                        "at each LR, a real run thousands, so 10x below the onset still trains "
+                                        "(Adam at 1e-4 for a transformer is practice, not a fault)")
     band: float = threshold(0.1, "the good range ends where the smoothed loss has risen back this fraction of its "
                                  "descent past its minimum")
     fail_above: float = threshold(1.0, "fail when the user's LR exceeds the divergence point times this")
-    fail_below: float = threshold(0.01, "fail when the user's LR is below this times the range's low end (where the "
-                                        "sweep first moved the loss)")
+    fail_below: float = threshold(0.1, "fail when the user's LR is below this times the range's low end (that is "
+                                       "100x below where the sweep first moved the loss)")
 
     def sweep(self, session) -> LrSweep:
         """The session's shared sweep, or a sweep of its own when the sweep settings were changed."""
@@ -327,7 +352,8 @@ class LrRange(Check):
     def verdict(self, sweep: LrSweep) -> Verdict:
         """Combine the repeats and judge the user's LR; shared with overfit_batch."""
         analyses = [analyse_run(r, sigma_decades=self.sigma_decades, min_drop=self.min_drop,
-                                onset=self.onset, band=self.band)
+                                onset=self.onset, band=self.band, low_margin=self.low_margin,
+                                adaptive=sweep.adaptive)
                     for r in sweep.runs]
         user = sweep.user_lr
         diverged = geo_median([a.diverged_at for a in analyses])
@@ -369,7 +395,7 @@ class LrRange(Check):
         elif user < self.fail_below * lo:
             v.status = "fail"
             v.summary = (f"your LR {user:.3g} is so low that the loss does not move (in the sweep it first moved "
-                         f"near {lo:.3g}); suggested {s:.3g}, range {rng}")
+                         f"near {lo * self.low_margin:.3g}); suggested {s:.3g}, range {rng}")
             v.advice.append(f"Raise the LR to about {s:.3g} (inside {rng}): at {user:.3g} training barely moves.")
         elif user < lo:
             v.status = "warn"

@@ -152,13 +152,14 @@ class Attempt:
 class OverfitBatch(Check):
     id = "overfit_batch"
     title = "Overfit a tiny subset"
-    what = """Trains on a tiny fixed subset (32 examples by default) with regularization off (dropout inactive,
-    including functional and attention dropout, while BatchNorm keeps training statistics; weight decay set to
-    zero), with the user's optimizer class and LR (lr_range's suggestion instead when it judged the user's LR
-    unusable, and as a second attempt when the user's LR did not get there), for at most 200 full-subset steps.
-    Passes when the loss falls to 10% of its starting excess over the lowest reachable loss (zero, or the entropy
-    left by label smoothing or soft labels) and, for classification, every example of the subset is classified
-    right. On failure the likely causes are ranked by the evidence."""
+    what = """Trains on a tiny fixed subset (the first 32 examples by default) with regularization off (dropout
+    inactive, including functional, attention and recurrent dropout, while BatchNorm keeps training statistics;
+    weight decay set to zero), with the user's optimizer class and LR, for at most 200 full-subset steps. When
+    that does not get there, lr_range's verdict is read: its suggestion (which replaces an LR it judged unusable)
+    and then the top of its good range are tried with the same budget, and the report says which LR was used
+    and why. Passes when the loss falls to 10% of its starting excess over the lowest reachable loss (zero, or
+    the entropy left by label smoothing or soft labels) and, for classification, every example of the subset is
+    classified right. On failure the likely causes are ranked by the evidence."""
     why = """A network that cannot memorise a few dozen examples will not learn the data set: the bug is in the
     model, the loss or the optimizer, and no amount of training fixes it. It is the cheapest test that the whole
     pipeline can learn at all (softmax fed into CrossEntropyLoss, an output that ignores its input, a frozen or
@@ -181,8 +182,8 @@ class OverfitBatch(Check):
     max_steps: int = threshold(200, "step budget (full-subset steps); training stops early once the test passes")
     pass_fraction: float = threshold(0.1, "pass when (loss - floor) falls to this fraction of (start - floor)")
     check_every: int = threshold(10, "steps between reads of the loss on the host (early stop)")
-    retry_factor: float = threshold(3.0, "retry with lr_range's suggestion when the user's LR failed and differs "
-                                         "from it by more than this factor")
+    retry_factor: float = threshold(3.0, "when the user's LR failed, retry at lr_range's suggestion and at the top of "
+                                         "its range, each only if it differs from every LR tried by this factor")
 
     def run(self, session):
         params = [p for p in session.model.parameters() if p.requires_grad]
