@@ -100,11 +100,13 @@ def test_synthetic_curve_readings():
     x = np.log10(lrs)
     # a loss that falls between 1e-4 and 1e-2, bottoms out at 3e-2, and blows up beyond 1
     loss = 1.0 - 0.9 / (1 + np.exp(-(x + 3) * 3)) + 0.05 * np.maximum(0, x + 1.5) ** 3
-    a = analyse_run(SweepRun(0, lrs.tolist(), loss.tolist(), [], "end", None), sigma_decades=0.25, min_drop=0.1,
-                    onset=0.02, band=0.1)
-    assert 1e-4 < a.steepest < 1e-2 and 1e-2 < a.minimum < 1e-1
-    assert a.low < a.suggestion < a.high
-    assert 1e-4 < a.suggestion < 3e-2
+    run = SweepRun(0, lrs.tolist(), loss.tolist(), [], "end", None)
+    sgd = analyse_run(run, sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10)
+    adam = analyse_run(run, sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10, adaptive=True)
+    assert 1e-4 < sgd.steepest < 1e-2 and 1e-2 < sgd.minimum < 1e-1 and sgd.minimum < sgd.high < 1
+    assert sgd.low < 1e-4  # 10x below the onset of the descent
+    assert sgd.minimum <= sgd.suggestion <= sgd.high  # SGD: the bottom of the curve
+    assert adam.steepest / 3 < adam.suggestion < adam.minimum  # adaptive: below the bottom
 
 
 def _state(model):
