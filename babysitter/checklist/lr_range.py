@@ -295,8 +295,8 @@ class LrRange(Check):
     when the EMA of the loss exceeds 4x its best or turns non-finite. The sweep is repeated over 3 batch orders,
     each from the user's state. Each curve is smoothed in log-LR without lag; the suggestion is the median of
     three readings (the steepest descent, the minimum / 3, fastai's valley), then the median over repeats, with
-    their spread. The good range runs from 10x below the onset of the descent (where 2% of it is made: the sweep
-    spends ~5 steps per LR, a real run thousands) to where the loss has risen back 10% of its descent past the
+    their spread. The good range runs from 100x below the onset of the descent (where 2% of it is made: the sweep
+    spends ~5 steps per LR, a real run hundreds or thousands) to where the loss has risen back 10% of its descent past the
     minimum. The user's LR is compared with that range and with the divergence point."""
     why = """The learning rate is the hyper-parameter that matters most. Too high and the loss oscillates or
     diverges; too low and training crawls and looks like a model that cannot learn. Single-sweep finders pick the
@@ -315,8 +315,9 @@ class LrRange(Check):
         "torch-lr-finder / Lightning lr_find: suggestion at the steepest gradient of the smoothed curve",
         "minimum / 3 rather than fastai's minimum / 10: fastai reads the minimum on its EMA curve, which lags the "
         "loss and puts the minimum at a larger LR; our curve is smoothed without lag",
-        "Fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value (1/ln(10^(8/99))), so "
-        "an LR 100x below where the sweep first moved the loss moves it about as little in ~500 steps",
+        "Range and fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value "
+        "(1/ln(10^(8/99))), so an LR 100x below where the sweep first moved the loss gets as far in ~500 steps, "
+        "and one 1000x below needs ~5000",
     )
     requires = ("lr_sweep",)
 
@@ -331,14 +332,16 @@ class LrRange(Check):
                                      "suggestion (flat)")
     onset: float = threshold(0.02, "the good range starts where the smoothed loss has made this fraction of its "
                                    "descent (the onset of the descent, Smith's lower bound)")
-    low_margin: float = threshold(10.0, "the range's low end is the onset divided by this: the sweep spends ~5 steps "
-                                        "at each LR, a real run thousands, so 10x below the onset still trains "
-                                        "(Adam at 1e-4 for a transformer is practice, not a fault)")
+    low_margin: float = threshold(100.0, "the range's low end is the onset divided by this: the sweep spends ~5 steps "
+                                         "at each LR, so a run of ~500 steps at onset/100 moves the weights as far "
+                                         "as the sweep had when its loss began to fall (Adam at 1e-4 on a small "
+                                         "model is practice, not a fault)")
     band: float = threshold(0.1, "the good range ends where the smoothed loss has risen back this fraction of its "
                                  "descent past its minimum")
     fail_above: float = threshold(1.0, "fail when the user's LR exceeds the divergence point times this")
     fail_below: float = threshold(0.1, "fail when the user's LR is below this times the range's low end (that is "
-                                       "100x below where the sweep first moved the loss)")
+                                       "1000x below where the sweep first moved the loss: ~5000 steps to get as "
+                                       "far as the sweep's 5)")
 
     def sweep(self, session) -> LrSweep:
         """The session's shared sweep, or a sweep of its own when the sweep settings were changed."""

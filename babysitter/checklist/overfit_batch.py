@@ -199,13 +199,15 @@ class OverfitBatch(Check):
         verdict = None
         if not attempts[0].passed:
             verdict = self._lr_verdict(session)
-            for lr, why in self._retry_lrs(verdict):
+            for lr, why in self._retry_lrs(verdict, attempts[0]):
                 if any(x.passed for x in attempts):
                     break
                 tried = [x.lr for x in attempts if x.lr]
                 if all(abs(math.log(lr / t)) > math.log(self.retry_factor) for t in tried):
                     attempts.append(self._attempt(session, subset, lr, why))
-        final = next((x for x in attempts if x.passed), attempts[-1])
+        # the attempt that passed, or else the one that got furthest
+        final = next((x for x in attempts if x.passed), None) or min(
+            attempts, key=lambda x: x.reduction if math.isfinite(x.reduction) else math.inf)
         metrics = {"examples": n, "start_loss": final.start, "best_loss": final.best, "floor": final.floor,
                    "reduction": final.reduction, "accuracy": final.accuracy, "steps": final.steps, "lr": final.lr,
                    "lr_source": final.why_lr, "attempts": len(attempts)}
@@ -213,14 +215,14 @@ class OverfitBatch(Check):
             notes.append("weight decay set to zero for the probe: " + ", ".join(final.decay))
         notes.append("dropout switched off (modules, F.dropout calls, attention and recurrent dropout); "
                      "BatchNorm kept in training mode")
-        plots = (self._plot(attempts),)
+        plots = (self._plot(attempts, final.floor + self.pass_fraction * (final.start - final.floor)),)
         table = Table("attempts", "Attempts", ("lr", "lr source", "steps", "start loss", "best loss", "reduction",
                                                "accuracy", "passed"),
                       [(x.lr, x.why_lr, x.steps, x.start, x.best, x.reduction, x.accuracy, x.passed) for x in attempts])
         acc = f", accuracy {final.accuracy:.0%}" if final.accuracy is not None else ""
         if final.passed:
             summary = (f"loss on {n} examples fell from {final.start:.4g} to {final.best:.4g} "
-                       f"({final.reduction:.1%} of its start){acc} in {final.steps} steps at {final.why_lr}")
+                       f"({max(final.reduction, 0.0):.1%} of its start){acc} in {final.steps} steps at {final.why_lr}")
             advice = []
             if final is not attempts[0]:
                 a0 = attempts[0]
@@ -241,11 +243,15 @@ class OverfitBatch(Check):
 
     # -- the probe --------------------------------------------------------------------------------
     @staticmethod
-    def _retry_lrs(verdict) -> list[tuple[float, str]]:
+    def _retry_lrs(verdict, first: Attempt) -> list[tuple[float, str]]:
         """LRs to retry at when the user's failed: lr_range's suggestion, then the top of its good range (the
         largest LR at which the sweep's loss was still at its lowest: memorising a few examples wants a large
-        step)."""
+        step). Without a suggestion (a flat sweep), 10x and 100x the user's LR when its loss did not blow up."""
         if verdict is None or not verdict.suggested_lr:
+            blew_up = not all(math.isfinite(v) for v in first.losses) or first.losses[-1] > first.start
+            if first.lr and not blew_up:
+                return [(first.lr * k, f"{k}x your LR ({first.lr * k:.3g}; lr_range has no suggestion)")
+                        for k in (10, 100)]
             return []
         unusable = f" (it judged your LR unusable: {verdict.summary})" if verdict.status == "fail" else ""
         out = [(verdict.suggested_lr, f"lr_range's suggestion {verdict.suggested_lr:.3g}{unusable}")]
@@ -370,13 +376,15 @@ class OverfitBatch(Check):
         return [(round(s, 2), c, e) for s, c, e in causes]
 
     @staticmethod
-    def _plot(attempts) -> Plot:
+    def _plot(attempts, target: float) -> Plot:
         series = tuple(Series(f"LR {a.lr:.3g}" if a.lr else "LR (optimizer's)", tuple(range(1, len(a.losses) + 1)),
                               a.losses) for a in attempts)
         start = attempts[0].start
         markers = ()
         if math.isfinite(start):
             markers = (Marker("start", start, axis="y"),)
+        if math.isfinite(target) and target > 0:
+            markers += (Marker("pass level", target, axis="y"),)
         return Plot("loss_curve", "Loss on the tiny subset, regularization off", "line", series, x_label="step",
                     y_label="loss", log_y=all(v > 0 for a in attempts for v in a.losses if math.isfinite(v)),
                     markers=markers)
