@@ -15,14 +15,13 @@ Peers, with their own documented suggestion rules:
 Also measured (``sweep_cost``): wall time of one 100-step sweep of each finder against 100 plain training
 steps, and whether each leaves the model's state_dict bitwise as it found it.
 
-    python benchmarks/lr_quality.py            # full run (~10 min on one core)
+    python benchmarks/lr_quality.py            # full run (~6 min on one core)
     python benchmarks/lr_quality.py --quick    # a smoke run (~2 min)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -38,7 +37,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
