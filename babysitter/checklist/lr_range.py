@@ -246,7 +246,9 @@ def analyse_run(run: SweepRun, *, sigma_decades: float, min_drop: float, onset: 
     # the good range: from the onset of the descent (the loss has made ``onset`` of it: Smith's lower bound)
     # divided by ``low_margin``, to the last LR past the minimum still within ``band`` of the descent above it
     fallen = (start - s) / total
-    i_low = int(np.argmax(fallen[: i_min + 1] >= onset))
+    # the last time the curve was above the onset level, so that noise in the flat start does not count
+    not_yet = np.flatnonzero(fallen[: i_min + 1] < onset)
+    i_low = int(not_yet[-1]) + 1 if len(not_yet) else 0
     above = (s[i_min:] - s[i_min]) / total
     i_high = i_min + (int(np.argmax(above > band)) - 1 if (above > band).any() else len(above) - 1)
     out.low, out.high = float(lrs[i_low]) / low_margin, float(lrs[i_high])
