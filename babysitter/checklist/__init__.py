@@ -8,13 +8,17 @@ from .dead_relu import DeadRelu
 from .grad_norms import GradNorms
 from .initial_loss import InitialLoss
 from .input_scale import InputScale
+from .lr_range import LrRange
 from .nonfinite import NonFinite
+from .overfit_batch import OverfitBatch
 from .param_updates import ParamUpdates
 from .saturation import Saturation
 
 #: stable ids, in checklist order (DESIGN.md)
 CHECKLIST: tuple[type[Check], ...] = (
     InitialLoss,
+    OverfitBatch,
+    LrRange,
     DeadRelu,
     Saturation,
     ActivationScale,

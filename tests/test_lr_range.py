@@ -1,0 +1,179 @@
+"""lr_range: a stable suggestion and a generous range on healthy models; an LR far above divergence or far too
+low fails; a flat curve gives no invented suggestion; the sweep costs plain steps and restores everything."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import babysitter
+import zoo
+from babysitter.checklist.lr_range import LrRange, SweepRun, analyse_run, run_sweep, sweep_once
+from babysitter.session import Session
+from babysitter.target import Target
+
+FAST = {"steps": 60, "repeats": 2}  # a shorter sweep for the cases that do not depend on its resolution
+
+
+def check(options=None, **fields):
+    opts = {"lr_range": options} if options else None
+    return babysitter.check(**fields, select=["lr_range"], options=opts)["lr_range"]
+
+
+@pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
+def test_healthy_models_pass(name):
+    result = check(**zoo.HEALTHY[name]())
+    m = result.metrics
+    assert result.status == "pass", result.summary
+    assert m["lr_low"] <= m["suggested_lr"] <= m["lr_high"]
+    assert m["lr_low"] <= m["user_lr"] <= m["lr_high"]
+    assert m["spread"] < 10
+    plot = result.plots[0]
+    assert plot.log_x and len(plot.series) == 3
+    assert {mk.label.split(" ")[0] for mk in plot.markers} >= {"suggested", "range", "your"}
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.SGD(p, lr=0.05),
+    lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    lambda p: torch.optim.Adam(p, lr=1e-3),
+    lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05),
+], ids=["sgd", "sgd-momentum", "adam", "adamw"])
+def test_optimizers_get_a_suggestion(make):
+    fields = zoo.mlp_target()
+    fields["optimizer"] = make
+    result = check(**fields, options=FAST)
+    assert result.status == "pass", result.summary
+    assert 1e-4 < result.metrics["suggested_lr"] < 1.0
+
+
+def test_lr_far_above_divergence_fails():
+    fields = zoo.mlp_target()
+    fields["optimizer"] = lambda p: torch.optim.SGD(p, lr=100.0, momentum=0.9)
+    result = check(**fields)
+    assert result.status == "fail" and "diverged" in result.summary
+    assert result.metrics["user_lr"] > result.metrics["diverged_at"]
+    assert any("Lower the LR" in a for a in result.advice)
+
+
+def test_lr_so_low_that_the_loss_does_not_move_fails():
+    fields = zoo.regression_target()
+    fields["optimizer"] = lambda p: torch.optim.Adam(p, lr=1e-8)
+    result = check(**fields)
+    assert result.status == "fail" and "does not move" in result.summary
+    assert any("Raise the LR" in a for a in result.advice)
+
+
+def test_lr_somewhat_above_the_range_warns():
+    fields = zoo.regression_target()
+    fields["optimizer"] = lambda p: torch.optim.Adam(p, lr=0.5)
+    result = check(**fields)
+    assert result.status in ("warn", "fail")
+    assert result.metrics["user_lr"] > result.metrics["lr_high"]
+
+
+class Constant(nn.Module):
+    """Ignores its input: the loss can only fall to the label entropy, which is where it starts (ln 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(3))
+        self.unused = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 3)
+
+
+def test_flat_curve_gives_no_suggestion_and_says_why():
+    result = check(model=Constant(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-3),
+                   options=FAST)
+    assert result.status == "skip"
+    assert result.metrics["suggested_lr"] is None
+    assert "never fell" in result.summary
+
+
+def test_synthetic_curve_readings():
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    # a loss that falls between 1e-4 and 1e-2, bottoms out at 3e-2, and blows up beyond 1
+    loss = 1.0 - 0.9 / (1 + np.exp(-(x + 3) * 3)) + 0.05 * np.maximum(0, x + 1.5) ** 3
+    run = SweepRun(0, lrs.tolist(), loss.tolist(), [], "end", None)
+    sgd = analyse_run(run, sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10)
+    adam = analyse_run(run, sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10, adaptive=True)
+    assert 1e-4 < sgd.steepest < 1e-2 and 1e-2 < sgd.minimum < 1e-1 and sgd.minimum < sgd.high < 1
+    assert sgd.low < 1e-4  # 10x below the onset of the descent
+    assert sgd.minimum <= sgd.suggestion <= sgd.high  # SGD: the bottom of the curve
+    assert adam.steepest / 3 < adam.suggestion < adam.minimum  # adaptive: below the bottom
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_model_optimizer_and_rng_are_restored_bitwise():
+    fields = zoo.cnn_target()
+    model = fields["model"]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = fields["data"]
+    model(x[:8]).sum().backward()
+    opt.step()  # the user's optimizer has state
+    opt.zero_grad()
+    before, opt_before = _state(model), {k: v.clone() for k, v in opt.state[next(model.parameters())].items()}
+    rng = torch.get_rng_state()
+    check(model=model, data=fields["data"], loss_fn=fields["loss_fn"], optimizer=opt, batch_size=32, options=FAST)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(opt_before[k], v) for k, v in opt.state[next(model.parameters())].items())
+    assert opt.param_groups[0]["lr"] == 1e-3
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_param_groups_are_scaled_together():
+    fields = zoo.mlp_target()
+    model = fields["model"]
+    opt = torch.optim.SGD([{"params": model.layers.parameters(), "lr": 0.01},
+                           {"params": model.head.parameters(), "lr": 0.1}], momentum=0.9)
+    target = Target(model=model, data=fields["data"], loss_fn=fields["loss_fn"], optimizer=opt)
+    with Session(target, device="cpu") as session:
+        run = sweep_once(session, steps=20)
+        lrs = [g["lr"] for g in opt.param_groups]
+        assert lrs[1] == pytest.approx(10 * lrs[0]) and lrs[0] >= run.lrs[-1] > 1e-3
+
+
+def test_a_sweep_step_is_one_forward_and_one_optimizer_step():
+    fields = zoo.mlp_target()
+    model = fields["model"]
+    calls = {"forward": 0}
+    model.register_forward_pre_hook(lambda m, a: calls.__setitem__("forward", calls["forward"] + 1))
+    target = Target(model=model, data=fields["data"], loss_fn=fields["loss_fn"], optimizer=fields["optimizer"])
+    with Session(target, device="cpu") as session:
+        calls["forward"] = 0
+        sweep = run_sweep(session, repeats=2, steps=30)
+    assert calls["forward"] == sweep.steps == sum(r.taken for r in sweep.runs)
+    assert all(r.taken - len(r.losses) < 8 for r in sweep.runs)  # at most sync_every - 1 steps past a stop
+
+
+def test_divergence_stops_the_sweep_early():
+    fields = zoo.regression_target()
+    target = Target(model=fields["model"], data=fields["data"], loss_fn=fields["loss_fn"],
+                    optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with Session(target, device="cpu") as session:
+        run = sweep_once(session)
+    assert run.stop in ("diverged", "nonfinite") and len(run.losses) < 100
+    assert run.stopped_at is not None and run.stopped_at < 10
+
+
+def test_thresholds_are_documented():
+    doc = LrRange.doc()
+    for name, _, text in LrRange.thresholds():
+        assert name in doc and text
+    assert math.isclose(LrRange().start_lr, 1e-7)
+
+
+def test_small_but_common_lr_is_not_flagged():
+    fields = zoo.transformer_target()
+    fields["optimizer"] = lambda p: torch.optim.Adam(p, lr=1e-4)  # fine-tuning practice
+    result = check(**fields, options=FAST)
+    assert result.status == "pass", result.summary
