@@ -294,14 +294,19 @@ def sweep_cost(task: Task, num_iter: int = 100, repeats: int = 3) -> dict:
         total = time.perf_counter() - t0
         return total, total, _same(before, _state(model))
 
-    out = {"task": task.name, "num_iter": num_iter}
-    plain_s = statistics.median(plain() for _ in range(repeats))
-    out["plain_s"] = plain_s
-    for name, fn in (("babysitter", ours_t), ("torch-lr-finder", tlf_t), ("lightning", pl_t)):
-        runs = [fn() for _ in range(repeats)]
-        sweep = statistics.median(r[0] for r in runs)
-        out[name] = {"sweep_s": sweep, "total_s": statistics.median(r[1] for r in runs),
-                     "ratio_to_plain": sweep / plain_s, "restores_bitwise": all(r[2] for r in runs)}
+    finders = {"babysitter": ours_t, "torch-lr-finder": tlf_t, "lightning": pl_t}
+    plains, runs = [], {name: [] for name in finders}
+    plain()  # warm-up
+    for _ in range(repeats):  # round-robin, so that drift in the machine hits every tool alike
+        plains.append(plain())
+        for name, fn in finders.items():
+            runs[name].append(fn())
+    out = {"task": task.name, "num_iter": num_iter, "plain_s": statistics.median(plains)}
+    for name, rs in runs.items():
+        ratios = [r[0] / p for r, p in zip(rs, plains)]
+        out[name] = {"sweep_s": statistics.median(r[0] for r in rs), "total_s": statistics.median(r[1] for r in rs),
+                     "ratio_to_plain": statistics.median(ratios), "ratio_min": min(ratios),
+                     "ratio_max": max(ratios), "restores_bitwise": all(r[2] for r in rs)}
     return out
 
 
@@ -361,8 +366,9 @@ def cost_markdown(rows: list[dict]) -> str:
     lines = ["| task | 100 plain steps | " + " | ".join(f"{n} (x plain, restores)" for n in names) + " |",
              "|" + "---|" * (2 + len(names))]
     for r in rows:
-        cells = [f"{r[n]['sweep_s']:.2f}s ({r[n]['ratio_to_plain']:.2f}x, "
-                 f"{'bitwise' if r[n]['restores_bitwise'] else 'NOT restored'})" for n in names]
+        cells = [f"{r[n]['sweep_s']:.2f}s ({r[n]['ratio_to_plain']:.2f}x [{r[n]['ratio_min']:.2f}-"
+                 f"{r[n]['ratio_max']:.2f}], {'bitwise' if r[n]['restores_bitwise'] else 'NOT restored'})"
+                 for n in names]
         lines.append(f"| {r['task']} | {r['plain_s']:.2f}s | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -374,6 +380,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3; 2 quick)")
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
     ap.add_argument("--no-cost", action="store_true", help="skip the sweep-cost measurement")
+    ap.add_argument("--cost-only", action="store_true", help="only the sweep-cost measurement")
+    ap.add_argument("--cost-repeats", type=int, default=None, help="rounds of the cost measurement (default 5)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "lr_quality.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -383,15 +391,18 @@ def main(argv=None) -> int:
     chosen = [t for t in tasks() if not args.tasks or t.name in args.tasks.split(",")]
     t0 = time.perf_counter()
     rows = []
-    for task in chosen:
+    for task in ([] if args.cost_only else chosen):
         rows.append(evaluate(task, grid, seeds, steps))
         print(f"  {task.name}: done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    print(f"LR suggestion regret: {len(grid)} LRs {grid[0]:.0e}..{grid[-1]:.0e}, {len(seeds)} seeds, {steps} steps "
-          f"per run, torch {torch.__version__}, one thread\n")
-    print(markdown(rows))
+    if rows:
+        print(f"LR suggestion regret: {len(grid)} LRs {grid[0]:.0e}..{grid[-1]:.0e}, {len(seeds)} seeds, {steps} "
+              f"steps per run, torch {torch.__version__}, one thread\n")
+        print(markdown(rows))
     cost = []
     if not args.no_cost:
-        cost = [sweep_cost(t, repeats=1 if args.quick else 3) for t in chosen[:2]]
+        repeats = args.cost_repeats or (1 if args.quick else 5)
+        cost = [sweep_cost(t, repeats=repeats) for t in chosen[:2]]
+        print(f"\nmedian [min-max] over {repeats} rounds:")
         print("\nCost of one 100-step sweep against 100 plain training steps, and whether the model is restored:\n")
         print(cost_markdown(cost))
     print(f"\n({time.perf_counter() - t0:.0f}s)")
