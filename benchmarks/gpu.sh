@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU figures of the README in one run: the CUDA tests, the checklist on this repository's targets, and the
+# memory, instrument-overhead and checklist-cost benchmarks on the GPU. Run from the repository root on a CUDA
+# machine where python3 has torch, rich, pandas, matplotlib and pytest:  bash benchmarks/gpu.sh [OUT_DIR]
+set -u
+out=${1:-${OUT:-benchmarks/out/gpu}}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $py -c "import torch, platform; print('torch', torch.__version__, 'python', platform.python_version())"; } \
+  2>&1 | tee "$out/gpu.txt"
+timeout 120 $py -m pytest -q -x tests/test_cuda.py tests/test_sandbox.py 2>&1 | tee "$out/tests.txt"
+timeout 60 $py -m babysitter check --device cuda --no-report 2>&1 | tee "$out/check.txt"
+timeout 80 $py benchmarks/memory.py --device cuda 2>&1 | tee "$out/memory.txt"
+timeout 80 $py benchmarks/instrument_overhead.py --device cuda 2>&1 | tee "$out/overhead.txt"
+timeout 150 $py benchmarks/checklist_cost.py --device cuda --repeats 3 --skip-scaling 2>&1 | tee "$out/cost.txt"
