@@ -7,7 +7,7 @@ the accelerator no more than a training step does. On the CPU the figure is the 
 resident set (``ru_maxrss``) above its peak before the work: there the snapshot, like any checkpoint, is an
 extra copy of the parameters and optimizer state in the same memory, and the table says so.
 
-    python benchmarks/memory.py [--device cpu|cuda] [--width 2048] [--depth 6]
+    python benchmarks/memory.py [--device cpu|cuda] [--width 2048] [--depth 6] [--modes plain,all,lr_range]
 """
 from __future__ import annotations
 
@@ -86,30 +86,33 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--modes", default="", help="comma-separated: plain, all, check ids (default: every one)")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/out/memory.json"))
     args = ap.parse_args()
     if args.probe:
         print(json.dumps(probe(args.probe, args.device, args.width, args.depth)))
         return
+    modes = ["plain", "all", *(c.id for c in CHECKLIST)]
+    if args.modes:
+        modes = ["plain"] + [m for m in args.modes.split(",") if m != "plain"]
+    unit = "CUDA allocated above the model's resident state" if args.device == "cuda" else "peak RSS growth"
+    print(f"device {args.device}, MLP width {args.width} depth {args.depth}, Adam; {unit}", flush=True)
+    print("| work | peak above start (MiB) | / plain step | / parameters |")
+    print("|---|---:|---:|---:|", flush=True)
     rows = []
-    for mode in ["plain", "all", *(c.id for c in CHECKLIST)]:
+    for mode in modes:
         proc = subprocess.run([sys.executable, __file__, "--probe", mode, "--device", args.device, "--width",
                                str(args.width), "--depth", str(args.depth)], capture_output=True, text=True, cwd=ROOT)
         if proc.returncode:
             sys.exit(f"probe {mode} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    plain = rows[0]["peak"] - rows[0]["base"]
-    params = rows[0]["params_bytes"]
-    unit = "CUDA allocated above the model's resident state" if args.device == "cuda" else "peak RSS growth"
-    print(f"device {args.device}, MLP width {args.width} depth {args.depth}: parameters {params / MiB:.0f} MiB; "
-          f"{unit}")
-    print("| work | peak above start (MiB) | / plain step | / parameters |")
-    print("|---|---:|---:|---:|")
-    for r in rows:
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        plain, params = rows[0]["peak"] - rows[0]["base"], rows[0]["params_bytes"]
         extra = r["peak"] - r["base"]
         r["extra"], r["ratio_plain"], r["ratio_params"] = extra, extra / max(plain, 1), extra / params
-        print(f"| {r['mode']} | {extra / MiB:.0f} | {r['ratio_plain']:.2f}x | {r['ratio_params']:.2f}x |")
+        print(f"| {r['mode']} | {extra / MiB:.0f} | {r['ratio_plain']:.2f}x | {r['ratio_params']:.2f}x |", flush=True)
+    print(f"parameters: {rows[0]['params_bytes'] / MiB:.0f} MiB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": args.device, "width": args.width, "depth": args.depth,
                                           "rows": rows}, indent=2))
