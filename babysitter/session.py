@@ -19,6 +19,8 @@ from .target import DEFAULT_BATCH_SIZE, Target, _short, _type_name, default_opti
 
 #: how many batches of the user's data are drawn into the pool the checks cycle through
 DEFAULT_MAX_BATCHES = 32
+#: device copies of the pool kept on an accelerator, at most this many bytes
+DEVICE_POOL_BYTES = 256 << 20
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -51,6 +53,18 @@ def to_device(obj: Any, device: torch.device) -> Any:
         except Exception:
             return obj
     return obj
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a batch structure."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def batch_size_of(batch: Any) -> Optional[int]:
@@ -132,6 +146,8 @@ class Session:
         self._user_optimizer: Optional[torch.optim.Optimizer] = (
             target.optimizer if isinstance(target.optimizer, torch.optim.Optimizer) else None)
         self._pool: list = []
+        self._device_pool: dict[int, Any] = {}
+        self._device_pool_bytes = 0
         self._evidence: dict[str, Any] = {}
         self._snapshot: Optional[Snapshot] = None
         self.facts: dict[str, Any] = {}
@@ -157,6 +173,8 @@ class Session:
             self._snapshot.restore()
             self._snapshot = None
         self._evidence.clear()
+        self._device_pool.clear()
+        self._device_pool_bytes = 0
 
     def _move_model(self) -> None:
         devices = {t.device for t in itertools.chain(self.model.parameters(), self.model.buffers())}
@@ -196,8 +214,23 @@ class Session:
         return self._pool
 
     def batch(self, i: int) -> Any:
-        """Batch ``i`` of the pool (cycling), on the session's device."""
-        return to_device(self._pool[i % len(self._pool)], self.device)
+        """Batch ``i`` of the pool (cycling), on the session's device.
+
+        On an accelerator the copies are kept (up to ``DEVICE_POOL_BYTES``), so the probes' hundreds of steps do not
+        pay a host-to-device copy each, as a plain loop over preloaded batches would not; on the CPU the pool's own
+        tensors are used, as they are.
+        """
+        i %= len(self._pool)
+        cached = self._device_pool.get(i)
+        if cached is not None:
+            return cached
+        batch = to_device(self._pool[i], self.device)
+        if self.device.type != "cpu":
+            size = sum(t.numel() * t.element_size() for t in _tensors(batch))
+            if self._device_pool_bytes + size <= DEVICE_POOL_BYTES:
+                self._device_pool[i] = batch
+                self._device_pool_bytes += size
+        return batch
 
     def batches(self, n: int) -> Iterator[Any]:
         for i in range(n):
