@@ -10,8 +10,8 @@ py=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $py -c "import torch, platform; print('torch', torch.__version__, 'python', platform.python_version())"; } \
   2>&1 | tee "$out/gpu.txt"
-timeout 120 $py -m pytest -q -x tests/test_cuda.py tests/test_sandbox.py 2>&1 | tee "$out/tests.txt"
+timeout 120 $py -m pytest -q tests/test_cuda.py 2>&1 | tee "$out/tests.txt"
 timeout 60 $py -m babysitter check --device cuda --no-report 2>&1 | tee "$out/check.txt"
-timeout 80 $py benchmarks/memory.py --device cuda 2>&1 | tee "$out/memory.txt"
-timeout 80 $py benchmarks/instrument_overhead.py --device cuda 2>&1 | tee "$out/overhead.txt"
+timeout 120 $py benchmarks/memory.py --device cuda --modes all,lr_range,overfit_batch,dead_relu,batch_independence 2>&1 | tee "$out/memory.txt"
+timeout 100 $py benchmarks/instrument_overhead.py --device cuda --batch-scales 1,16 --repeats 7 2>&1 | tee "$out/overhead.txt"
 timeout 150 $py benchmarks/checklist_cost.py --device cuda --repeats 3 --skip-scaling 2>&1 | tee "$out/cost.txt"

@@ -9,7 +9,7 @@ worst case (later calls only count active and saturated units). Reports the medi
 spread, the ratio of the fastest blocks, and the median ratio of process CPU time (both robust on a machine
 shared with other work: CPU time does not count the turns of other processes). Goal: at most 1.10x.
 
-    python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--out FILE.json]
+    python benchmarks/instrument_overhead.py [--repeats 11] [--device cpu|cuda] [--batch-scales 1,16]
 """
 from __future__ import annotations
 
@@ -67,12 +67,15 @@ class Encoder(nn.Module):
         return self.head(self.encoder(self.embed(ids)).mean(1))
 
 
-def cases(device):
+def cases(device, batch_scale: int = 1):
+    """The three models; ``batch_scale`` multiplies the batch (a GPU step on the CPU's batch is launch-bound)."""
     g = torch.Generator().manual_seed(0)
+    b = batch_scale
     return {
-        "mlp 6x1024, batch 128": (MLP(), torch.randn(128, 256, generator=g), 4),
-        "cnn 5 conv 64ch 32x32, batch 8": (cnn(), torch.randn(8, 3, 32, 32, generator=g), 2),
-        "transformer 4 layers d=256, 8x64 tokens": (Encoder(), torch.randint(0, 1000, (8, 64), generator=g), 2),
+        f"mlp 6x1024, batch {128 * b}": (MLP(), torch.randn(128 * b, 256, generator=g), 4),
+        f"cnn 5 conv 64ch 32x32, batch {8 * b}": (cnn(), torch.randn(8 * b, 3, 32, 32, generator=g), 2),
+        f"transformer 4 layers d=256, {8 * b}x64 tokens": (
+            Encoder(), torch.randint(0, 1000, (8 * b, 64), generator=g), 2),
     }
 
 
@@ -126,6 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-scales", default="1", help="comma-separated batch multipliers, e.g. 1,16 on a GPU")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/out/instrument_overhead.json"))
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -135,9 +139,10 @@ def main() -> None:
                           f"{torch.__version__}, device {device}", "goal": 1.10, "rows": []}
     print(f"{'model':42s} {'threads':>7s} {'plain step':>11s} {'ratio':>6s} {'min':>6s} {'max':>6s} {'best':>6s} "
           f"{'cpu':>6s} {'sites':>5s}")
-    for threads in thread_settings:
+    scales = [int(v) for v in args.batch_scales.split(",")]
+    for threads, scale in ((t, sc) for t in thread_settings for sc in scales):
         torch.set_num_threads(threads)
-        for name, (model, x, steps) in cases(device).items():
+        for name, (model, x, steps) in cases(device, scale).items():
             torch.manual_seed(0)
             r = measure(model, x, steps, args.repeats, device)
             r.update(model=name, threads=threads)
