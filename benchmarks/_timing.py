@@ -29,6 +29,20 @@ def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int = 5
     return ta, tb
 
 
+class CpuTimed:
+    """Wraps a callable to record the process's CPU time per call: unlike wall time, it does not count the turns
+    of other processes, so it stays meaningful on a machine shared with other work (CPU runs only)."""
+
+    def __init__(self, fn: Callable[[], object]):
+        self.fn, self.times = fn, []
+
+    def __call__(self):
+        t0 = time.process_time()
+        out = self.fn()
+        self.times.append(time.process_time() - t0)
+        return out
+
+
 def ratio_stats(ta: list[float], tb: list[float]) -> dict:
     """Median ratio A/B over paired repeats, with the min and max of the paired ratios as the spread."""
     ratios = [x / y for x, y in zip(ta, tb)]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import babysitter  # noqa: E402
 import zoo  # noqa: E402
-from _timing import alternate, count_work, ratio_stats  # noqa: E402
+from _timing import CpuTimed, alternate, count_work, ratio_stats  # noqa: E402
 
 from babysitter.session import Session  # noqa: E402
 from babysitter.target import Target  # noqa: E402
@@ -98,8 +98,11 @@ def measure(name: str, fields_fn, repeats: int) -> dict:
     def checklist():
         shares.append({c.id: c.duration_s for c in babysitter.check(**fields, device=DEVICE).checks})
 
-    ta, tb = alternate(checklist, plain, repeats=repeats)
+    a, b = CpuTimed(checklist), CpuTimed(plain)
+    ta, tb = alternate(a, b, repeats=repeats)
     stats = ratio_stats(ta, tb)
+    cpu = ratio_stats(a.times[1:], b.times[1:])  # without the warmup pair
+    stats.update(cpu_ratio=cpu["ratio"], cpu_ratio_min=cpu["ratio_min"], cpu_ratio_max=cpu["ratio_max"])
     total = statistics.median(sum(s.values()) for s in shares)
     per_check = {cid: statistics.median(s[cid] for s in shares) / total for cid in shares[0]}
     return {"model": name, "forwards": forwards, "backwards": backwards, "optimizer_steps": steps,
@@ -122,7 +125,8 @@ def main() -> None:
     for name, fn in MODELS.items():
         r = measure(name, fn, args.repeats)
         results["models"].append(r)
-        print(f"{name:12s} checklist/plain = {r['ratio']:.2f}x (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})"
+        print(f"{name:12s} checklist/plain = {r['ratio']:.2f}x (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f}); "
+              f"CPU time {r['cpu_ratio']:.2f}x ({r['cpu_ratio_min']:.2f}-{r['cpu_ratio_max']:.2f})"
               f"  checklist {r['median_a_s']:.2f}s, plain {r['median_b_s']:.2f}s, {r['optimizer_steps']} steps, "
               f"{r['backwards']} backwards, {r['forwards']} forwards", flush=True)
         print("             share: " + ", ".join(f"{k} {v:.0%}" for k, v in r["check_share"].items()), flush=True)
@@ -130,7 +134,8 @@ def main() -> None:
         for depth, width in ((2, 128), (8, 128), (16, 128), (4, 64), (4, 512)):
             r = measure(f"mlp d{depth} w{width}", lambda: mlp(depth, width), max(1, args.repeats - 1))
             results["scaling"].append(r)
-            print(f"mlp depth {depth:2d} width {width:3d}: {r['ratio']:.2f}x  (plain {r['median_b_s']:.2f}s)",
+            print(f"mlp depth {depth:2d} width {width:3d}: {r['ratio']:.2f}x wall, {r['cpu_ratio']:.2f}x CPU time "
+                  f"(plain {r['median_b_s']:.2f}s)",
                   flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

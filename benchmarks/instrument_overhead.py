@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import alternate, ratio_stats  # noqa: E402
+from _timing import CpuTimed, alternate, ratio_stats  # noqa: E402
 
 from babysitter.instruments.activations import ActivationInstrument  # noqa: E402
 
@@ -102,23 +101,13 @@ def measure(model: nn.Module, x: torch.Tensor, steps: int, repeats: int, device)
             result = inst.result()
         sites["n"] = len(result.layers)
 
-    cpu: dict[str, list[float]] = {"a": [], "b": []}
-
-    def with_cpu_time(fn, key):
-        """Also record the process's CPU time: unlike wall time, it does not count other processes' turns."""
-        def run():
-            t0 = time.process_time()
-            fn()
-            cpu[key].append(time.process_time() - t0)
-        return run
-
-    a, b = with_cpu_time(instrumented, "a"), with_cpu_time(plain, "b")
+    a, b = CpuTimed(instrumented), CpuTimed(plain)
     # half the pairs in each order: whichever runs first in a pair pays for cache and scheduler effects
     ta, tb = alternate(a, b, repeats=(repeats + 1) // 2, warmup=1)
     tb2, ta2 = alternate(b, a, repeats=repeats // 2, warmup=0)
     ta, tb = ta + ta2, tb + tb2
     stats = ratio_stats(ta, tb)
-    cpu_stats = ratio_stats(cpu["a"][1:], cpu["b"][1:])  # without the warmup pair
+    cpu_stats = ratio_stats(a.times[1:], b.times[1:])  # the k-th calls of each pair up; without the warmup
     stats.update(step_s=stats["median_b_s"] / steps, sites=sites["n"], steps_per_block=steps,
                  best_ratio=min(ta) / min(tb), cpu_ratio=cpu_stats["ratio"], cpu_ratio_min=cpu_stats["ratio_min"],
                  cpu_ratio_max=cpu_stats["ratio_max"])
