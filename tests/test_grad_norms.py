@@ -123,3 +123,42 @@ def test_histogram_marks_the_clip_and_layers_are_tabulated():
 def test_clip_threshold_can_be_configured():
     low = check(**zoo.mlp_target(), options={"grad_norms": {"clip_percentile": 50.0}})
     assert low.metrics["suggested_clip"] <= check(**zoo.mlp_target()).metrics["suggested_clip"]
+
+
+class SumVAE(nn.Module):
+    """PyTorch's VAE example in small: sigmoid decoder, reparameterisation, loss summed over batch and pixels."""
+
+    def __init__(self, d: int = 784, h: int = 400, z: int = 20):
+        super().__init__()
+        self.enc, self.mu, self.logvar = nn.Linear(d, h), nn.Linear(h, z), nn.Linear(h, z)
+        self.dec1, self.dec2 = nn.Linear(z, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        mu, logvar = self.mu(h), self.logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.dec2(torch.relu(self.dec1(z)))), mu, logvar
+
+
+def vae_loss(outputs, x):
+    recon, mu, logvar = outputs
+    bce = nn.functional.binary_cross_entropy(recon, x, reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def test_loss_summed_over_the_batch_is_judged_per_example():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(512, 784, generator=g) > 0.8).float() * torch.rand(512, 784, generator=g)
+    result = check(model=SumVAE(), data=(x, x), loss_fn=vae_loss, batch_size=128)
+    assert result.metrics["batch_sum_factor"] == 128
+    assert result.metrics["max"] > 1e4 and result.status == "pass", result.summary
+    # a deep net with too large an init still explodes per example under a summed loss
+    fields = deep_target(zoo.adam(1e-3), gain=2.0)
+    fields["loss_fn"] = nn.CrossEntropyLoss(reduction="sum")
+    result = check(**fields)
+    assert result.metrics["batch_sum_factor"] == 64 and result.status == "fail", result.summary
+
+
+def test_mean_reduced_loss_is_not_rescaled():
+    assert check(**zoo.mlp_target()).metrics["batch_sum_factor"] == 1

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..report import Marker, Plot, Series, Table
@@ -83,7 +84,9 @@ class GradNorms(Check):
     exploding_ratio: float = threshold(70.0, "fail when that ratio is above this (AUTOTRAINER)")
     huge_norm: float = threshold(1e4, "fail when the total gradient norm exceeds this at any step: for a "
                                       "mean-reduced loss healthy norms are of order 0.01-10 and common clip values "
-                                      "are 0.5-5")
+                                      "are 0.5-5. A loss summed over the batch (reduction='sum', as in PyTorch's VAE "
+                                      "example) has N times the gradient of its mean: its norms are divided by the "
+                                      "batch size N before this comparison")
     growth: float = threshold(1e3, "fail when the median norm of the last quarter of the probe is this many times "
                                    "that of the first quarter (orders of magnitude of growth: divergence)")
     spike: float = threshold(10.0, "steps whose total norm is this many times the median are spikes, left out of "
@@ -122,11 +125,12 @@ class GradNorms(Check):
         growth = (float(np.median(late)) / float(np.median(early))) if early and late and np.median(early) > 0 \
             else None
 
+        per_example = self._batch_sum_factor(session)
         metrics = {
             "suggested_clip": clip, "p50": p50, "p90": float(np.percentile(finite, 90)),
             "p99": float(np.percentile(finite, 99)), "max": max(finite), "min": min(finite),
             "first_last_ratio": ratio, "growth": growth, "steps": len(totals), "spikes": len(spikes),
-            "nonfinite_steps": len(nonfinite), "lr": probe.lr,
+            "nonfinite_steps": len(nonfinite), "lr": probe.lr, "batch_sum_factor": per_example,
             "first_layer": display(layers[with_grad[0]][0]) if with_grad else None,
             "last_layer": display(layers[with_grad[-1]][0]) if with_grad else None,
         }
@@ -134,6 +138,9 @@ class GradNorms(Check):
         advice += self._clip_advice(clip)
         notes = [f"{len(spikes)} spike step(s) (> {self.spike:g}x the median) left out of the suggested clip: "
                  f"steps {spikes[:10]}"] if spikes else []
+        if per_example > 1:
+            notes.append(f"the loss is summed over the batch (its value doubles when the batch is repeated): norms "
+                         f"are compared with {self.huge_norm:g} after dividing by the batch size {per_example}")
         if probe.skipped_steps:
             notes.append(f"steps {probe.skipped_steps} had non-finite gradients in float16 and were skipped, as "
                          f"a GradScaler skips them")
@@ -151,6 +158,32 @@ class GradNorms(Check):
             if weights:
                 out.append((owner, weights))
         return out
+
+    @staticmethod
+    def _batch_sum_factor(session) -> int:
+        """N when the loss is a sum over the batch's N examples, else 1.
+
+        The loss of the batch repeated twice is exactly twice the loss of the batch for a sum over examples, and
+        equal to it for a mean: the outputs are computed once and repeated, so dropout or sampling do not count.
+        """
+        from ..session import batch_size_of, concat_batches
+
+        try:
+            with torch.no_grad():
+                session.model.eval()
+                outputs, targets = session.forward(session.batch(0))
+                n = batch_size_of(targets) or batch_size_of(outputs)
+                if not n or n < 2:
+                    return 1
+                once = float(session.loss(outputs, targets))
+                twice = float(session.loss(concat_batches([outputs, outputs]), concat_batches([targets, targets])))
+        except Exception:  # a loss that cannot take a doubled batch: assume a mean
+            return 1
+        finally:
+            session.reset()  # the user's modes back
+        if not (math.isfinite(once) and math.isfinite(twice)) or abs(once) < 1e-12:
+            return 1
+        return int(n) if abs(twice / once - 2.0) < 0.01 else 1
 
     @staticmethod
     def _layer_norms(probe, layers) -> list[list[float]]:
@@ -188,7 +221,7 @@ class GradNorms(Check):
                           f"normalization; clip at {clip:.3g}.")
             return "fail", (f"exploding gradients: first/last layer gradient norm ratio {ratio:.3g} > "
                             f"{self.exploding_ratio:g} ({first} vs {last})"), advice
-        if m["max"] > self.huge_norm:
+        if m["max"] / m["batch_sum_factor"] > self.huge_norm:
             advice.append(f"The total gradient norm reaches {m['max']:.3g} (median {m['p50']:.3g}): the forward "
                           f"pass amplifies (too large an init, no normalization, large recurrent weights) or the "
                           f"loss is summed rather than averaged. Fix the scale first, then clip.")
