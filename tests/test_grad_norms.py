@@ -162,3 +162,26 @@ def test_loss_summed_over_the_batch_is_judged_per_example():
 
 def test_mean_reduced_loss_is_not_rescaled():
     assert check(**zoo.mlp_target()).metrics["batch_sum_factor"] == 1
+
+
+class HeadFirstCNN(nn.Module):
+    """A plain 6-conv GroupNorm net whose __init__ defines the head before the body: the first/last ratio must
+    compare the first conv with the head (the forward's order), not the head with the last conv."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.head = nn.Linear(width, 4)
+        convs = [nn.Conv2d(3, width, 3, padding=1, bias=False)] + [
+            nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(5)]
+        self.body = nn.Sequential(*[m for c in convs for m in (c, nn.GroupNorm(4, width), nn.ReLU())])
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_layer_depth_follows_the_forward_not_the_definition_order():
+    torch.manual_seed(0)
+    x, y = zoo.images()
+    result = check(model=HeadFirstCNN(), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-3))
+    assert result.metrics["first_layer"] == "body.0" and result.metrics["last_layer"] == "head"
+    assert result.status == "pass", result.summary

@@ -108,7 +108,8 @@ class GradNorms(Check):
         if not any(v > 0 for v in _finite(totals)):
             self.skip("no parameter received a gradient during the probe (see param_updates)")
         model = session.model
-        layers = self._weight_layers(model, probe)
+        per_example, order = self._forward_facts(session)
+        layers = self._weight_layers(model, probe, order)
         per_step = self._layer_norms(probe, layers)  # [layer][step]
         medians = [float(np.median(f)) if (f := _finite(row)) else float("nan") for row in per_step]
         with_grad = [i for i, m in enumerate(medians) if math.isfinite(m) and m > 0]
@@ -125,7 +126,6 @@ class GradNorms(Check):
         growth = (float(np.median(late)) / float(np.median(early))) if early and late and np.median(early) > 0 \
             else None
 
-        per_example = self._batch_sum_factor(session)
         metrics = {
             "suggested_clip": clip, "p50": p50, "p90": float(np.percentile(finite, 90)),
             "p99": float(np.percentile(finite, 99)), "max": max(finite), "min": min(finite),
@@ -150,40 +150,60 @@ class GradNorms(Check):
 
     # -- evidence -----------------------------------------------------------------------------------
     @staticmethod
-    def _weight_layers(model, probe) -> list[tuple[str, list[int]]]:
-        """Layers (owning modules, registration order) with their weight matrices' indices in the probe."""
+    def _weight_layers(model, probe, order: dict[str, int]) -> list[tuple[str, list[int]]]:
+        """Layers (owning modules, in the order the forward first calls them; registration order for the rest)
+        with their weight matrices' indices in the probe."""
         out = []
         for owner, idx in layers_of(probe.param_names):
             weights = [i for i in idx if is_weight_matrix(model, probe.param_names[i])]
             if weights:
                 out.append((owner, weights))
-        return out
+        rank = {owner: k for k, (owner, _) in enumerate(out)}
+        return sorted(out, key=lambda layer: (order.get(layer[0], len(order)), rank[layer[0]]))
 
     @staticmethod
-    def _batch_sum_factor(session) -> int:
-        """N when the loss is a sum over the batch's N examples, else 1.
+    def _forward_facts(session) -> tuple[int, dict[str, int]]:
+        """From one eval-mode forward of the first batch: the batch-sum factor of the loss (N when the loss is a
+        sum over the batch's N examples, else 1) and the order in which modules are first called.
 
         The loss of the batch repeated twice is exactly twice the loss of the batch for a sum over examples, and
         equal to it for a mean: the outputs are computed once and repeated, so dropout or sampling do not count.
+        The call order, not the order in which ``__init__`` registers modules (a head defined before the body),
+        says which weight layer is the first and which the last.
         """
+        from ..instruments.hooks import HookSet
         from ..session import batch_size_of, concat_batches
 
+        order: dict[str, int] = {}
+        hooks = HookSet()
+        factor = 1
+
+        def called(name: str):
+            def hook(module, args):
+                order.setdefault(name, len(order))  # returns None: the inputs are left alone
+            return hook
+
         try:
+            for name, module in session.model.named_modules():
+                hooks.add(module.register_forward_pre_hook(called(name)))
             with torch.no_grad():
                 session.model.eval()
                 outputs, targets = session.forward(session.batch(0))
+                hooks.close()
                 n = batch_size_of(targets) or batch_size_of(outputs)
-                if not n or n < 2:
-                    return 1
-                once = float(session.loss(outputs, targets))
-                twice = float(session.loss(concat_batches([outputs, outputs]), concat_batches([targets, targets])))
-        except Exception:  # a loss that cannot take a doubled batch: assume a mean
-            return 1
+                if n and n >= 2:
+                    once = float(session.loss(outputs, targets))
+                    twice = float(session.loss(concat_batches([outputs, outputs]),
+                                               concat_batches([targets, targets])))
+                    if math.isfinite(once) and math.isfinite(twice) and abs(once) > 1e-12 \
+                            and abs(twice / once - 2.0) < 0.01:
+                        factor = int(n)
+        except Exception:  # a forward that fails in eval mode, a loss that cannot take a doubled batch
+            pass
         finally:
+            hooks.close()
             session.reset()  # the user's modes back
-        if not (math.isfinite(once) and math.isfinite(twice)) or abs(once) < 1e-12:
-            return 1
-        return int(n) if abs(twice / once - 2.0) < 0.01 else 1
+        return factor, order
 
     @staticmethod
     def _layer_norms(probe, layers) -> list[list[float]]:
