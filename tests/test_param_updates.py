@@ -155,3 +155,24 @@ def test_small_init_layer_is_measured_against_the_standard_scale():
     fields.update(model=SmallInitHead(), optimizer=zoo.adam(0.5))
     result = check(**fields)
     assert result.status == "warn" and result.metrics["ratio_high"] >= 1
+
+
+class FixedTemperature(nn.Module):
+    """A projection head with a frozen temperature scalar between trainable layers (CLIP-style, fixed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(2, 32)
+        self.scale = nn.Module()
+        self.scale.temperature = nn.Parameter(torch.tensor(0.5), requires_grad=False)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)) / self.scale.temperature)
+
+
+def test_frozen_scalar_between_trainable_layers_is_a_note():
+    torch.manual_seed(0)
+    result = check(model=FixedTemperature(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss())
+    assert result.status == "pass", result.summary
+    assert any("temperature" in n for n in result.notes)

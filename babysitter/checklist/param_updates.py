@@ -123,6 +123,12 @@ class ParamUpdates(Check):
         still = [n for n in probe.param_names if n not in probe.no_grad and n not in probe.not_in_optimizer
                  and not moved[idx[n]] and (is_weight_matrix(model, n) or self._zero_grad(probe, idx[n]))]
         sandwiched, suffix, prefix = self._frozen(named)
+        # a frozen scalar or vector (a fixed temperature, a frozen norm's affine in a fine-tuned backbone) is a
+        # constant by design far more often than a forgotten layer: only layers with frozen tensors of >= 2
+        # dimensions (weight matrices, tables) are warned about
+        constants = [n for n in sandwiched + suffix if not self._frozen_layer_has_matrix(named, n)]
+        sandwiched = [n for n in sandwiched if n not in constants]
+        suffix = [n for n in suffix if n not in constants]
         judged = {n: r for n, r in ratios.items() if is_weight_matrix(model, n) and n not in zero_init
                   and n not in probe.no_grad and n not in probe.not_in_optimizer and math.isfinite(r) and r > 0}
         low = [n for n, r in judged.items() if r < self.low_ratio]
@@ -140,6 +146,9 @@ class ParamUpdates(Check):
         status, summary, advice = self._verdict(metrics, not_in_opt, cut, still, unused, sandwiched, suffix, low,
                                                 high, judged, probe.lr, peaks)
         notes = []
+        if constants:
+            notes.append(f"{len(constants)} frozen scalar/vector parameter(s) among trainable layers (constants "
+                         f"by design, such as a fixed temperature or frozen norm scales): {_group(constants)}")
         if prefix:
             notes.append(f"{len(prefix)} frozen parameters before the first trainable layer (a frozen backbone, "
                          f"as in fine-tuning): {_group(prefix)}")
@@ -186,6 +195,11 @@ class ParamUpdates(Check):
             vals = [r[i] for r in rows if math.isfinite(r[i])]
             out[n] = float(np.median(vals)) if vals else float("nan")
         return out
+
+    @staticmethod
+    def _frozen_layer_has_matrix(named, name: str) -> bool:
+        owner = owner_of(name)
+        return any(owner_of(n) == owner and not p.requires_grad and p.ndim >= 2 for n, p in named)
 
     @staticmethod
     def _frozen(named) -> tuple[list[str], list[str], list[str]]:
