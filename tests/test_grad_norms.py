@@ -185,3 +185,11 @@ def test_layer_depth_follows_the_forward_not_the_definition_order():
     result = check(model=HeadFirstCNN(), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-3))
     assert result.metrics["first_layer"] == "body.0" and result.metrics["last_layer"] == "head"
     assert result.status == "pass", result.summary
+
+
+def test_a_single_exploding_step_fails_even_when_sgd_then_wrecks_the_weights():
+    # gain 2 recurrent weights: the first step's norm is hundreds of times the rest; plain SGD's step rewrites
+    # W_hh so the later norms look ordinary and the median hides it
+    result = check(**rnn_target(zoo.sgd(0.05, momentum=0.0), scale=2.0))
+    assert result.status == "fail" and "spike" in result.summary, result.summary
+    assert result.metrics["max"] > 100 * result.metrics["p50"]

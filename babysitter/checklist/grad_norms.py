@@ -89,6 +89,9 @@ class GradNorms(Check):
                                       "batch size N before this comparison")
     growth: float = threshold(1e3, "fail when the median norm of the last quarter of the probe is this many times "
                                    "that of the first quarter (orders of magnitude of growth: divergence)")
+    spike_fail: float = threshold(100.0, "fail when one step's total norm is this many times the median over the "
+                                         "probe (two orders of magnitude: the sudden jumps of exploding gradients "
+                                         "in recurrent nets, Pascanu et al. 2013; healthy probes stay within ~20x)")
     spike: float = threshold(10.0, "steps whose total norm is this many times the median are spikes, left out of "
                                    "the suggested clip")
     clip_percentile: float = threshold(90.0, "the suggested clip is this percentile of the healthy total norms")
@@ -247,6 +250,13 @@ class GradNorms(Check):
                           f"loss is summed rather than averaged. Fix the scale first, then clip.")
             return "fail", (f"exploding gradients: total norm up to {m['max']:.3g} > {self.huge_norm:g} "
                             f"(median {m['p50']:.3g})"), advice
+        if m["max"] > self.spike_fail * m["p50"]:
+            advice.append(f"One step's gradient norm ({m['max']:.3g}) is {m['max'] / m['p50']:.3g}x the median "
+                          f"({m['p50']:.3g}): exploding gradients in bursts, typical of recurrent weights that "
+                          f"amplify over a sequence. Clip at {clip:.3g}, use an LSTM/GRU or an orthogonal recurrent "
+                          f"init with gain <= 1, and lower the learning rate (now {m['lr']}).")
+            return "fail", (f"exploding gradients: a spike of {m['max']:.3g}, {m['max'] / m['p50']:.3g}x the median "
+                            f"{m['p50']:.3g} (> {self.spike_fail:g}x)"), advice
         if m["growth"] is not None and m["growth"] > self.growth:
             advice.append(f"The gradient norm grew {m['growth']:.3g}x over {m['steps']} steps: training is "
                           f"diverging. Lower the learning rate (now {m['lr']}) and clip at {clip:.3g}.")
