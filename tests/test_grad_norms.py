@@ -192,4 +192,14 @@ def test_a_single_exploding_step_fails_even_when_sgd_then_wrecks_the_weights():
     # W_hh so the later norms look ordinary and the median hides it
     result = check(**rnn_target(zoo.sgd(0.05, momentum=0.0), scale=2.0))
     assert result.status == "fail" and "spike" in result.summary, result.summary
-    assert result.metrics["max"] > 100 * result.metrics["p50"]
+    assert result.metrics["local_spike"][1] > 100
+
+
+def test_a_norm_that_falls_fast_is_not_a_spike():
+    from babysitter.checklist.grad_norms import GradNorms
+
+    falling = [11.0 * 0.78 ** s for s in range(24)]  # a fast-converging net: 11 -> 0.04, 250x, smoothly
+    assert GradNorms._local_spike(falling)[1] < 5
+    burst = [1.0] * 24
+    burst[9] = 700.0
+    assert GradNorms._local_spike(burst)[:2] == [9, 700.0]
