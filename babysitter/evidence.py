@@ -118,6 +118,7 @@ class TrainProbe:
     param_finite: list[list[bool]] = field(default_factory=list)  # [step][param]: finite after the step
     skipped_steps: list[int] = field(default_factory=list)  # optimizer steps skipped as GradScaler would
     precision: str = "float32"  # "float16 (autocast)", "float16 parameters", "bfloat16", ...
+    weight_norms: list[list[float]] = field(default_factory=list)  # [measured step][param]: ||w|| before the step
 
     def first_nonfinite(self) -> Optional[tuple[int, str]]:
         """The first step at which the probe saw a non-finite value, and where: loss, gradient or parameters.
@@ -147,7 +148,7 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
     optimizer = session.make_optimizer()
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     measure_every = measure_every or max(1, steps // 6)
-    losses, totals, per_param, ratio_rows, ratio_steps = [], [], [], [], []
+    losses, totals, per_param, ratio_rows, ratio_steps, norm_rows = [], [], [], [], [], []
     got_grad = [False] * len(params)
     zero = torch.zeros((), device=session.device)
     masks: list[list[bool]] = []
@@ -190,6 +191,7 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
                 ratio_rows.append(torch.stack([
                     (p.detach() - b).float().norm() / b.float().norm().clamp_min(1e-12)
                     for p, b in zip(params, before)]) if params else torch.zeros(0))
+                norm_rows.append(torch.stack([b.float().norm() for b in before]) if params else torch.zeros(0))
                 del before
         results = {name: inst.result() for name, inst in active.items()}
     # one host transfer for everything recorded on the device
@@ -204,7 +206,7 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
         not_in_optimizer=[n for n, p in trainable if id(p) not in in_opt],
         frozen=[n for n, p in named if not p.requires_grad],
         trained_state=trained, instruments=results, param_finite=host(finite_rows), skipped_steps=skipped,
-        precision=precision)
+        precision=precision, weight_norms=host(norm_rows))
 
 
 def _has_dtype(obj: Any, dtype: torch.dtype) -> bool:

@@ -300,3 +300,35 @@ def test_report_has_per_example_table_and_plot():
     tables = {t.id: t for t in result.tables}
     assert len(tables["examples"].rows) == 64 and "modules" in tables
     assert result.plots[0].log_y and len(result.plots[0].series) == 3
+
+
+class WordLanguageModel(nn.Module):
+    """PyTorch's examples/word_language_model: (L, N) token batches, a batch_first=False LSTM, and the outputs
+    flattened time-major with .view(-1, V) for targets flattened the same way."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16):
+        super().__init__()
+        self.vocab = vocab
+        self.encoder, self.rnn, self.decoder = nn.Embedding(vocab, dim), nn.LSTM(dim, dim), nn.Linear(dim, vocab)
+
+    def forward(self, ids):
+        out, _ = self.rnn(self.encoder(ids))
+        return self.decoder(out).view(-1, self.vocab)
+
+
+def test_sequence_first_language_model_passes_along_dimension_1():
+    g = torch.Generator().manual_seed(0)
+    source = torch.randint(0, 50, (4, 13, 10), generator=g)  # 4 batches of 12 steps (+1) x 10 sequences
+    data = [(b[:-1], b[1:].reshape(-1)) for b in source]
+    result = check(model=WordLanguageModel(), data=data, loss_fn=CE)
+    assert result.status == "pass", result.summary
+    assert result.metrics["batch_size"] == 10 and any("sequence-first" in n for n in result.notes)
+
+
+def test_batch_first_tensors_fed_to_a_sequence_first_lstm_still_fail():
+    # a tuple of tensors is cut along dimension 0: (N, L, F) it is, whatever the model's modules expect
+    torch.manual_seed(0)
+    x, _ = zoo.sequences(length=12)
+    result = check(model=WordLanguageModel(), data=((x[..., 0].abs() * 10).long() % 50, x[:, :, 0].long() % 50),
+                   loss_fn=lambda out, t: CE(out, t.reshape(-1)))
+    assert result.status == "fail", result.summary

@@ -123,3 +123,83 @@ def test_histogram_marks_the_clip_and_layers_are_tabulated():
 def test_clip_threshold_can_be_configured():
     low = check(**zoo.mlp_target(), options={"grad_norms": {"clip_percentile": 50.0}})
     assert low.metrics["suggested_clip"] <= check(**zoo.mlp_target()).metrics["suggested_clip"]
+
+
+class SumVAE(nn.Module):
+    """PyTorch's VAE example in small: sigmoid decoder, reparameterisation, loss summed over batch and pixels."""
+
+    def __init__(self, d: int = 784, h: int = 400, z: int = 20):
+        super().__init__()
+        self.enc, self.mu, self.logvar = nn.Linear(d, h), nn.Linear(h, z), nn.Linear(h, z)
+        self.dec1, self.dec2 = nn.Linear(z, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        mu, logvar = self.mu(h), self.logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.dec2(torch.relu(self.dec1(z)))), mu, logvar
+
+
+def vae_loss(outputs, x):
+    recon, mu, logvar = outputs
+    bce = nn.functional.binary_cross_entropy(recon, x, reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def test_loss_summed_over_the_batch_is_judged_per_example():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(512, 784, generator=g) > 0.8).float() * torch.rand(512, 784, generator=g)
+    result = check(model=SumVAE(), data=(x, x), loss_fn=vae_loss, batch_size=128)
+    assert result.metrics["batch_sum_factor"] == 128
+    assert result.metrics["max"] > 1e4 and result.status == "pass", result.summary
+    # a deep net with too large an init still explodes per example under a summed loss
+    fields = deep_target(zoo.adam(1e-3), gain=2.0)
+    fields["loss_fn"] = nn.CrossEntropyLoss(reduction="sum")
+    result = check(**fields)
+    assert result.metrics["batch_sum_factor"] == 64 and result.status == "fail", result.summary
+
+
+def test_mean_reduced_loss_is_not_rescaled():
+    assert check(**zoo.mlp_target()).metrics["batch_sum_factor"] == 1
+
+
+class HeadFirstCNN(nn.Module):
+    """A plain 6-conv GroupNorm net whose __init__ defines the head before the body: the first/last ratio must
+    compare the first conv with the head (the forward's order), not the head with the last conv."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.head = nn.Linear(width, 4)
+        convs = [nn.Conv2d(3, width, 3, padding=1, bias=False)] + [
+            nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(5)]
+        self.body = nn.Sequential(*[m for c in convs for m in (c, nn.GroupNorm(4, width), nn.ReLU())])
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_layer_depth_follows_the_forward_not_the_definition_order():
+    torch.manual_seed(0)
+    x, y = zoo.images()
+    result = check(model=HeadFirstCNN(), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-3))
+    assert result.metrics["first_layer"] == "body.0" and result.metrics["last_layer"] == "head"
+    assert result.status == "pass", result.summary
+
+
+def test_a_single_exploding_step_fails_even_when_sgd_then_wrecks_the_weights():
+    # gain 2 recurrent weights: the first step's norm is hundreds of times the rest; plain SGD's step rewrites
+    # W_hh so the later norms look ordinary and the median hides it
+    result = check(**rnn_target(zoo.sgd(0.05, momentum=0.0), scale=2.0))
+    assert result.status == "fail" and "spike" in result.summary, result.summary
+    assert result.metrics["local_spike"][1] > 100
+
+
+def test_a_norm_that_falls_fast_is_not_a_spike():
+    from babysitter.checklist.grad_norms import GradNorms
+
+    falling = [11.0 * 0.78 ** s for s in range(24)]  # a fast-converging net: 11 -> 0.04, 250x, smoothly
+    assert GradNorms._local_spike(falling)[1] < 5
+    burst = [1.0] * 24
+    burst[9] = 700.0
+    assert GradNorms._local_spike(burst)[:2] == [9, 700.0]

@@ -70,6 +70,17 @@ def test_flattened_digits_pass_despite_faint_edge_pixels(scale):
     assert result.status == "pass", result.summary
 
 
+def test_per_pixel_standardized_digits_pass_despite_long_ranges_of_rare_pixels():
+    # StandardScaler on flattened digits: a rarely inked edge pixel gets unit std but a range of 10-30
+    g = torch.Generator().manual_seed(0)
+    ink = torch.cat([torch.full((40,), 0.4), torch.full((60,), 0.002)])  # centre pixels, then edge pixels
+    x = (torch.rand(2048, 100, generator=g) < ink).float() * torch.rand(2048, 100, generator=g)
+    x = x[:, x.std(0) > 0]
+    x = (x - x.mean(0)) / x.std(0)
+    result = check(model=mlp(x.shape[1], 10), data=(x, torch.randint(0, 10, (2048,))), loss_fn=CE)
+    assert result.status == "pass", result.summary
+
+
 def test_one_hot_columns_beside_standardized_ones_pass():
     x, y = tabular()
     x = torch.cat([x, nn.functional.one_hot(y, 4).float()], 1)

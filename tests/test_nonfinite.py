@@ -131,6 +131,25 @@ def test_inf_in_regression_targets_is_a_target_problem():
     assert result.status == "fail" and "targets" in result.summary
 
 
+def masked_mse(outputs, targets):
+    keep = torch.isfinite(targets)
+    return ((outputs[keep] - targets[keep]) ** 2).mean()
+
+
+def test_missing_labels_as_nan_with_a_masked_loss_pass_with_a_note():
+    fields = zoo.regression_target()
+    x, y = fields["data"]
+    y = y.repeat(1, 3)
+    y[torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < 0.2] = float("nan")
+    fields.update(data=(x, y), loss_fn=masked_mse, model=nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)))
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert result.metrics["bad_batches"] > 0 and any("missing labels" in n for n in result.notes)
+    # the same targets with a loss that does not mask them still fail
+    fields["loss_fn"] = nn.MSELoss()
+    assert check(**fields).status == "fail"
+
+
 def test_nan_gradient_with_finite_forward_is_located_in_the_backward():
     fields = zoo.mlp_target()
     fields["model"] = ZeroNorm()

@@ -127,3 +127,52 @@ def test_table_lists_every_parameter_and_the_figure_has_the_reference_lines():
     plot = result.plots[0]
     assert plot.log_y and [m.value for m in plot.markers] == [1e-5, 1e-3, 1e-1]
     assert "embed.weight" not in plot.series[0].x  # embeddings are not judged
+
+
+class SmallInitHead(nn.Module):
+    """A classifier head initialised at std 1e-3 (a common choice for heads and policy outputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.head = nn.Linear(64, 3)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_small_init_layer_is_measured_against_the_standard_scale():
+    # Adam's first step moves every weight by ~lr = 2x the head's init std: not a rewrite of a trained weight
+    torch.manual_seed(0)
+    fields = dict(model=SmallInitHead(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(2e-3))
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert result.metrics["ratio_peak"] < 0.2
+    # a learning rate far too high for that scale still warns
+    torch.manual_seed(0)
+    fields.update(model=SmallInitHead(), optimizer=zoo.adam(0.5))
+    result = check(**fields)
+    assert result.status == "warn" and result.metrics["ratio_high"] >= 1
+
+
+class FixedTemperature(nn.Module):
+    """A projection head with a frozen temperature scalar between trainable layers (CLIP-style, fixed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(2, 32)
+        self.scale = nn.Module()
+        self.scale.temperature = nn.Parameter(torch.tensor(0.5), requires_grad=False)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)) / self.scale.temperature)
+
+
+def test_frozen_scalar_between_trainable_layers_is_a_note():
+    torch.manual_seed(0)
+    result = check(model=FixedTemperature(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss())
+    assert result.status == "pass", result.summary
+    assert any("temperature" in n for n in result.notes)

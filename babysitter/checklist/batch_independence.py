@@ -173,15 +173,68 @@ class BatchIndependence(Check):
                       f"(outputs: {type(outputs).__name__})")
         records = [(name, kind, t, _batch_dim(tuple(t.shape), n)) for name, kind, t in trace.records]
         records = [r for r in records if r[3] is not None]
-        try:
-            probes = [p for p in (self._probe(i, n, leaves, outs, records, session) for i in self._examples(n))
-                      if p is not None]
-        except RuntimeError as exc:  # a backward the model's kernels refuse; not a finding about the model
-            self.skip(f"the gradient of one example's outputs could not be taken: {exc}")
+        probes = self._chart(n, leaves, outs, records, session)
         if not probes:
             self.skip("no finite, non-zero gradient reaches the inputs from the probed examples' outputs (a "
                       "torch.no_grad() or .detach() in forward?), so dependencies cannot be charted")
+        if max(p.leak for p in probes) > self.pass_leak:
+            seq_first = self._sequence_first(session, trace, outputs, n)
+            if seq_first is not None:
+                probes, m, leaves, outs, records = seq_first
+                return self._verdict(probes, m, leaves, outs, False, model, records, notes=(
+                    f"sequence-first batches: examples are read along dimension 1 (size {m}) of "
+                    f"the inputs, as the model's batch_first=False modules read them; along dimension 0 (size "
+                    f"{n}, the time steps) outputs depend on earlier steps, as they should",))
         return self._verdict(probes, n, leaves, outs, flattened, model, records)
+
+    def _chart(self, n, leaves, outs, records, session) -> list:
+        try:
+            return [p for p in (self._probe(i, n, leaves, outs, records, session) for i in self._examples(n))
+                    if p is not None]
+        except RuntimeError as exc:  # a backward the model's kernels refuse; not a finding about the model
+            self.skip(f"the gradient of one example's outputs could not be taken: {exc}")
+
+    def _sequence_first(self, session, trace, outputs, n):
+        """The probe again with examples along dimension 1, for batches that are sequence-first (L, N, ...), as
+        PyTorch's word_language_model feeds its batch_first=False LSTM; the evidence when the model is independent
+        that way, else None. Not for data whose batches are cut along dimension 0 by construction (a tuple of
+        tensors, a DataLoader with the default collate), where (N, L, D) fed to a sequence-first module is the
+        fault this check exists for."""
+        if self._dim0_is_batch(session.target.data):
+            return None
+        seq_first = [m for m in session.model.modules()
+                     if isinstance(m, (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer,
+                                       nn.TransformerDecoderLayer, nn.Transformer))
+                     and not getattr(m, "batch_first", False)]
+        shapes = [tuple(leaf.shape) for _, leaf in trace.leaves] + trace.int_shapes
+        if not seq_first or not shapes or len(shapes[0]) < 2 or shapes[0][1] < 2 or shapes[0][1] == n:
+            return None
+        m = shapes[0][1]
+        leaves = [(name, leaf, 1) for name, leaf in trace.leaves if leaf.ndim >= 2 and leaf.shape[1] == m]
+        outs = []
+        for _, t in _flatten(outputs, "out"):
+            if not (t.is_floating_point() and t.requires_grad and t.ndim):
+                continue
+            if t.ndim >= 2 and t.shape[1] == m:
+                outs.append((t, 1))
+            elif t.shape[0] % m == 0 and t.shape[0] // m == n:  # (L*N, ...) from .view(-1, V): time-major
+                outs.append((t.reshape(n, m, *t.shape[1:]), 1))
+        records = [(name, kind, t, 1) for name, kind, t in trace.records if t.ndim >= 2 and t.shape[1] == m]
+        if not leaves or not outs:
+            return None
+        probes = self._chart(m, leaves, outs, records, session)
+        if not probes or max(p.leak for p in probes) > self.pass_leak:
+            return None
+        return probes, m, leaves, outs, records
+
+    @staticmethod
+    def _dim0_is_batch(data) -> bool:
+        from torch.utils.data import DataLoader
+        from torch.utils.data._utils.collate import default_collate
+
+        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            return True
+        return isinstance(data, DataLoader) and data.collate_fn is default_collate and data.batch_size is not None
 
     # -- the probe ----------------------------------------------------------------------------------------
     @staticmethod
@@ -263,7 +316,7 @@ class BatchIndependence(Check):
         return _Probe(i, relative, leak, at)
 
     # -- verdict ------------------------------------------------------------------------------------------
-    def _verdict(self, probes, n, leaves, outs, flattened, model, records):
+    def _verdict(self, probes, n, leaves, outs, flattened, model, records, notes: tuple = ()):
         worst = max(probes, key=lambda p: p.leak)
         leak = worst.leak
         status = "pass" if leak <= self.pass_leak else "warn" if leak <= self.fail_leak else "fail"
@@ -297,7 +350,7 @@ class BatchIndependence(Check):
             summary = (f"no gradient crosses examples: leak {leak:.2g} <= {self.pass_leak:g} over {len(probes)} "
                        f"probed examples of {n} (gradient at {via})")
             return self.result(status, summary, metrics=metrics, tables=tuple(tables), plots=plots,
-                               notes=self._notes(flattened))
+                               notes=self._notes(flattened) + tuple(notes))
         kinds = {name: kind for name, kind, _, _ in records}
         where = self._where(after, before, kinds)
         summary = (f"example {worst.example}'s outputs depend on {len(leaked)} of {n - 1} other examples (cross-"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..report import Marker, Plot, Series, Table
@@ -83,9 +84,15 @@ class GradNorms(Check):
     exploding_ratio: float = threshold(70.0, "fail when that ratio is above this (AUTOTRAINER)")
     huge_norm: float = threshold(1e4, "fail when the total gradient norm exceeds this at any step: for a "
                                       "mean-reduced loss healthy norms are of order 0.01-10 and common clip values "
-                                      "are 0.5-5")
+                                      "are 0.5-5. A loss summed over the batch (reduction='sum', as in PyTorch's VAE "
+                                      "example) has N times the gradient of its mean: its norms are divided by the "
+                                      "batch size N before this comparison")
     growth: float = threshold(1e3, "fail when the median norm of the last quarter of the probe is this many times "
                                    "that of the first quarter (orders of magnitude of growth: divergence)")
+    spike_fail: float = threshold(100.0, "fail when one step's total norm is this many times the median of its "
+                                         "neighbours (three steps either side): two orders of magnitude at once, the "
+                                         "sudden jumps of exploding gradients in recurrent nets (Pascanu et al. "
+                                         "2013); a loss that falls fast lowers the norm smoothly, a few x per step")
     spike: float = threshold(10.0, "steps whose total norm is this many times the median are spikes, left out of "
                                    "the suggested clip")
     clip_percentile: float = threshold(90.0, "the suggested clip is this percentile of the healthy total norms")
@@ -105,7 +112,8 @@ class GradNorms(Check):
         if not any(v > 0 for v in _finite(totals)):
             self.skip("no parameter received a gradient during the probe (see param_updates)")
         model = session.model
-        layers = self._weight_layers(model, probe)
+        per_example, order = self._forward_facts(session)
+        layers = self._weight_layers(model, probe, order)
         per_step = self._layer_norms(probe, layers)  # [layer][step]
         medians = [float(np.median(f)) if (f := _finite(row)) else float("nan") for row in per_step]
         with_grad = [i for i, m in enumerate(medians) if math.isfinite(m) and m > 0]
@@ -126,7 +134,8 @@ class GradNorms(Check):
             "suggested_clip": clip, "p50": p50, "p90": float(np.percentile(finite, 90)),
             "p99": float(np.percentile(finite, 99)), "max": max(finite), "min": min(finite),
             "first_last_ratio": ratio, "growth": growth, "steps": len(totals), "spikes": len(spikes),
-            "nonfinite_steps": len(nonfinite), "lr": probe.lr,
+            "nonfinite_steps": len(nonfinite), "lr": probe.lr, "batch_sum_factor": per_example,
+            "local_spike": self._local_spike(totals),
             "first_layer": display(layers[with_grad[0]][0]) if with_grad else None,
             "last_layer": display(layers[with_grad[-1]][0]) if with_grad else None,
         }
@@ -134,6 +143,9 @@ class GradNorms(Check):
         advice += self._clip_advice(clip)
         notes = [f"{len(spikes)} spike step(s) (> {self.spike:g}x the median) left out of the suggested clip: "
                  f"steps {spikes[:10]}"] if spikes else []
+        if per_example > 1:
+            notes.append(f"the loss is summed over the batch (its value doubles when the batch is repeated): norms "
+                         f"are compared with {self.huge_norm:g} after dividing by the batch size {per_example}")
         if probe.skipped_steps:
             notes.append(f"steps {probe.skipped_steps} had non-finite gradients in float16 and were skipped, as "
                          f"a GradScaler skips them")
@@ -143,14 +155,76 @@ class GradNorms(Check):
 
     # -- evidence -----------------------------------------------------------------------------------
     @staticmethod
-    def _weight_layers(model, probe) -> list[tuple[str, list[int]]]:
-        """Layers (owning modules, registration order) with their weight matrices' indices in the probe."""
+    def _weight_layers(model, probe, order: dict[str, int]) -> list[tuple[str, list[int]]]:
+        """Layers (owning modules, in the order the forward first calls them; registration order for the rest)
+        with their weight matrices' indices in the probe."""
         out = []
         for owner, idx in layers_of(probe.param_names):
             weights = [i for i in idx if is_weight_matrix(model, probe.param_names[i])]
             if weights:
                 out.append((owner, weights))
-        return out
+        rank = {owner: k for k, (owner, _) in enumerate(out)}
+        return sorted(out, key=lambda layer: (order.get(layer[0], len(order)), rank[layer[0]]))
+
+    @staticmethod
+    def _local_spike(totals, half: int = 3) -> Optional[list]:
+        """[step, ratio, norm] of the step whose norm is the largest multiple of the median of its neighbours."""
+        best = None
+        for step, v in enumerate(totals):
+            around = _finite(totals[max(0, step - half):step] + totals[step + 1:step + 1 + half])
+            if not math.isfinite(v) or not around:
+                continue
+            base = float(np.median(around))
+            if base <= 0:
+                continue
+            ratio = v / base
+            if best is None or ratio > best[1]:
+                best = [step, ratio, v]
+        return best
+
+    @staticmethod
+    def _forward_facts(session) -> tuple[int, dict[str, int]]:
+        """From one eval-mode forward of the first batch: the batch-sum factor of the loss (N when the loss is a
+        sum over the batch's N examples, else 1) and the order in which modules are first called.
+
+        The loss of the batch repeated twice is exactly twice the loss of the batch for a sum over examples, and
+        equal to it for a mean: the outputs are computed once and repeated, so dropout or sampling do not count.
+        The call order, not the order in which ``__init__`` registers modules (a head defined before the body),
+        says which weight layer is the first and which the last.
+        """
+        from ..instruments.hooks import HookSet
+        from ..session import batch_size_of, concat_batches
+
+        order: dict[str, int] = {}
+        hooks = HookSet()
+        factor = 1
+
+        def called(name: str):
+            def hook(module, args):
+                order.setdefault(name, len(order))  # returns None: the inputs are left alone
+            return hook
+
+        try:
+            for name, module in session.model.named_modules():
+                hooks.add(module.register_forward_pre_hook(called(name)))
+            with torch.no_grad():
+                session.model.eval()
+                outputs, targets = session.forward(session.batch(0))
+                hooks.close()
+                n = batch_size_of(targets) or batch_size_of(outputs)
+                if n and n >= 2:
+                    once = float(session.loss(outputs, targets))
+                    twice = float(session.loss(concat_batches([outputs, outputs]),
+                                               concat_batches([targets, targets])))
+                    if math.isfinite(once) and math.isfinite(twice) and abs(once) > 1e-12 \
+                            and abs(twice / once - 2.0) < 0.01:
+                        factor = int(n)
+        except Exception:  # a forward that fails in eval mode, a loss that cannot take a doubled batch
+            pass
+        finally:
+            hooks.close()
+            session.reset()  # the user's modes back
+        return factor, order
 
     @staticmethod
     def _layer_norms(probe, layers) -> list[list[float]]:
@@ -188,12 +262,21 @@ class GradNorms(Check):
                           f"normalization; clip at {clip:.3g}.")
             return "fail", (f"exploding gradients: first/last layer gradient norm ratio {ratio:.3g} > "
                             f"{self.exploding_ratio:g} ({first} vs {last})"), advice
-        if m["max"] > self.huge_norm:
+        if m["max"] / m["batch_sum_factor"] > self.huge_norm:
             advice.append(f"The total gradient norm reaches {m['max']:.3g} (median {m['p50']:.3g}): the forward "
                           f"pass amplifies (too large an init, no normalization, large recurrent weights) or the "
                           f"loss is summed rather than averaged. Fix the scale first, then clip.")
             return "fail", (f"exploding gradients: total norm up to {m['max']:.3g} > {self.huge_norm:g} "
                             f"(median {m['p50']:.3g})"), advice
+        spike = m["local_spike"]
+        if spike is not None and spike[1] > self.spike_fail:
+            step, ratio, value = spike
+            advice.append(f"The gradient norm at step {step} ({value:.3g}) is {ratio:.3g}x that of the steps around "
+                          f"it: exploding gradients in bursts, typical of recurrent weights that amplify over a "
+                          f"sequence. Clip at {clip:.3g}, use an LSTM/GRU or an orthogonal recurrent init with gain "
+                          f"<= 1, and lower the learning rate (now {m['lr']}).")
+            return "fail", (f"exploding gradients: a spike of {value:.3g} at step {step}, {ratio:.3g}x the steps "
+                            f"around it (> {self.spike_fail:g}x; median {m['p50']:.3g})"), advice
         if m["growth"] is not None and m["growth"] > self.growth:
             advice.append(f"The gradient norm grew {m['growth']:.3g}x over {m['steps']} steps: training is "
                           f"diverging. Lower the learning rate (now {m['lr']}) and clip at {clip:.3g}.")

@@ -266,8 +266,10 @@ class InputScale(Check):
     offset_floor: float = threshold(1.0, "means below this in absolute value are fine whatever the std ([0, 1] "
                                          "data has mean/std ~1.7)")
     warn_ratio: float = threshold(10.0, "warn when the largest feature range is this many times a small one "
-                                        "(the 10% quantile; the smallest with up to 10 features)")
-    fail_ratio: float = threshold(100.0, "fail when feature ranges differ by this factor (two orders of magnitude)")
+                                        "(the 10% quantile; the smallest with up to 10 features), and the largest "
+                                        "std this many times a small one too")
+    fail_ratio: float = threshold(100.0, "fail when feature ranges and stds both differ by this factor (two orders "
+                                         "of magnitude)")
     small_scale: float = threshold(0.01, "warn when the median feature RMS is below this (inputs divided twice, "
                                          "units far too large)")
 
@@ -321,13 +323,14 @@ class InputScale(Check):
                f"{float(top):.4g} > {{:g}}): " + ("off-centre" if mean[k].abs() > std[k] else "too large"))
         if top > self.fail_scale:
             return _Verdict("fail", big.format(self.fail_scale) + ", far from unit scale", (self._constants(s),))
-        ratio, lo, hi = self._spread(rng)
+        ratio, lo, hi, by_std = self._uneven(rng, std)
+        spread = std if by_std else rng
         if ratio > self.fail_ratio:
-            return _Verdict("fail", self._spread_text(s, idx, rng, ratio, lo, hi), (self._constants(s),))
+            return _Verdict("fail", self._spread_text(s, idx, spread, ratio, lo, hi, by_std), (self._constants(s),))
         if top > self.warn_scale:
             return _Verdict("warn", big.format(self.warn_scale) + " for unit-scale inputs", (self._constants(s),))
         if ratio > self.warn_ratio:
-            return _Verdict("warn", self._spread_text(s, idx, rng, ratio, lo, hi), (self._constants(s),))
+            return _Verdict("warn", self._spread_text(s, idx, spread, ratio, lo, hi, by_std), (self._constants(s),))
         offset = mean.abs() / std.clamp_min(1e-12)
         off = (mean.abs() > self.offset_floor) & (offset > self.offset_sigmas)
         if off.any():
@@ -340,7 +343,7 @@ class InputScale(Check):
             return _Verdict("warn", f"{s.name} is tiny: median {s.layout} RMS {median:.3g} < {self.small_scale:g} "
                                     f"(divided twice?)", (self._constants(s),))
         return _Verdict("pass", f"{s.name} is of unit scale: {s.layout} RMS {float(rms.min()):#.3g} to "
-                                f"{float(top):#.3g}, |mean| <= {float(mean.abs().max()):#.3g}, ranges within "
+                                f"{float(top):#.3g}, |mean| <= {float(mean.abs().max()):#.3g}, scales (range, std) within "
                                 f"{ratio:#.3g}x over {int(cont.sum())} {s.layout}s")
 
     def _raw_pixels(self, s: FeatureStats) -> bool:
@@ -358,10 +361,27 @@ class InputScale(Check):
         hi = int(order[-1])
         return float(rng[hi] / rng[lo].clamp_min(1e-30)), lo, hi
 
+    @classmethod
+    def _uneven(cls, rng: torch.Tensor, std: torch.Tensor) -> tuple[float, int, int, bool]:
+        """How unevenly the features are scaled: the smaller of the range ratio and the std ratio, with the index
+        of the low and the high feature and whether the std ratio was the smaller.
+
+        Each statistic alone misreads common healthy inputs: sparse raw features (MNIST's rarely inked edge
+        pixels in [0, 1]) have full ranges but tiny stds; sparse or skewed features that were standardized
+        (StandardScaler on MNIST, a log-normal income) have unit std but long ranges. Features really on different
+        scales (one in metres, one in millimetres) differ in both.
+        """
+        by_range, by_std = cls._spread(rng), cls._spread(std)
+        if by_std[0] < by_range[0]:
+            return (*by_std, True)
+        return (*by_range, False)
+
     @staticmethod
-    def _spread_text(s, idx, rng, ratio, lo, hi) -> str:
-        return (f"{s.layout} scales of {s.name} differ by {ratio:.3g}x: {s.layout} {int(idx[hi])} spans "
-                f"{float(rng[hi]):.4g}, {s.layout} {int(idx[lo])} spans {float(rng[lo]):.4g}")
+    def _spread_text(s, idx, spread, ratio, lo, hi, by_std: bool = False) -> str:
+        verb = "has std" if by_std else "spans"
+        return (f"{s.layout} scales of {s.name} differ by {ratio:.3g}x (in range and in std): {s.layout} "
+                f"{int(idx[hi])} {verb} {float(spread[hi]):.4g}, {s.layout} {int(idx[lo])} {verb} "
+                f"{float(spread[lo]):.4g}")
 
     # -- advice ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -424,7 +444,7 @@ class InputScale(Check):
     def _metrics(s: FeatureStats, stats: list[FeatureStats]) -> dict:
         idx = s.continuous.nonzero().flatten()
         rms, rng = s.rms[idx], (s.max - s.min)[idx]
-        ratio = InputScale._spread(rng)[0] if idx.numel() else None
+        ratio = InputScale._uneven(rng, s.std[idx])[0] if idx.numel() else None
         offset = (s.mean[idx].abs() / s.std[idx].clamp_min(1e-12)) if idx.numel() else torch.zeros(0)
         return {
             "input": s.name, "inputs": [x.name for x in stats], "layout": s.layout, "features": s.features,

@@ -213,6 +213,16 @@ class NonFinite(Check):
         plots = (self._plot(probe, event),)
         data_table = Table("data", "Batches holding NaN/Inf", ("batch", "field", "shape", "nan", "inf"),
                            [(b, p, "x".join(map(str, s["shape"])), s["nan"], s["inf"]) for b, p, s in bad_data])
+        if bad_data and event is None and self._masked_targets(session, probe, bad_data):
+            b, p, s = bad_data[0]
+            metrics.update(phase=None, where=None, nonfinite_targets=sum(x["nan"] + x["inf"] for _, _, x in bad_data))
+            return self.result(
+                "pass", f"no NaN/Inf in the loss, gradients or parameters over {probe.steps} probe steps; the "
+                        f"targets hold NaN/Inf ({len(bad_data)} batch field(s), first batch {b} {p}) that the loss "
+                        f"leaves out (missing labels)", metrics=metrics, tables=(data_table,), plots=plots,
+                notes=(f"targets {p} hold NaN/Inf values, yet the loss and the gradients stayed finite at every "
+                       f"probe step, on batches that hold them: the loss masks them, as is usual for missing labels "
+                       f"in multi-task data. Make sure every batch of the real data is masked the same way.",))
         if bad_data:
             b, p, s = bad_data[0]
             part = "targets" if self._is_target(session, p) else "inputs"
@@ -241,6 +251,14 @@ class NonFinite(Check):
                 if not bool(torch.isfinite(t).all()):
                     bad.append((i, path, tensor_stats(t)))
         return bad
+
+    @classmethod
+    def _masked_targets(cls, session, probe, bad_data) -> bool:
+        """Whether only the targets hold NaN/Inf and the probe trained finitely on batches that hold them."""
+        if not all(cls._is_target(session, p) for _, p, _ in bad_data):
+            return False
+        seen = {step % len(session.pool) for step in range(probe.steps)}
+        return any(b in seen for b, _, _ in bad_data)
 
     @staticmethod
     def _is_target(session, path: str) -> bool:

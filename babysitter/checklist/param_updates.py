@@ -29,6 +29,17 @@ def called_modules(session) -> set[int]:
     return called
 
 
+def _reference_norm(model: nn.Module, name: str) -> float:
+    """The norm a weight matrix would have under the smallest standard init: PyTorch's default for Linear and
+    convolutions, U(-1/sqrt(fan), 1/sqrt(fan)) (std 1/sqrt(3 fan)), on the larger of fan_in and fan_out; 0 for
+    other parameters."""
+    if not is_weight_matrix(model, name):
+        return 0.0
+    param = model.get_parameter(name)
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(param)
+    return math.sqrt(param.numel() / (3.0 * max(fan_in, fan_out, 1)))
+
+
 def _module(model: nn.Module, owner: str) -> nn.Module:
     return model.get_submodule(owner) if owner else model
 
@@ -76,7 +87,9 @@ class ParamUpdates(Check):
     high_ratio: float = threshold(1e-1, "warn when it is above this")
     rewrite_ratio: float = threshold(1.0, "warn when a single measured step of a weight matrix changes it by more "
                                           "than this fraction of its norm (the median hides this when the weights "
-                                          "blow up and the ratio falls as they grow)")
+                                          "blow up and the ratio falls as they grow). Ratios of a weight matrix "
+                                          "initialised below the standard scale are taken against the norm of that "
+                                          "scale (std 1/sqrt(3 max(fan_in, fan_out)))")
 
     def run(self, session):
         probe = session.evidence("train_probe")
@@ -89,8 +102,9 @@ class ParamUpdates(Check):
         called = called_modules(session)
         idx = {n: i for i, n in enumerate(probe.param_names)}
         moved = self._moved(probe)
-        ratios = self._median_ratios(probe)
-        peaks = self._peak_ratios(probe)
+        floored = self._floored(probe, model)
+        ratios = self._median_ratios(probe, floored)
+        peaks = self._peak_ratios(probe, floored)
         zero_init = {n for n, p in named if p.requires_grad and is_weight_matrix(model, n)
                      and float(p.detach().float().norm()) == 0.0}
 
@@ -109,6 +123,12 @@ class ParamUpdates(Check):
         still = [n for n in probe.param_names if n not in probe.no_grad and n not in probe.not_in_optimizer
                  and not moved[idx[n]] and (is_weight_matrix(model, n) or self._zero_grad(probe, idx[n]))]
         sandwiched, suffix, prefix = self._frozen(named)
+        # a frozen scalar or vector (a fixed temperature, a frozen norm's affine in a fine-tuned backbone) is a
+        # constant by design far more often than a forgotten layer: only layers with frozen tensors of >= 2
+        # dimensions (weight matrices, tables) are warned about
+        constants = [n for n in sandwiched + suffix if not self._frozen_layer_has_matrix(named, n)]
+        sandwiched = [n for n in sandwiched if n not in constants]
+        suffix = [n for n in suffix if n not in constants]
         judged = {n: r for n, r in ratios.items() if is_weight_matrix(model, n) and n not in zero_init
                   and n not in probe.no_grad and n not in probe.not_in_optimizer and math.isfinite(r) and r > 0}
         low = [n for n, r in judged.items() if r < self.low_ratio]
@@ -126,6 +146,9 @@ class ParamUpdates(Check):
         status, summary, advice = self._verdict(metrics, not_in_opt, cut, still, unused, sandwiched, suffix, low,
                                                 high, judged, probe.lr, peaks)
         notes = []
+        if constants:
+            notes.append(f"{len(constants)} frozen scalar/vector parameter(s) among trainable layers (constants "
+                         f"by design, such as a fixed temperature or frozen norm scales): {_group(constants)}")
         if prefix:
             notes.append(f"{len(prefix)} frozen parameters before the first trainable layer (a frozen backbone, "
                          f"as in fine-tuning): {_group(prefix)}")
@@ -146,8 +169,19 @@ class ParamUpdates(Check):
         return [any(isinstance(r[i], float) and (r[i] != 0.0) for r in rows) for i in range(len(probe.param_names))]
 
     @staticmethod
-    def _peak_ratios(probe) -> dict[str, float]:
-        return {n: max((r[i] for r in probe.update_ratios if math.isfinite(r[i])), default=float("nan"))
+    def _floored(probe, model) -> list[list[float]]:
+        """Update ratios ||dw|| / max(||w||, ||w_ref||): a weight matrix initialised far below the standard scale
+        (a head at std 1e-3, a residual branch near zero) is measured against the norm the standard init would
+        give it, so that its first Adam steps (each moves every weight by about lr) are not read as rewrites."""
+        refs = [_reference_norm(model, n) for n in probe.param_names]
+        if not probe.weight_norms:
+            return probe.update_ratios
+        return [[r * w / max(w, ref) if math.isfinite(r) and w > 0 else r for r, w, ref in zip(row, norms, refs)]
+                for row, norms in zip(probe.update_ratios, probe.weight_norms)]
+
+    @staticmethod
+    def _peak_ratios(probe, rows) -> dict[str, float]:
+        return {n: max((r[i] for r in rows if math.isfinite(r[i])), default=float("nan"))
                 for i, n in enumerate(probe.param_names)}
 
     @staticmethod
@@ -155,12 +189,17 @@ class ParamUpdates(Check):
         return all(row[i] == 0.0 for row in probe.param_grad_norms)
 
     @staticmethod
-    def _median_ratios(probe) -> dict[str, float]:
+    def _median_ratios(probe, rows) -> dict[str, float]:
         out = {}
         for i, n in enumerate(probe.param_names):
-            vals = [r[i] for r in probe.update_ratios if math.isfinite(r[i])]
+            vals = [r[i] for r in rows if math.isfinite(r[i])]
             out[n] = float(np.median(vals)) if vals else float("nan")
         return out
+
+    @staticmethod
+    def _frozen_layer_has_matrix(named, name: str) -> bool:
+        owner = owner_of(name)
+        return any(owner_of(n) == owner and not p.requires_grad and p.ndim >= 2 for n, p in named)
 
     @staticmethod
     def _frozen(named) -> tuple[list[str], list[str], list[str]]:
