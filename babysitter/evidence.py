@@ -44,6 +44,12 @@ def _cpu_capped(obj: Any, limit: int = 1 << 22) -> Any:
     return obj
 
 
+def dense_values(t: torch.Tensor) -> torch.Tensor:
+    """The stored values of a sparse tensor (an ``nn.Embedding(sparse=True)`` gradient), or the tensor itself:
+    element-wise tests such as ``isfinite`` have no sparse kernel."""
+    return t.coalesce().values() if t.is_sparse else t
+
+
 @contextlib.contextmanager
 def _instruments(factories: dict, session) -> Any:
     active = {}
@@ -91,7 +97,7 @@ def init_pass(session, batches: int = INIT_BATCHES) -> InitPass:
             sizes.append(batch_size_of(targets) or batch_size_of(batch) or 0)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads:
-            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+            finite = torch.stack([torch.isfinite(dense_values(g)).all() for g in grads]).all()
         results = {name: inst.result() for name, inst in active.items()}
     model.zero_grad(set_to_none=True)
     return InitPass(losses=torch.stack(losses).float().cpu().tolist(), outputs=outputs_kept, targets=targets_kept,

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import itertools
 import sys
 import traceback
 from dataclasses import dataclass
@@ -86,6 +87,12 @@ def validate(target: Target, where: str | None = None) -> None:
     if not isinstance(target.model, nn.Module):
         raise TargetError(f"expected a torch.nn.Module, got {_type_name(target.model)}: {_short(target.model)}",
                           where=where, field="model")
+    lazy = [n for n, p in itertools.chain(target.model.named_parameters(), target.model.named_buffers())
+            if nn.parameter.is_lazy(p)]
+    if lazy:
+        raise TargetError(f"{type(target.model).__name__} has uninitialized lazy parameters ({', '.join(lazy[:4])}"
+                          f"{', ...' if len(lazy) > 4 else ''}): run one forward pass on a batch before checking, "
+                          f"so that their shapes exist", where=where, field="model")
     if target.data is None:
         raise TargetError("is missing (None): give a DataLoader, an iterable of batches, or a tuple (X, y) of tensors",
                           where=where, field="data")

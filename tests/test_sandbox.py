@@ -193,3 +193,15 @@ def test_snapshot_lives_on_host():
     model, opt, _ = _awkward_target()
     snap = Snapshot(model, opt)
     assert all(saved.device.type == "cpu" for _, saved, _, _ in snap.model_state.tensors.values())
+
+
+def test_sparse_embedding_gradients_are_checked_and_restored():
+    """nn.Embedding(sparse=True) gives sparse gradients, which have no element-wise kernels such as isfinite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(100, 16, sparse=True), nn.Flatten(), nn.Linear(160, 3))
+    ids, y = torch.randint(0, 100, (256, 10)), torch.randint(0, 3, (256,))
+    before = _state(model)
+    report = babysitter.check(model, (ids, y), loss_fn=nn.CrossEntropyLoss(),
+                              optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    assert all(c.status != "error" for c in report.checks), [(c.id, c.traceback) for c in report.checks]
+    _assert_same(before, _state(model))

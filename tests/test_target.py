@@ -54,6 +54,9 @@ CASES = {
     "optimizer_factory": (HEADER + "def babysit():\n    return dict(model=model, data=(x, y), "
                                    "loss_fn=nn.CrossEntropyLoss(), optimizer=lambda p: torch.optim.SGD(p, lr=-1))\n",
                           ["field 'optimizer'", "raised ValueError", "-1"]),
+    "lazy_model": (HEADER + "def babysit():\n    lazy = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.LazyLinear(2))\n"
+                            "    return dict(model=lazy, data=(x, y), loss_fn=nn.CrossEntropyLoss())\n",
+                   ["field 'model'", "uninitialized lazy parameters", "2.weight", "run one forward pass"]),
     "forward_returns": (HEADER + "def babysit():\n    return dict(model=model, data=(x, y), "
                                  "loss_fn=nn.CrossEntropyLoss(), forward=lambda m, b: m(b[0]))\n",
                         ["field 'forward'", "(outputs, targets)"]),
