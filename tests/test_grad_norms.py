@@ -203,3 +203,15 @@ def test_a_norm_that_falls_fast_is_not_a_spike():
     burst = [1.0] * 24
     burst[9] = 700.0
     assert GradNorms._local_spike(burst)[:2] == [9, 700.0]
+
+
+def test_gradients_that_stop_entirely_fail_and_give_no_zero_clip():
+    """A softmax fed into CrossEntropyLoss at a huge learning rate pins the outputs: the gradient becomes exactly 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 5), nn.Softmax(dim=1))
+    x, y = torch.randn(512, 8) * 10, torch.randint(0, 5, (512,))
+    result = check(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
+                   optimizer=lambda p: torch.optim.SGD(p, lr=30.0, momentum=0.9))
+    assert result.status == "fail" and "exactly 0" in result.summary
+    assert result.metrics["zero_steps"] > result.metrics["steps"] / 2
+    assert result.metrics["suggested_clip"] > 0

@@ -89,6 +89,8 @@ class GradNorms(Check):
                                       "batch size N before this comparison")
     growth: float = threshold(1e3, "fail when the median norm of the last quarter of the probe is this many times "
                                    "that of the first quarter (orders of magnitude of growth: divergence)")
+    zero_steps: float = threshold(0.5, "fail when the total gradient norm is exactly zero on more than this share "
+                                       "of the probe's steps (the loss no longer depends on any parameter)")
     spike_fail: float = threshold(100.0, "fail when one step's total norm is this many times the median of its "
                                          "neighbours (three steps either side): two orders of magnitude at once, the "
                                          "sudden jumps of exploding gradients in recurrent nets (Pascanu et al. "
@@ -121,7 +123,8 @@ class GradNorms(Check):
 
         finite = _finite(totals)
         p50 = float(np.median(finite))
-        healthy = [v for v in finite if v <= self.spike * p50] or finite
+        moving = [v for v in finite if v > 0] or finite  # zero-gradient steps say nothing about a clip value
+        healthy = [v for v in moving if v <= self.spike * p50] or moving
         clip = float(np.percentile(healthy, self.clip_percentile))
         spikes = [s for s, v in enumerate(totals) if math.isfinite(v) and v > self.spike * p50]
         nonfinite = [s for s, v in enumerate(totals) if not math.isfinite(v) and s not in probe.skipped_steps]
@@ -134,7 +137,7 @@ class GradNorms(Check):
             "suggested_clip": clip, "p50": p50, "p90": float(np.percentile(finite, 90)),
             "p99": float(np.percentile(finite, 99)), "max": max(finite), "min": min(finite),
             "first_last_ratio": ratio, "growth": growth, "steps": len(totals), "spikes": len(spikes),
-            "nonfinite_steps": len(nonfinite), "lr": probe.lr, "batch_sum_factor": per_example,
+            "nonfinite_steps": len(nonfinite), "zero_steps": sum(v == 0 for v in finite), "lr": probe.lr, "batch_sum_factor": per_example,
             "local_spike": self._local_spike(totals),
             "first_layer": display(layers[with_grad[0]][0]) if with_grad else None,
             "last_layer": display(layers[with_grad[-1]][0]) if with_grad else None,
@@ -255,6 +258,14 @@ class GradNorms(Check):
                           f"the gradient norm and lower the learning rate (now {m['lr']}).")
             return "fail", (f"exploding gradients: the total norm is non-finite at {len(nonfinite)} of "
                             f"{m['steps']} steps (first at step {nonfinite[0]})"), advice
+        if m["zero_steps"] > self.zero_steps * m["steps"]:
+            advice.append(f"No parameter gets any gradient at {m['zero_steps']} of {m['steps']} steps: the loss has "
+                          f"stopped depending on the weights. Usual causes: outputs pinned by a saturated softmax or "
+                          f"sigmoid (see saturation; a softmax fed into CrossEntropyLoss), every ReLU dead (see "
+                          f"dead_relu), or a learning rate (now {m['lr']}) that wrecked the weights in the first "
+                          f"steps (see lr_range).")
+            return "fail", (f"vanishing gradients: the total gradient norm is exactly 0 at {m['zero_steps']} of "
+                            f"{m['steps']} probe steps"), advice
         if ratio is not None and ratio > self.exploding_ratio:
             advice.append(f"The first layer {first} gets {ratio:.3g}x the gradient of the last layer {last}: "
                           f"gradients grow on their way back. For a recurrent net use an LSTM/GRU or an "
