@@ -154,7 +154,8 @@ class OverfitBatch(Check):
     title = "Overfit a tiny subset"
     what = """Trains on a tiny fixed subset (the first 32 examples by default) with regularization off (dropout
     inactive, including functional, attention and recurrent dropout, while BatchNorm keeps training statistics;
-    weight decay set to zero), with the user's optimizer class and LR, for at most 200 full-subset steps. When
+    weight decay set to zero), with the user's optimizer class and LR, for 200 full-subset steps (continued up to 800 while the loss is
+    still falling by 20% per 100 steps). When
     that does not get there, lr_range's verdict is read: its suggestion (which replaces an LR it judged unusable)
     and then the top of its good range are tried with the same budget, and the report says which LR was used
     and why. Passes when the loss falls to 10% of its starting excess over the lowest reachable loss (zero, or
@@ -182,6 +183,13 @@ class OverfitBatch(Check):
     max_steps: int = threshold(200, "step budget (full-subset steps); training stops early once the test passes")
     pass_fraction: float = threshold(0.1, "pass when (loss - floor) falls to this fraction of (start - floor)")
     check_every: int = threshold(10, "steps between reads of the loss on the host (early stop)")
+    extend_to: int = threshold(800, "past max_steps, keep training up to this many steps while the loss is still "
+                                    "falling: a slow but healthy model (an autoencoder through a sigmoid) is not a "
+                                    "model that cannot learn; the faults this check is for (a softmax before the "
+                                    "loss, an output that ignores its input) plateau above the pass level")
+    extend_window: int = threshold(100, "steps over which progress is measured past max_steps")
+    extend_progress: float = threshold(0.2, "keep going past max_steps while the excess loss over the floor fell by "
+                                            "at least this fraction over the last extend_window steps")
     retry_factor: float = threshold(3.0, "when the user's LR failed, retry at lr_range's suggestion and at the top of "
                                          "its range, each only if it differs from every LR tried by this factor")
 
@@ -281,7 +289,7 @@ class OverfitBatch(Check):
                     _set_lr(optimizer.param_groups, lr, scales)
             family = floor = None
             passed, steps = False, 0
-            for step in range(self.max_steps):
+            for step in range(max(self.max_steps, self.extend_to)):
                 optimizer.zero_grad(set_to_none=True)
                 loss, outputs, targets = session.forward_loss(subset)
                 loss.backward()
@@ -303,6 +311,8 @@ class OverfitBatch(Check):
                 if red <= self.pass_fraction and (acc is None or float(acc) >= 1.0):
                     passed = True
                     break
+                if steps >= self.max_steps and not self._still_falling(losses, floor):
+                    break
         host = torch.stack(losses).cpu().tolist()
         start = host[0]
         finite = [v for v in host if math.isfinite(v)]
@@ -313,6 +323,16 @@ class OverfitBatch(Check):
                        accuracy=None if last_acc is None else float(last_acc), passed=passed, steps=steps,
                        floor=floor, family=family, decay=tuple(decay),
                        outputs=outputs.detach() if isinstance(outputs, torch.Tensor) else None)
+
+    def _still_falling(self, losses, floor) -> bool:
+        """Past the budget: did the excess loss (best of the last few steps) fall by extend_progress over the last
+        extend_window steps?"""
+        w, k = self.extend_window, self.check_every
+        if len(losses) < w + k:
+            return False
+        recent = torch.stack(losses[-w - k:]).cpu()
+        before, now = float(recent[:k].min()) - floor, float(recent[-k:].min()) - floor
+        return math.isfinite(now) and before > 0 and now <= (1 - self.extend_progress) * before
 
     @staticmethod
     def _understand(session, outputs, targets) -> tuple[Optional[str], float]:
