@@ -141,7 +141,7 @@ def test_model_is_left_as_found():
     assert model.training
 
 
-class IgnoresInput(nn.Module):
+class ZeroedInputRegressor(nn.Module):
     def __init__(self, d_in=8):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(d_in, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -157,7 +157,7 @@ def test_output_ignoring_input_fails_on_uncentred_regression_targets():
     x = torch.randn(128, 8, generator=g)
     y = 3 * x[:, :2].sum(1, keepdim=True) + 20
     fields = dict(data=(x, y), loss_fn=nn.MSELoss(), optimizer=lambda p: torch.optim.Adam(p, 1e-2))
-    result = check(model=IgnoresInput(), **fields)
+    result = check(model=ZeroedInputRegressor(), **fields)
     assert result.status == "fail" and "ignores the input" in result.summary
     healthy = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
     assert check(model=healthy, **fields).status == "pass"
