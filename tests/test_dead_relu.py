@@ -95,5 +95,25 @@ def test_units_killed_by_a_high_learning_rate_are_found_after_training():
 def test_thresholds_are_options():
     fields = zoo.mlp_target()
     result = babysitter.check(**fields, select=["dead_relu"], options={"dead_relu": {"warn_layer": 0.01,
-                                                                                    "fail_layer": 0.02}})
+                                                                                    "fail_layer": 0.02,
+                                                                                    "chance_z": -20.0}})
     assert result["dead_relu"].status in ("warn", "fail")
+
+
+def test_deep_default_init_stack_near_half_dead_by_chance_passes():
+    # with the signal faded through 8 default-init layers, each unit's sign is its bias's: a coin flip per unit,
+    # and 61% of 128 is within 3 binomial standard deviations of 1/2
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 32, generator=g)
+    y = (x[:, :4].sum(1) > 0).long()
+    torch.manual_seed(0)
+    layers, c = [], 32
+    for _ in range(8):
+        layers += [nn.Linear(c, 128), nn.ReLU()]
+        c = 128
+    model = nn.Sequential(*layers, nn.Linear(c, 2))
+    fields = dict(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
+                  optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert result.metrics["worst_dead_fraction"] > 0.6  # the plain 60% threshold alone would have warned

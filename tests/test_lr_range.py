@@ -177,3 +177,14 @@ def test_small_but_common_lr_is_not_flagged():
     fields["optimizer"] = lambda p: torch.optim.Adam(p, lr=1e-4)  # fine-tuning practice
     result = check(**fields, options=FAST)
     assert result.status == "pass", result.summary
+
+
+@pytest.mark.parametrize("lr,expected", [(1e-6, ("warn", "fail")), (1e-4, ("pass",)), (3e-4, ("pass",))])
+def test_adam_far_below_the_descent_warns_common_lrs_do_not(lr, expected):
+    # Adam 100x below its usual 1e-3 on a small MLP is slow enough to flag; 1e-4 and 3e-4 are practice
+    torch.manual_seed(0)
+    x, y = zoo.blobs()
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    result = check(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
+                   optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+    assert result.status in expected, result.summary

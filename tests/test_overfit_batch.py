@@ -139,3 +139,46 @@ def test_model_is_left_as_found():
     check(**fields)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training
+
+
+class ZeroedInputRegressor(nn.Module):
+    def __init__(self, d_in=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d_in, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.body(torch.zeros_like(x))
+
+
+def test_output_ignoring_input_fails_on_uncentred_regression_targets():
+    # learning the targets' offset takes the loss far below its start: it is measured from the best constant
+    # prediction's loss instead, which an input-ignoring model cannot beat
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 8, generator=g)
+    y = 3 * x[:, :2].sum(1, keepdim=True) + 20
+    fields = dict(data=(x, y), loss_fn=nn.MSELoss(), optimizer=lambda p: torch.optim.Adam(p, 1e-2))
+    result = check(model=ZeroedInputRegressor(), **fields)
+    assert result.status == "fail" and "ignores the input" in result.summary
+    healthy = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    assert check(model=healthy, **fields).status == "pass"
+
+
+def _blob_images(n=64, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    c = torch.rand(n, 2, 2, generator=g)
+    img = sum(torch.exp(-((xx - c[:, k, 0, None, None]) ** 2 + (yy - c[:, k, 1, None, None]) ** 2) / 0.01)
+              for k in range(2))
+    return img.clamp(0, 1).flatten(1)
+
+
+def test_slow_but_learning_autoencoder_passes_past_the_budget():
+    # a sigmoid autoencoder trained with MSE at Adam 1e-3 is healthy but slow: still falling at 200 steps
+    x = _blob_images()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(144, 64), nn.ReLU(), nn.Linear(64, 144), nn.Sigmoid())
+    fields = dict(model=model, data=(x, x), loss_fn=nn.MSELoss(), optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert check(options={"extend_to": 200}, **fields).status == "fail"

@@ -1,6 +1,7 @@
 """dead_relu: which rectifier units never fire, at initialization and after the probe's training steps?"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -52,6 +53,12 @@ class DeadRelu(Check):
     fail_layer: float = threshold(0.7, "fail when a layer has more than this fraction of dead units "
                                        "(DeepDiagnosis, 70%)")
 
+    chance_z: float = threshold(3.0, "a layer is flagged only when its dead fraction also exceeds 1/2 by this many "
+                                     "binomial standard deviations (0.5/sqrt(units)): with its input signal faded "
+                                     "(deep default-init stacks) each unit is dead by its bias's sign, a coin flip, "
+                                     "and 61% of 128 units was measured on a healthy 8-layer MLP; capped at all but 1.5 "
+                                     "units, so that a small layer dead but for one unit is still flagged")
+
     def run(self, session):
         init = activations_of(session, "init_pass")
         trained, train_error = _trained(session)
@@ -68,14 +75,14 @@ class DeadRelu(Check):
             rows.append((name, (a or b).op, (a or b).units, _count(a, self.unit_threshold), fa,
                          _count(b, self.unit_threshold), fb, _mean_active(a), _mean_active(b),
                          a.pre_mean if a else None, (a or b).producer))
-            worst[name] = max(fa or 0.0, fb or 0.0)
+            worst[name] = max((self._level(a), fa or 0.0), (self._level(b), fb or 0.0))
         frac_init = max((self._fraction(l) for l in layers[0]), default=0.0)
         frac_after = max((self._fraction(l) for l in layers[1]), default=0.0)
         total_units = sum(l.units for l in layers[0]) or sum(l.units for l in layers[1])
         dead_init = sum(_count(l, self.unit_threshold) for l in layers[0])
         dead_after = sum(_count(l, self.unit_threshold) for l in layers[1])
         worst_name = max(worst, key=worst.get)
-        worst_frac = worst[worst_name]
+        level, worst_frac = worst[worst_name]
         metrics = {
             "layers": len(names), "units": total_units, "dead_units_init": dead_init,
             "dead_units_trained": dead_after if layers[1] else None,
@@ -85,7 +92,7 @@ class DeadRelu(Check):
             "dead_fraction_by_layer_trained": {l.name: self._fraction(l) for l in layers[1]},
             "train_steps_measured": trained.forwards if trained else 0,
         }
-        status = "fail" if worst_frac > self.fail_layer else "warn" if worst_frac > self.warn_layer else "pass"
+        status = ("pass", "warn", "fail")[level]
         when = ("at init" if frac_init >= frac_after else "after training") if status != "pass" else ""
         if status == "pass":
             summary = (f"{dead_init} of {total_units} rectifier units dead at init"
@@ -113,6 +120,20 @@ class DeadRelu(Check):
         return self.result(status, summary, metrics=metrics, advice=advice, tables=(table,), plots=(plot,),
                            notes=tuple(notes))
 
+    def _level(self, layer: Optional[LayerStats]) -> int:
+        """0 pass, 1 warn, 2 fail for one layer: its dead fraction above the threshold and above what a coin flip
+        per unit gives (a layer whose input signal has faded leaves each unit to its bias's sign: about half dead,
+        more in a narrow layer by chance)."""
+        frac = self._fraction(layer)
+        if not frac:
+            return 0
+        units = max(layer.units, 1)
+        # capped so that a small layer that is wholly dead (or all but one unit) is still flagged
+        chance = min(0.5 + self.chance_z * 0.5 / math.sqrt(units), 1 - 1.5 / units)
+        if frac <= chance:
+            return 0
+        return 2 if frac > self.fail_layer else 1 if frac > self.warn_layer else 0
+
     def _fraction(self, layer: Optional[LayerStats]) -> Optional[float]:
         if layer is None:
             return None
@@ -121,9 +142,9 @@ class DeadRelu(Check):
     def _advice(self, session, layers, status) -> tuple[str, ...]:
         out = []
         modules = dict(session.model.named_modules())
-        init_bad = [l for l in layers[0] if (self._fraction(l) or 0) > self.warn_layer]
+        init_bad = [l for l in layers[0] if self._level(l)]
         init_names = {l.name for l in init_bad}
-        train_bad = [l for l in layers[1] if (self._fraction(l) or 0) > self.warn_layer and l.name not in init_names]
+        train_bad = [l for l in layers[1] if self._level(l) and l.name not in init_names]
         for layer in init_bad[:4]:
             out.append(_init_advice(layer, modules.get(layer.producer), self._fraction(layer)))
         if train_bad:

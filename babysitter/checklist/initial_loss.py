@@ -120,7 +120,13 @@ def reference_losses(model: LossModel, outputs: torch.Tensor, targets: torch.Ten
                     "positive_rate": float(rate.mean()), "prior_bias": [round(v, 4) for v in
                                                                        torch.logit(rate).reshape(-1)[:10].tolist()]}
         centre = t.mean(0, keepdim=True) if fam == "mse" else t.median(0, keepdim=True).values
+        # the model's own average output as a constant prediction: the offset between the outputs' and the targets'
+        # means (a sigmoid's 0.5, zero outputs against uncentred targets) is the final bias's first few steps,
+        # not a fault; outputs that vary more than the targets are
+        o = outputs.reshape(t.shape) if outputs.numel() == t.numel() else outputs.expand_as(t)
+        constant = o.float().mean(0, keepdim=True).expand_as(t).to(t.dtype)
         return {"chance": float(ref(centre.expand_as(t), t)), "zero": float(ref(torch.zeros_like(t), t)),
+                "constant": float(ref(constant, t)),
                 "target_mean": float(t.mean()), "target_std": float(t.std()) if t.numel() > 1 else 0.0}
 
 
@@ -161,8 +167,8 @@ class InitialLoss(Check):
     requires = ("init_pass",)
 
     warn_ratio: float = threshold(1.5, "warn when the observed loss exceeds the chance loss by this factor")
-    fail_ratio: float = threshold(2.5, "fail when it exceeds it by this factor (for regression: exceeds the larger "
-                                       "of Var(y) and the zero-prediction loss E[y^2])")
+    fail_ratio: float = threshold(2.5, "fail when it exceeds it by this factor (for regression: Var(y) plus what the "
+                                       "outputs' spread adds to the loss of their own mean, against Var(y))")
     below_ratio: float = threshold(0.5, "warn when the observed loss is below this fraction of the lowest "
                                         "reference (the label prior): better than chance before training")
     imbalance_ratio: float = threshold(0.85, "advise a prior-matching final bias when the prior's loss is below "
@@ -253,18 +259,29 @@ class InitialLoss(Check):
 
     def _judge_regression(self, observed, refs, what, advice):
         var, zero = refs["chance"], refs["zero"]
-        if observed > self.fail_ratio * max(var, zero):
-            advice.append("The initial outputs are much larger than the targets: scale the final layer down or "
+        constant = refs.get("constant", var)
+        # an offset between the outputs' mean and the targets' (uncentred targets against outputs near 0, a
+        # sigmoid's 0.5) is what the final bias removes in its first steps, not a fault: the loss is judged by
+        # what the outputs' spread adds to the loss of their own mean, against Var(y)
+        offset = constant > self.warn_ratio * var
+        effective = var + max(observed - constant, 0.0) if offset else observed
+        ratio = effective / max(var, 1e-12)
+        if offset:
+            advice.append(f"The initial outputs average off the targets (target mean {refs['target_mean']:.4g}, "
+                          f"std {refs['target_std']:.4g}): standardize the targets, or initialise the final bias "
+                          f"to their mean, so training does not spend its first steps on the offset.")
+        spread = f" (Var(y) plus what the outputs' spread adds to the loss of their mean {constant:.4g})" \
+            if offset else ""
+        if ratio > self.fail_ratio:
+            advice.append("The initial outputs vary much more than the targets: scale the final layer down or "
                           "check the init of the layers before it.")
-            return "fail", f"loss at init {observed:.4g} is {observed / max(var, 1e-12):.1f}x Var(y) {var:.4g}"
-        if observed > self.warn_ratio * var:
-            if zero > self.warn_ratio * var:
-                advice.append(f"The targets are not centred (mean {refs['target_mean']:.4g}, std "
-                              f"{refs['target_std']:.4g}): standardize them, or initialise the final bias to "
-                              f"{refs['target_mean']:.4g}, so training does not spend its first steps on the offset.")
-            else:
-                advice.append("The initial outputs vary more than the targets: shrink the final layer's init.")
-            return "warn", f"loss at init {observed:.4g} is {observed / max(var, 1e-12):.2f}x {what}"
+            return "fail", f"loss at init {observed:.4g} is {ratio:.1f}x Var(y) {var:.4g}{spread}"
+        if ratio > self.warn_ratio:
+            advice.append("The initial outputs vary more than the targets: shrink the final layer's init.")
+            return "warn", f"loss at init {observed:.4g} is {ratio:.2f}x {what}{spread}"
+        if offset:
+            return "pass", (f"loss at init {observed:.4g} is that of the outputs' mean {constant:.4g}, off the "
+                            f"targets' mean; the outputs' spread matches {what}")
         return "pass", f"loss at init {observed:.4g} is close to {what}"
 
     @staticmethod

@@ -112,6 +112,38 @@ def loss_floor(session, family: Optional[str], outputs: torch.Tensor, targets: t
         return 0.0
 
 
+def constant_loss(session, family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The user's loss of the best prediction that ignores the input, on these targets: the class frequencies for
+    cross-entropy, the positive rate for BCE, the mean (MSE) or median (L1). What a model that ignores its input
+    reaches; NaN when unknown."""
+    fn = session.loss_fn
+    try:
+        with torch.no_grad():
+            if family in ("ce", "nll"):
+                c = outputs.shape[1]
+                if targets.dtype.is_floating_point:
+                    prior = targets.float().movedim(1, -1).reshape(-1, c).mean(0)
+                else:
+                    valid = targets[(targets >= 0) & (targets < c)]
+                    prior = torch.bincount(valid.reshape(-1), minlength=c).float() / max(valid.numel(), 1)
+                logp = prior.clamp_min(1e-12).log().to(outputs.dtype).reshape([1, c] + [1] * (outputs.ndim - 2))
+                const = logp.expand_as(outputs)
+            elif family in ("bce_logits", "bce", "mse", "l1"):
+                t = targets.to(outputs.dtype).reshape(outputs.shape)
+                centre = t.median(0, keepdim=True).values if family == "l1" else t.mean(0, keepdim=True)
+                if family == "bce_logits":
+                    centre = torch.logit(centre.clamp(1e-6, 1 - 1e-6))
+                elif family == "bce":
+                    centre = centre.clamp(1e-6, 1 - 1e-6)
+                const = centre.expand_as(t)
+            else:
+                return math.nan
+            value = float(fn(const, targets))
+        return value if math.isfinite(value) else math.nan
+    except Exception:
+        return math.nan
+
+
 def accuracy(family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor,
              ignore_index: int = -100) -> Optional[torch.Tensor]:
     """Fraction of the subset classified right (a device tensor), None when the loss is not a classification."""
@@ -137,11 +169,12 @@ class Attempt:
     losses: list[float]
     best: float
     start: float
-    reduction: float  # (best - floor) / (start - floor)
+    reduction: float  # (best - floor) / (reference - floor)
     accuracy: Optional[float]
     passed: bool
     steps: int
     floor: float = 0.0
+    reference: float = math.nan  # the loss reductions are measured from: min(start, constant prediction's loss)
     family: Optional[str] = None
     decay: tuple = ()
     outputs: Any = None
@@ -154,7 +187,8 @@ class OverfitBatch(Check):
     title = "Overfit a tiny subset"
     what = """Trains on a tiny fixed subset (the first 32 examples by default) with regularization off (dropout
     inactive, including functional, attention and recurrent dropout, while BatchNorm keeps training statistics;
-    weight decay set to zero), with the user's optimizer class and LR, for at most 200 full-subset steps. When
+    weight decay set to zero), with the user's optimizer class and LR, for 200 full-subset steps (continued up to 800 while the loss is
+    still falling by 20% per 100 steps). When
     that does not get there, lr_range's verdict is read: its suggestion (which replaces an LR it judged unusable)
     and then the top of its good range are tried with the same budget, and the report says which LR was used
     and why. Passes when the loss falls to 10% of its starting excess over the lowest reachable loss (zero, or
@@ -180,8 +214,20 @@ class OverfitBatch(Check):
 
     examples: int = threshold(32, "examples in the tiny subset (the first of the data)")
     max_steps: int = threshold(200, "step budget (full-subset steps); training stops early once the test passes")
-    pass_fraction: float = threshold(0.1, "pass when (loss - floor) falls to this fraction of (start - floor)")
+    pass_fraction: float = threshold(0.1, "pass when (loss - floor) falls to this fraction of (reference - floor), "
+                                          "the reference being the start or, when lower, the loss of the best "
+                                          "prediction that ignores the input (the target mean, the class prior)")
+    min_constant_excess: float = threshold(1e-4, "use the best constant prediction's loss as the reference only "
+                                                 "when its excess over the floor is at least this fraction of the "
+                                                 "start's (a subset of one class or one value keeps the start)")
     check_every: int = threshold(10, "steps between reads of the loss on the host (early stop)")
+    extend_to: int = threshold(800, "past max_steps, keep training up to this many steps while the loss is still "
+                                    "falling: a slow but healthy model (an autoencoder through a sigmoid) is not a "
+                                    "model that cannot learn; the faults this check is for (a softmax before the "
+                                    "loss, an output that ignores its input) plateau above the pass level")
+    extend_window: int = threshold(100, "steps over which progress is measured past max_steps")
+    extend_progress: float = threshold(0.2, "keep going past max_steps while the excess loss over the floor fell by "
+                                            "at least this fraction over the last extend_window steps")
     retry_factor: float = threshold(3.0, "when the user's LR failed, retry at lr_range's suggestion and at the top of "
                                          "its range, each only if it differs from every LR tried by this factor")
 
@@ -215,14 +261,14 @@ class OverfitBatch(Check):
             notes.append("weight decay set to zero for the probe: " + ", ".join(final.decay))
         notes.append("dropout switched off (modules, F.dropout calls, attention and recurrent dropout); "
                      "BatchNorm kept in training mode")
-        plots = (self._plot(attempts, final.floor + self.pass_fraction * (final.start - final.floor)),)
+        plots = (self._plot(attempts, final.floor + self.pass_fraction * (final.reference - final.floor)),)
         table = Table("attempts", "Attempts", ("lr", "lr source", "steps", "start loss", "best loss", "reduction",
                                                "accuracy", "passed"),
                       [(x.lr, x.why_lr, x.steps, x.start, x.best, x.reduction, x.accuracy, x.passed) for x in attempts])
         acc = f", accuracy {final.accuracy:.0%}" if final.accuracy is not None else ""
         if final.passed:
             summary = (f"loss on {n} examples fell from {final.start:.4g} to {final.best:.4g} "
-                       f"({max(final.reduction, 0.0):.1%} of its start){acc} in {final.steps} steps at {final.why_lr}")
+                       f"({max(final.reduction, 0.0):.1%} of its {self._ref_name(final)}){acc} in {final.steps} steps at {final.why_lr}")
             advice = []
             if final is not attempts[0]:
                 a0 = attempts[0]
@@ -233,8 +279,8 @@ class OverfitBatch(Check):
                                notes=tuple(notes))
         causes = self._causes(session, final, attempts, verdict, n, subset)
         metrics["likely_cause"] = causes[0][1] if causes else None
-        summary = (f"could not overfit {n} examples: best loss {final.best:.4g} is {final.reduction:.0%} of its start "
-                   f"{final.start:.4g}{acc} after {final.steps} steps")
+        summary = (f"could not overfit {n} examples: best loss {final.best:.4g} is {final.reduction:.0%} of its "
+                   f"{self._ref_name(final)}{acc} after {final.steps} steps")
         if causes:
             summary += f"; likely: {causes[0][1]}"
         causes_table = Table("causes", "Likely causes, ranked", ("score", "cause", "evidence"), causes)
@@ -279,9 +325,9 @@ class OverfitBatch(Check):
                 ref, scales = _group_scales(optimizer)
                 if ref and ref > 0:
                     _set_lr(optimizer.param_groups, lr, scales)
-            family = floor = None
+            family = floor = ref = None
             passed, steps = False, 0
-            for step in range(self.max_steps):
+            for step in range(max(self.max_steps, self.extend_to)):
                 optimizer.zero_grad(set_to_none=True)
                 loss, outputs, targets = session.forward_loss(subset)
                 loss.backward()
@@ -289,39 +335,67 @@ class OverfitBatch(Check):
                 losses.append(loss.detach().float())
                 steps = step + 1
                 if family is None:
-                    family, floor = self._understand(session, outputs, targets)
+                    family, floor, constant = self._understand(session, outputs, targets)
+                    ref = self._reference(float(losses[0]), floor, constant)
                 if steps % self.check_every and steps != self.max_steps:
                     continue
                 acc = accuracy(family, outputs.detach(), targets, getattr(session.loss_fn, "ignore_index", -100)) \
                     if isinstance(outputs, torch.Tensor) else None
                 now = float(losses[-1])
                 checks.append(acc)
-                start = float(losses[0])
-                red = (now - floor) / (start - floor) if start > floor else math.inf
+                red = (now - floor) / (ref - floor) if ref > floor else math.inf
                 if not math.isfinite(now):
                     break
                 if red <= self.pass_fraction and (acc is None or float(acc) >= 1.0):
                     passed = True
                     break
+                if steps >= self.max_steps and not self._still_falling(losses, floor):
+                    break
         host = torch.stack(losses).cpu().tolist()
         start = host[0]
         finite = [v for v in host if math.isfinite(v)]
         best = min(finite) if finite else math.nan
-        reduction = (best - floor) / (start - floor) if start > floor and finite else math.inf
+        ref = self._reference(start, floor, math.nan) if ref is None else ref
+        reduction = (best - floor) / (ref - floor) if ref > floor and finite else math.inf
         last_acc = checks[-1] if checks else None
         return Attempt(lr=lr, why_lr=why, losses=host, best=best, start=start, reduction=reduction,
                        accuracy=None if last_acc is None else float(last_acc), passed=passed, steps=steps,
-                       floor=floor, family=family, decay=tuple(decay),
+                       floor=floor, reference=ref, family=family, decay=tuple(decay),
                        outputs=outputs.detach() if isinstance(outputs, torch.Tensor) else None)
+
+    def _still_falling(self, losses, floor) -> bool:
+        """Past the budget: did the excess loss (best of the last few steps) fall by extend_progress over the last
+        extend_window steps?"""
+        w, k = self.extend_window, self.check_every
+        if len(losses) < w + k:
+            return False
+        recent = torch.stack(losses[-w - k:]).cpu()
+        before, now = float(recent[:k].min()) - floor, float(recent[-k:].min()) - floor
+        return math.isfinite(now) and before > 0 and now <= (1 - self.extend_progress) * before
 
     @staticmethod
     def _understand(session, outputs, targets) -> tuple[Optional[str], float]:
         if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-            return None, 0.0
+            return None, 0.0, math.nan
         out = outputs.detach()
         model, _ = identify_loss(session.loss_fn, out.float().cpu(), targets.cpu())
         family = model.family if model is not None else None
-        return family, loss_floor(session, family, out, targets)
+        return family, loss_floor(session, family, out, targets), constant_loss(session, family, out, targets)
+
+    @staticmethod
+    def _ref_name(a: Attempt) -> str:
+        if math.isfinite(a.reference) and a.reference < a.start:
+            return f"reference {a.reference:.4g} (the loss of the best constant prediction, below the start {a.start:.4g})"
+        return f"start {a.start:.4g}"
+
+    def _reference(self, start: float, floor: float, constant: float) -> float:
+        """What reductions are measured from: the start, or the loss of the best input-ignoring prediction when
+        lower (uncentred regression targets, a class prior): learning the offset or the prior alone is no
+        evidence that the input reaches the output. A subset that a constant already fits nearly to the floor
+        keeps the start."""
+        if math.isfinite(constant) and constant < start and constant - floor > self.min_constant_excess * (start - floor):
+            return constant
+        return start
 
     # -- diagnosis --------------------------------------------------------------------------------
     def _causes(self, session, final: Attempt, attempts, verdict, n: int, subset) -> list[tuple]:
