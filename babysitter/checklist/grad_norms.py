@@ -143,7 +143,8 @@ class GradNorms(Check):
             "last_layer": display(layers[with_grad[-1]][0]) if with_grad else None,
         }
         status, summary, advice = self._verdict(metrics, nonfinite, layers, medians, with_grad, spikes)
-        advice += self._clip_advice(clip)
+        if status == "pass" or "exploding" in summary:
+            advice += self._clip_advice(clip)  # a clip is no answer to gradients that vanish
         notes = [f"{len(spikes)} spike step(s) (> {self.spike:g}x the median) left out of the suggested clip: "
                  f"steps {spikes[:10]}"] if spikes else []
         if per_example > 1:

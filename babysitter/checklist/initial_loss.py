@@ -258,7 +258,7 @@ class InitialLoss(Check):
         return "pass", f"loss at init {observed:.4g} matches chance {chance:.4g} ({what})"
 
     def _judge_regression(self, observed, refs, what, advice):
-        var, zero = refs["chance"], refs["zero"]
+        var = refs["chance"]
         constant = refs.get("constant", var)
         # an offset between the outputs' mean and the targets' (uncentred targets against outputs near 0, a
         # sigmoid's 0.5) is what the final bias removes in its first steps, not a fault: the loss is judged by

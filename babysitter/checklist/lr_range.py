@@ -369,7 +369,7 @@ class LrRange(Check):
         v = Verdict(analyses=analyses, suggested_lr=None, lr_low=None, lr_high=None, diverged_at=diverged,
                     spread=None, user_lr=user, status="skip", summary="")
         if len(usable) * 2 <= len(analyses):  # most repeats support no suggestion
-            reasons = "; ".join(sorted({a.reason for a in analyses if a.reason}))
+            reasons = _joined_reasons(analyses)
             v.reason = reasons
             from_start = all(a.diverged_at and len(a.smoothed) < 8 for a in analyses)
             if from_start or (diverged is not None and diverged <= self.start_lr * 100):
@@ -460,3 +460,13 @@ class LrRange(Check):
                 markers.append(Marker(f"{label} {value:.3g}", value))
         return Plot("lr_curve", "Smoothed loss against the learning rate", "line", series, x_label="learning rate",
                     y_label="smoothed loss", log_x=True, markers=tuple(markers))
+
+
+def _joined_reasons(analyses) -> str:
+    """The repeats' reasons for no suggestion, once: repeats that failed alike are told by the best of them."""
+    failed = [a for a in analyses if a.reason]
+    kinds = {a.reason.split(" (")[0] for a in failed}
+    if len(failed) > 1 and len(kinds) == 1:
+        best = max(failed, key=lambda a: a.drop or 0.0)
+        return f"{best.reason}, in the best of {len(analyses)} repeats"
+    return "; ".join(sorted({a.reason for a in failed}))

@@ -248,11 +248,11 @@ class ParamUpdates(Check):
                           f"fine-tuning; a frozen layer in the middle or at the end of a trained stack is usually "
                           f"a leftover. Set requires_grad=True if it should train.")
         if low:
-            warns.append(f"{len(low)} weight matrice(s) with update/weight below {self.low_ratio:g}")
+            warns.append(f"{_matrices(len(low))} with update/weight below {self.low_ratio:g}")
             advice.append(f"Update/weight ratio below {self.low_ratio:g} (CS231n: ~1e-3): "
                           f"{self._ratios_text(low, judged, peaks)}; the learning rate ({lr}) is too low for them.")
         if high:
-            warns.append(f"{len(high)} weight matrice(s) with update/weight above {self.high_ratio:g} "
+            warns.append(f"{_matrices(len(high))} with update/weight above {self.high_ratio:g} "
                          f"(median) or {self.rewrite_ratio:g} (one step)")
             advice.append(f"Update/weight ratio too high (CS231n: ~1e-3): "
                           f"{self._ratios_text(high, judged, peaks)}; each step rewrites these weights: lower "
@@ -300,3 +300,7 @@ class ParamUpdates(Check):
                     y_label="||dw|| / ||w||", log_y=True,
                     markers=(Marker(f"low {self.low_ratio:g}", self.low_ratio, "y"), Marker("CS231n 1e-3", 1e-3, "y"),
                              Marker(f"high {self.high_ratio:g}", self.high_ratio, "y")))
+
+
+def _matrices(n: int) -> str:
+    return f"{n} weight matri{'x' if n == 1 else 'ces'}"

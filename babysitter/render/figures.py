@@ -76,8 +76,8 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
         line(m.value, color=_MARKER_COLORS[i % len(_MARKER_COLORS)], ls="--", lw=1.2, label=m.label)
     if plot.log_x:
         ax.set_xscale("log")
-    if plot.log_y:
-        ax.set_yscale("log")
+    if plot.log_y and any(isinstance(v, (int, float)) and v > 0 for s in plot.series for v in s.y):
+        ax.set_yscale("log")  # (a log axis over no positive value is empty, and matplotlib warns)
     ax.set_title(plot.title, fontsize=10)
     ax.set_xlabel(plot.x_label, fontsize=9)
     ax.set_ylabel(plot.y_label, fontsize=9)
