@@ -98,8 +98,13 @@ def sweep_once(session, *, start_lr: float = START_LR, end_lr: float = END_LR, s
     model.train()
     optimizer = session.make_optimizer()
     _, scales = _group_scales(optimizer)
-    gen = torch.Generator().manual_seed(session.seed * 1000 + order_seed)
-    order = torch.randperm(len(session.pool), generator=gen).tolist()
+    # one seeded shuffle, rotated by the repeat: repeats start on different batches even in a small pool (two
+    # independent shuffles of 4 batches coincide often); the global RNG (dropout masks) differs per repeat too
+    gen = torch.Generator().manual_seed(session.seed)
+    base = torch.randperm(len(session.pool), generator=gen).tolist()
+    shift = round(order_seed * len(base) * 0.618) % len(base)  # golden-ratio steps: distinct starts for many repeats
+    order = base[shift:] + base[:shift]
+    torch.manual_seed(session.seed * 1000 + order_seed)
     factor = (end_lr / start_lr) ** (1.0 / max(steps - 1, 1))
     lrs, pending, host, ema = [], [], [], []
     avg, best, stop, stopped_at = 0.0, math.inf, "end", None
