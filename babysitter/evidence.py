@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .session import batch_size_of, lr_of, named_tensors
+
 PROVIDERS: dict[str, Callable] = {}
 INIT_INSTRUMENTS: dict[str, Callable] = {}
 TRAIN_INSTRUMENTS: dict[str, Callable] = {}
@@ -92,8 +94,6 @@ def init_pass(session, batches: int = INIT_BATCHES) -> InitPass:
             losses.append(loss.detach())
             outputs_kept.append(_cpu_capped(outputs))
             targets_kept.append(_cpu_capped(targets))
-            from .session import batch_size_of
-
             sizes.append(batch_size_of(targets) or batch_size_of(batch) or 0)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads:
@@ -143,8 +143,6 @@ class TrainProbe:
 
 @provider("train_probe")
 def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] = None) -> TrainProbe:
-    from .session import lr_of
-
     model = session.model
     model.train()
     named = [(n, p) for n, p in model.named_parameters()]
@@ -166,7 +164,7 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
             batch = session.batch(step)
             optimizer.zero_grad(set_to_none=True)
             loss, outputs, _ = session.forward_loss(batch)
-            if step == 0 and precision == "float32" and _has_dtype(outputs, torch.float16):
+            if step == 0 and precision == "float32" and any(t.dtype == torch.float16 for _, t in named_tensors(outputs)):
                 precision = "float16 (autocast)"
             if loss.requires_grad:
                 loss.backward()
@@ -213,17 +211,6 @@ def train_probe(session, steps: int = TRAIN_STEPS, measure_every: Optional[int] 
         frozen=[n for n, p in named if not p.requires_grad],
         trained_state=trained, instruments=results, param_finite=host(finite_rows), skipped_steps=skipped,
         precision=precision, weight_norms=host(norm_rows))
-
-
-def _has_dtype(obj: Any, dtype: torch.dtype) -> bool:
-    """Whether any tensor in a (nested) structure has ``dtype``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.dtype == dtype
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_dtype(v, dtype) for v in obj)
-    return False
 
 
 def _param_precision(params: list) -> str:

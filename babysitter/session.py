@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import inspect
-
 import itertools
 import math
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import TargetError
 from .instruments.hooks import ModuleStack
@@ -53,18 +54,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
         except Exception:
             return obj
     return obj
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a batch structure."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
 
 
 def batch_size_of(batch: Any) -> Optional[int]:
@@ -226,7 +215,7 @@ class Session:
             return cached
         batch = to_device(self._pool[i], self.device)
         if self.device.type != "cpu":
-            size = sum(t.numel() * t.element_size() for t in _tensors(batch))
+            size = sum(t.numel() * t.element_size() for _, t in named_tensors(batch))
             if self._device_pool_bytes + size <= DEVICE_POOL_BYTES:
                 self._device_pool[i] = batch
                 self._device_pool_bytes += size
@@ -244,11 +233,10 @@ class Session:
         *inputs, targets = batch
         return self.model(*inputs), targets
 
-    def inputs_of(self, batch: Any) -> tuple:
-        """The positional inputs of a default-shaped batch (``batch[:-1]``); None with a custom forward."""
-        if self.target.forward is not None:
-            return None
-        return tuple(batch[:-1])
+    def inputs_of(self, batch: Any) -> Optional["ModelInputs"]:
+        """The tensors the forward passes to the model on ``batch`` (custom forwards and dict batches included),
+        or None when the forward never calls the model; see :func:`_model_inputs`."""
+        return _model_inputs(self, batch)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         return self.loss_fn(outputs, targets)
@@ -402,3 +390,76 @@ def describe(obj: Any) -> str:
 
 def finite_or_none(x: float) -> Optional[float]:
     return x if x is not None and math.isfinite(x) else None
+
+
+# -- what the forward passes to the model ---------------------------------------------------------------
+class _Seen(BaseException):
+    """Stops a forward once the model's inputs are seen. A BaseException, so that a broad ``except Exception``
+    in a user's forward cannot swallow it."""
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The tensors that the forward passes to the model on its first call, by name: the parameter names of
+    ``model.forward`` for positional arguments (``input 0`` when unknown), keyword names for the others, and
+    ``name['key']`` / ``name[i]`` inside dicts and sequences."""
+
+    named: tuple[tuple[str, torch.Tensor], ...]
+
+    def floats(self) -> list[tuple[str, torch.Tensor]]:
+        return [(n, t) for n, t in self.named if t.is_floating_point() and t.ndim >= 1 and t.numel() > 1]
+
+    def integers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(n, t) for n, t in self.named if not t.is_floating_point() and not t.is_complex()
+                and t.dtype != torch.bool and t.ndim >= 1]
+
+
+def positional_names(model: nn.Module, count: int) -> list[str]:
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:count]]
+    return names + [f"input {i}" for i in range(len(names), count)]
+
+
+def named_tensors(obj: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{name}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{name}[{i}]")
+
+
+def _model_inputs(session, batch) -> Optional[ModelInputs]:
+    """The tensors the forward passes to the model on ``batch``, seen by a forward pre-hook on the model's first
+    call, which then stops the forward: the model itself does not run.
+
+    This is what counts for a custom ``forward`` too (dict batches, HuggingFace models), after whatever the
+    forward does to the batch. None when the forward never calls the model (it calls ``model.forward`` or
+    submodules directly), so that the inputs cannot be seen.
+    """
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise _Seen
+
+    handle = session.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            session.forward(batch)
+    except _Seen:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        return None
+    names = positional_names(session.model, len(seen["args"]))
+    named = [item for n, a in zip(names, seen["args"]) for item in named_tensors(a, n)]
+    named += [item for k, v in seen["kwargs"].items() for item in named_tensors(v, k)]
+    return ModelInputs(tuple(named))

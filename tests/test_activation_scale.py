@@ -32,11 +32,6 @@ def deep_mlp(act, depth=10, width=64, init="default", std=None, norm=False):
     return nn.Sequential(*layers, nn.Linear(d, 4))
 
 
-def fields(model, **kw):
-    x, y = zoo.blobs()
-    return {"model": model, "data": (x, y), "loss_fn": nn.CrossEntropyLoss(), **kw}
-
-
 @pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
 def test_healthy_models_pass(name):
     result = check(**zoo.HEALTHY[name]())
@@ -48,14 +43,14 @@ def test_healthy_models_pass(name):
                                            (nn.ReLU, "normal", True)])
 def test_deep_well_initialised_or_normalized_mlps_pass(act, init, norm):
     torch.manual_seed(0)
-    result = check(**fields(deep_mlp(act, depth=8, init=init, std=0.01, norm=norm)))
+    result = check(**zoo.blobs_fields(deep_mlp(act, depth=8, init=init, std=0.01, norm=norm)))
     assert result.status == "pass", result.summary
     assert result.metrics["layers"] == 8
 
 
 def test_ten_layer_tanh_with_std_001_vanishes_and_fails():
     torch.manual_seed(0)
-    result = check(**fields(deep_mlp(nn.Tanh, init="normal", std=0.01)))
+    result = check(**zoo.blobs_fields(deep_mlp(nn.Tanh, init="normal", std=0.01)))
     assert result.status == "fail" and "collapses" in result.summary
     assert result.metrics["depth_ratio"] < 1e-3
     assert any("Xavier" in a and "xavier_normal_" in a and "too small" in a for a in result.advice)
@@ -65,14 +60,14 @@ def test_ten_layer_tanh_with_std_001_vanishes_and_fails():
 
 def test_ten_layer_tanh_with_std_1_saturates_and_fails():
     torch.manual_seed(0)
-    result = check(**fields(deep_mlp(nn.Tanh, init="normal", std=1.0)))
+    result = check(**zoo.blobs_fields(deep_mlp(nn.Tanh, init="normal", std=1.0)))
     assert result.status == "fail" and "flat region" in result.summary
     assert any("too large" in a for a in result.advice)
 
 
 def test_ten_layer_relu_with_std_1_explodes_and_fails():
     torch.manual_seed(0)
-    result = check(**fields(deep_mlp(nn.ReLU, init="normal", std=1.0)))
+    result = check(**zoo.blobs_fields(deep_mlp(nn.ReLU, init="normal", std=1.0)))
     assert result.status == "fail" and "grows" in result.summary
     assert result.metrics["depth_ratio"] > 1e3
     assert any("Kaiming" in a and "kaiming_normal_" in a for a in result.advice)
@@ -80,7 +75,7 @@ def test_ten_layer_relu_with_std_1_explodes_and_fails():
 
 def test_shallower_relu_with_std_001_warns():
     torch.manual_seed(0)
-    result = check(**fields(deep_mlp(nn.ReLU, depth=3, init="normal", std=0.01)))
+    result = check(**zoo.blobs_fields(deep_mlp(nn.ReLU, depth=3, init="normal", std=0.01)))
     assert result.status in ("warn", "fail")
 
 
@@ -113,7 +108,7 @@ def test_histograms_through_depth_render_and_round_trip(tmp_path):
     from babysitter.report import Report
 
     torch.manual_seed(0)
-    report = babysitter.check(**fields(deep_mlp(nn.Tanh, depth=4, init="normal", std=0.01)),
+    report = babysitter.check(**zoo.blobs_fields(deep_mlp(nn.Tanh, depth=4, init="normal", std=0.01)),
                               select=["activation_scale", "saturation"])
     heatmaps = [p for c in report.checks for p in c.plots if p.kind == "heatmap"]
     assert len(heatmaps) == 2

@@ -31,11 +31,6 @@ def mlp(act, depth=3, width=32, std=None, d_in=16, classes=4):
     return nn.Sequential(*layers, nn.Linear(d, classes))
 
 
-def blobs_fields(model, **kw):
-    x, y = zoo.blobs()
-    return {"model": model, "data": (x, y), "loss_fn": nn.CrossEntropyLoss(), **kw}
-
-
 @pytest.mark.parametrize("name", sorted(zoo.HEALTHY))
 def test_healthy_models_pass(name):
     result = check(**zoo.HEALTHY[name]())
@@ -44,13 +39,13 @@ def test_healthy_models_pass(name):
 
 def test_deep_xavier_tanh_and_sigmoid_mlps_pass():
     torch.manual_seed(0)
-    assert check(**blobs_fields(mlp(nn.Tanh, depth=8, width=64))).status == "pass"
-    assert check(**blobs_fields(mlp(nn.Sigmoid, depth=4, width=64))).status == "pass"
+    assert check(**zoo.blobs_fields(mlp(nn.Tanh, depth=8, width=64))).status == "pass"
+    assert check(**zoo.blobs_fields(mlp(nn.Sigmoid, depth=4, width=64))).status == "pass"
 
 
 def test_tanh_with_large_weights_fails_and_names_the_xavier_value():
     torch.manual_seed(0)
-    result = check(**blobs_fields(mlp(nn.Tanh, depth=10, width=64, std=1.0)))
+    result = check(**zoo.blobs_fields(mlp(nn.Tanh, depth=10, width=64, std=1.0)))
     assert result.status == "fail"
     assert result.metrics["worst_saturated_fraction"] > 0.4
     assert any("Xavier" in a and "xavier_uniform_" in a for a in result.advice)
@@ -71,14 +66,14 @@ def test_functional_sigmoid_with_large_weights_fails():
     model = Gated()
     with torch.no_grad():
         model.fc.weight.mul_(30)
-    result = check(**blobs_fields(model))
+    result = check(**zoo.blobs_fields(model))
     assert result.status == "fail" and result.metrics["worst_layer"] == "model#sigmoid"
 
 
 def test_moderately_scaled_tanh_warns():
     torch.manual_seed(0)
     model = mlp(nn.Tanh, depth=2, width=64, std=0.5)  # pre-activation std ~3 in the second layer
-    result = check(**blobs_fields(model))
+    result = check(**zoo.blobs_fields(model))
     assert result.status in ("warn", "fail")
     assert 0.1 < result.metrics["worst_saturated_fraction"]
 
@@ -99,10 +94,10 @@ class SoftmaxClassifier(nn.Module):
 
 def test_softmax_pinned_at_init_fails_and_healthy_softmax_passes():
     torch.manual_seed(0)
-    result = check(**blobs_fields(SoftmaxClassifier(scale=100.0), loss_fn=nn.NLLLoss()))
+    result = check(**zoo.blobs_fields(SoftmaxClassifier(scale=100.0), loss_fn=nn.NLLLoss()))
     assert result.status == "fail" and "pinned" in result.summary
     torch.manual_seed(0)
-    assert check(**blobs_fields(SoftmaxClassifier(), loss_fn=nn.NLLLoss())).status == "pass"
+    assert check(**zoo.blobs_fields(SoftmaxClassifier(), loss_fn=nn.NLLLoss())).status == "pass"
 
 
 class Attention(nn.Module):

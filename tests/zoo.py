@@ -170,6 +170,12 @@ class DictModel(nn.Module):
 
 
 # -- targets ----------------------------------------------------------------------------------------
+def blobs_fields(model: nn.Module, **kw) -> dict:
+    """Target fields for ``model`` classifying the 16-feature, 4-class blobs (the activation checks' fixtures)."""
+    x, y = blobs()
+    return {"model": model, "data": (x, y), "loss_fn": nn.CrossEntropyLoss(), **kw}
+
+
 def sgd(lr: float = 0.1, momentum: float = 0.9, **kw):
     return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum, **kw)
 

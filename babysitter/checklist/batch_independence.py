@@ -9,9 +9,8 @@ from torch import nn
 
 from ..instruments.hooks import HookSet
 from ..report import Marker, Plot, Series, Table
-from ..session import batch_size_of, concat_batches
+from ..session import batch_size_of, concat_batches, named_tensors, positional_names
 from .base import Check, threshold
-from .input_scale import _flatten, _positional_names
 
 
 @dataclass
@@ -26,7 +25,7 @@ class _Traced:
 
 
 def _first_tensor(obj: Any) -> Optional[torch.Tensor]:
-    for _, t in _flatten(obj, "out"):
+    for _, t in named_tensors(obj, "out"):
         return t
     return None
 
@@ -85,7 +84,7 @@ class _Tracer:
     def _pre(self, module, args, kwargs):
         self.calls = getattr(self, "calls", 0) + 1
         call = f" (call {self.calls})" if self.calls > 1 else ""  # a siamese forward calls the model twice
-        names = [n + call for n in _positional_names(module, len(args))]
+        names = [n + call for n in positional_names(module, len(args))]
         return (tuple(self._swap(a, n) for n, a in zip(names, args)),
                 {k: self._swap(v, k + call) for k, v in kwargs.items()})
 
@@ -212,7 +211,7 @@ class BatchIndependence(Check):
         m = shapes[0][1]
         leaves = [(name, leaf, 1) for name, leaf in trace.leaves if leaf.ndim >= 2 and leaf.shape[1] == m]
         outs = []
-        for _, t in _flatten(outputs, "out"):
+        for _, t in named_tensors(outputs, "out"):
             if not (t.is_floating_point() and t.requires_grad and t.ndim):
                 continue
             if t.ndim >= 2 and t.shape[1] == m:
@@ -275,7 +274,7 @@ class BatchIndependence(Check):
         """Float outputs that require grad, each with its batch dimension; (N*k, ...) outputs (a flattened
         sequence, example-major as .view(-1, C) makes it) are viewed as (N, k, ...)."""
         out, flattened = [], False
-        for _, t in _flatten(outputs, "out"):
+        for _, t in named_tensors(outputs, "out"):
             if not (t.is_floating_point() and t.requires_grad and t.ndim):
                 continue
             d = _batch_dim(tuple(t.shape), n)

@@ -1,89 +1,16 @@
 """input_scale: are the inputs zero-centred and unit-scaled?"""
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..report import Plot, Series, Table
+from ..session import ModelInputs
 from .base import Check, threshold
-
-
-# -- what the forward passes to the model ---------------------------------------------------------------
-class _Seen(BaseException):
-    """Stops a forward once the model's inputs are seen. A BaseException, so that a broad ``except Exception``
-    in a user's forward cannot swallow it."""
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """The tensors that the forward passes to the model on its first call, by name: the parameter names of
-    ``model.forward`` for positional arguments (``input 0`` when unknown), keyword names for the others, and
-    ``name['key']`` / ``name[i]`` inside dicts and sequences."""
-
-    named: tuple[tuple[str, torch.Tensor], ...]
-
-    def floats(self) -> list[tuple[str, torch.Tensor]]:
-        return [(n, t) for n, t in self.named if t.is_floating_point() and t.ndim >= 1 and t.numel() > 1]
-
-    def integers(self) -> list[tuple[str, torch.Tensor]]:
-        return [(n, t) for n, t in self.named if not t.is_floating_point() and not t.is_complex()
-                and t.dtype != torch.bool and t.ndim >= 1]
-
-
-def _positional_names(model: nn.Module, count: int) -> list[str]:
-    try:
-        params = [p for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    names = [p.name for p in params[:count]]
-    return names + [f"input {i}" for i in range(len(names), count)]
-
-
-def _flatten(obj: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield name, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten(v, f"{name}[{k!r}]")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _flatten(v, f"{name}[{i}]")
-
-
-def model_inputs(session, batch) -> Optional[ModelInputs]:
-    """The tensors the forward passes to the model on ``batch``, seen by a forward pre-hook on the model's first
-    call, which then stops the forward: the model itself does not run.
-
-    This is what counts for a custom ``forward`` too (dict batches, HuggingFace models), after whatever the
-    forward does to the batch. None when the forward never calls the model (it calls ``model.forward`` or
-    submodules directly), so that the inputs cannot be seen.
-    """
-    seen: dict = {}
-
-    def hook(module, args, kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-        raise _Seen
-
-    handle = session.model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            session.forward(batch)
-    except _Seen:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        return None
-    names = _positional_names(session.model, len(seen["args"]))
-    named = [item for n, a in zip(names, seen["args"]) for item in _flatten(a, n)]
-    named += [item for k, v in seen["kwargs"].items() for item in _flatten(v, k)]
-    return ModelInputs(tuple(named))
 
 
 # -- per-feature statistics ------------------------------------------------------------------------------
@@ -185,7 +112,7 @@ def input_stats(session, batches: int) -> tuple[list[FeatureStats], Optional[Mod
     accs: dict[str, tuple[_Accumulator, tuple, int]] = {}
     first = None
     for i in range(min(batches, len(session.pool))):
-        seen = model_inputs(session, session.batch(i))
+        seen = session.inputs_of(session.batch(i))
         if seen is None:
             return [], None
         first = first or seen
