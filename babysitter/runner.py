@@ -85,7 +85,7 @@ def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=No
     results: list[CheckResult] = []
     interrupted = False
     kwargs = {} if max_batches is None else {"max_batches": max_batches}
-    session = Session(target, device=device, seed=seed, where=where, **kwargs)
+    session = Session(target, device=device, seed=seed, where=where, options=options, **kwargs)
     t0 = time.perf_counter()
     with session:
         try:

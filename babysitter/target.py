@@ -20,14 +20,15 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from .analysis.batches import describe, short_repr, type_name
 from .errors import NoTargetsError, TargetError
+from .optim import default_optimizer  # noqa: F401  (re-exported: the optimizer of targets that give none)
+from .pool import DEFAULT_BATCH_SIZE  # noqa: F401  (re-exported)
 
 #: the function ``babysit check`` looks for in a file when none is named
 DEFAULT_FUNCTION = "babysit"
 #: the folder discovered when ``babysit check`` gets no path
 DEFAULT_DIR = "checks"
-#: batch size used to split a tuple ``(X, y)`` of tensors when ``batch_size`` is not given
-DEFAULT_BATCH_SIZE = 64
 
 FIELDS = ("model", "data", "loss_fn", "optimizer", "forward", "batch_size", "name")
 REQUIRED = ("model", "data", "loss_fn")
@@ -64,21 +65,7 @@ class Target:
         validate(self)
 
 
-def default_optimizer(params) -> torch.optim.Optimizer:
-    """The optimizer used when a target gives none: Adam with PyTorch's default settings."""
-    return torch.optim.Adam(params, lr=1e-3)
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__module__.replace("builtins", "").strip(".") + ("." if type(value).__module__ != "builtins" else "") + type(value).__qualname__
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a repr that raises must not hide the real message
-        text = f"<{type(value).__qualname__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_type_name, _short = type_name, short_repr
 
 
 def validate(target: Target, where: str | None = None) -> None:
@@ -298,3 +285,74 @@ def load(ref: TargetRef) -> Target:
         except Exception as exc:
             raise TargetError(f"calling {ref.function}() raised {_user_frames_message(exc)}", where=where) from exc
     return coerce(value, where=where, default_name=ref.name)
+
+
+# -- the first batch: the target's code run once, each failure a TargetError -------------------------------
+def validate_pool(pool: list, data: Any, where: Optional[str]) -> None:
+    """The data yielded batches, and a batch is ``(inputs, targets)`` when no ``forward`` says otherwise."""
+    if not pool:
+        raise TargetError(f"yielded no batch ({_type_name(data)} is empty)", where=where, field="data")
+
+
+def _check_batch_shape(target: Target, batch: Any, where: Optional[str]) -> None:
+    if target.forward is None and (not isinstance(batch, (list, tuple)) or len(batch) < 2):
+        raise TargetError(
+            f"a batch must be (inputs, targets) unless a 'forward' is given; the first batch is "
+            f"{_type_name(batch)}: {_short(batch)}", where=where, field="data",
+            hint="add forward=lambda model, batch: (model(batch['x']), batch['y']) for other shapes")
+
+
+def _first_forward(code, batch: Any, where: Optional[str]) -> tuple[Any, Any]:
+    from .instruments.hooks import ModuleStack
+
+    stack = ModuleStack(code.model)
+    try:
+        with stack, torch.no_grad():
+            result = code.forward(batch)
+    except Exception as exc:  # any failure of the user's forward is a target error that names how far it got
+        reached = stack.reached()
+        raise TargetError(f"the forward pass on the first batch raised {type(exc).__name__}: {exc}"
+                          + (f"\n  it was executing {reached}" if reached else ""), where=where,
+                          field="forward" if code.target.forward is not None else "model") from exc
+    if code.target.forward is not None and not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise TargetError(f"forward(model, batch) must return (outputs, targets), it returned "
+                          f"{_type_name(result)}: {_short(result)}", where=where, field="forward")
+    return result
+
+
+def _first_loss(code, outputs: Any, targets: Any, where: Optional[str]) -> None:
+    try:
+        with torch.no_grad():
+            loss = code.loss(outputs, targets)
+    except Exception as exc:  # any failure of the user's loss is a target error
+        raise TargetError(f"loss_fn(outputs, targets) raised {type(exc).__name__}: {exc}"
+                          f" (outputs: {describe(outputs)}; targets: {describe(targets)})",
+                          where=where, field="loss_fn") from exc
+    if not isinstance(loss, torch.Tensor):
+        raise TargetError(f"loss_fn must return a scalar tensor, it returned {_type_name(loss)}: {_short(loss)}",
+                          where=where, field="loss_fn", hint="do not call .item() inside loss_fn; return the tensor")
+    if loss.numel() != 1:
+        raise TargetError(f"loss_fn must return a scalar tensor, it returned shape {tuple(loss.shape)}",
+                          where=where, field="loss_fn", hint="reduce it with .mean() (or reduction='mean')")
+
+
+def _first_optimizer(make: Callable[[], Any], where: Optional[str]) -> torch.optim.Optimizer:
+    try:
+        optimizer = make()
+    except Exception as exc:  # any failure of the user's factory is a target error
+        raise TargetError(f"calling the optimizer factory raised {type(exc).__name__}: {exc}",
+                          where=where, field="optimizer") from exc
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TargetError(f"the optimizer factory must return a torch.optim.Optimizer, it returned "
+                          f"{_type_name(optimizer)}: {_short(optimizer)}", where=where, field="optimizer")
+    return optimizer
+
+
+def validate_first_batch(code, batch: Any, make_optimizer: Callable[[], Any], where: Optional[str]
+                         ) -> torch.optim.Optimizer:
+    """Run the target's code once on the first batch (forward, loss, optimizer factory), turning each failure
+    into a :class:`TargetError` that names the field; returns the optimizer the factory built."""
+    _check_batch_shape(code.target, batch, where)
+    outputs, targets = _first_forward(code, batch, where)
+    _first_loss(code, outputs, targets, where)
+    return _first_optimizer(make_optimizer, where)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from babysitter.evidence import INIT_INSTRUMENTS, TRAIN_INSTRUMENTS
+from babysitter.evidence import INSTRUMENTS
 from babysitter.instruments.activations import ActivationInstrument
 
 
@@ -188,5 +188,5 @@ def test_hooks_and_mode_are_removed_even_after_an_error():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_registered_on_both_shared_passes():
-    assert "activations" in INIT_INSTRUMENTS and "activations" in TRAIN_INSTRUMENTS
+def test_carried_by_both_shared_passes():
+    assert "activations" in INSTRUMENTS["init_pass"] and "activations" in INSTRUMENTS["train_probe"]

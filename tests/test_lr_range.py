@@ -11,7 +11,9 @@ from torch import nn
 
 import babysitter
 import zoo
-from babysitter.checklist.lr_range import LrRange, SweepRun, analyse_run, run_sweep, sweep_once
+from babysitter.analysis.lr_curve import ReadingRules, SweepRun, SweepSettings, analyse_run
+from babysitter.checklist.lr_range import LrRange
+from babysitter.passes.lr_sweep import lr_sweep, sweep_once
 from babysitter.session import Session
 from babysitter.target import Target
 
@@ -100,9 +102,10 @@ def test_synthetic_curve_readings():
     x = np.log10(lrs)
     # a loss that falls between 1e-4 and 1e-2, bottoms out at 3e-2, and blows up beyond 1
     loss = 1.0 - 0.9 / (1 + np.exp(-(x + 3) * 3)) + 0.05 * np.maximum(0, x + 1.5) ** 3
-    run = SweepRun(0, lrs.tolist(), loss.tolist(), [], "end", None)
-    sgd = analyse_run(run, sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10)
-    adam = analyse_run(run, sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10, adaptive=True)
+    run = SweepRun(0, tuple(lrs.tolist()), tuple(loss.tolist()), (), "end", None)
+    rules = ReadingRules(sigma_decades=0.25, min_drop=0.1, onset=0.02, band=0.1, low_margin=10)
+    sgd = analyse_run(run, rules)
+    adam = analyse_run(run, rules, adaptive=True)
     assert 1e-4 < sgd.steepest < 1e-2 and 1e-2 < sgd.minimum < 1e-1 and sgd.minimum < sgd.high < 1
     assert sgd.low < 1e-4  # 10x below the onset of the descent
     assert sgd.minimum <= sgd.suggestion <= sgd.high  # SGD: the bottom of the curve
@@ -137,7 +140,7 @@ def test_param_groups_are_scaled_together():
                            {"params": model.head.parameters(), "lr": 0.1}], momentum=0.9)
     target = Target(model=model, data=fields["data"], loss_fn=fields["loss_fn"], optimizer=opt)
     with Session(target, device="cpu") as session:
-        run = sweep_once(session, steps=20)
+        run = sweep_once(session, SweepSettings(steps=20))
         lrs = [g["lr"] for g in opt.param_groups]
         assert lrs[1] == pytest.approx(10 * lrs[0]) and lrs[0] >= run.lrs[-1] > 1e-3
 
@@ -150,7 +153,7 @@ def test_a_sweep_step_is_one_forward_and_one_optimizer_step():
     target = Target(model=model, data=fields["data"], loss_fn=fields["loss_fn"], optimizer=fields["optimizer"])
     with Session(target, device="cpu") as session:
         calls["forward"] = 0
-        sweep = run_sweep(session, repeats=2, steps=30)
+        sweep = lr_sweep(session, SweepSettings(repeats=2, steps=30))
     assert calls["forward"] == sweep.steps == sum(r.taken for r in sweep.runs)
     assert all(r.taken - len(r.losses) < 8 for r in sweep.runs)  # at most sync_every - 1 steps past a stop
 
@@ -160,7 +163,7 @@ def test_divergence_stops_the_sweep_early():
     target = Target(model=fields["model"], data=fields["data"], loss_fn=fields["loss_fn"],
                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with Session(target, device="cpu") as session:
-        run = sweep_once(session)
+        run = sweep_once(session, SweepSettings())
     assert run.stop in ("diverged", "nonfinite") and len(run.losses) < 100
     assert run.stopped_at is not None and run.stopped_at < 10
 

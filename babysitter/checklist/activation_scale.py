@@ -7,8 +7,8 @@ from typing import Optional
 
 from torch import nn
 
-from ..instruments.activations import (RECTIFIER, SIGMOID, TANH, ActivationResult, LayerStats, activations_of,
-                                       hidden_clause, ref, visibility_notes)
+from ..analysis.activations import (RECTIFIER, SIGMOID, TANH, ActivationResult, LayerStats, hidden_clause, ref,
+                                    visibility_notes)
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
 
@@ -61,7 +61,6 @@ class ActivationScale(Check):
         "default init (std 1/sqrt(3 fan_in), biases included) loses well under 100x through the depths of usual "
         "MLPs and CNNs, while a 10-layer net with weights of std 0.01 loses more than 10^6",
     )
-    requires = ("init_pass",)
 
     warn_ratio: float = threshold(100.0, "warn when the std of the last hidden activation differs from the first's "
                                          "by more than this factor (either way)")
@@ -72,7 +71,7 @@ class ActivationScale(Check):
                                         "sigmoid)")
 
     def run(self, session):
-        init = activations_of(session, "init_pass")
+        init = session.evidence("init_pass").instruments.get("activations")
         chain = _chain(init)
         bounded = [l for l in (init.family(TANH, SIGMOID) if init else []) if l.pre_std is not None]
         if not chain and not bounded:

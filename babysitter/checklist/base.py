@@ -1,15 +1,26 @@
 """The base class of checklist items.
 
-Each item is a dataclass whose fields are its thresholds (documented with ``threshold(default, doc)``),
-with a stable ``id``, a ``title``, its documentation in fixed sections, the evidence it needs, and
-``run(session) -> CheckResult``. Checks never print or draw: plots are series for the renderers.
+Each item is a dataclass whose fields are its thresholds (documented with ``threshold(default, doc)``), with a
+stable ``id``, a ``title`` and its documentation in fixed sections. An item reads as three steps:
+
+- ``measure(session)`` touches the model (through the session's evidence or passes of its own) and returns
+  plain measured data;
+- ``judge(measured)`` is a pure function of that data and the thresholds: a :class:`Judgment` (status,
+  summary, advice), testable in a few lines on synthetic data without any model;
+- ``present(measured, judgment)`` builds the :class:`CheckResult` with its metrics, tables and plots.
+
+Checks never print or draw: plots are series for the renderers. No check imports another check: what several
+need lives in ``babysitter.analysis`` (pure) or in the session's evidence.
 """
 from __future__ import annotations
 
 import dataclasses
 import textwrap
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
+from ..analysis.activations import ActivationResult
+from ..analysis.status import Status
 from ..errors import SkipCheck
 from ..report import CheckResult
 
@@ -17,6 +28,15 @@ from ..report import CheckResult
 def threshold(default: Any, doc: str) -> Any:
     """A documented, configurable threshold of a check (a dataclass field with its reason)."""
     return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """What a check concluded from its measurements: a status, a one-line summary and advice."""
+
+    status: Status
+    summary: str
+    advice: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -31,19 +51,37 @@ class Check:
     todo: ClassVar[str]
     #: where the thresholds come from
     sources: ClassVar[tuple[str, ...]] = ()
-    #: evidence providers (see babysitter.evidence) that the check reads
-    requires: ClassVar[tuple[str, ...]] = ()
 
-    def run(self, session) -> CheckResult:  # pragma: no cover - every item overrides it
+    def run(self, session) -> CheckResult:
+        """Measure, judge, present."""
+        measured = self.measure(session)
+        return self.present(measured, self.judge(measured))
+
+    def measure(self, session) -> Any:  # pragma: no cover - every item overrides it
+        raise NotImplementedError
+
+    def judge(self, measured: Any) -> Judgment:  # pragma: no cover - every item overrides it
+        raise NotImplementedError
+
+    def present(self, measured: Any, judgment: Judgment) -> CheckResult:  # pragma: no cover
         raise NotImplementedError
 
     # -- helpers for items ------------------------------------------------------------------------
     def result(self, status: str, summary: str, **fields) -> CheckResult:
-        return CheckResult(id=self.id, title=self.title, status=status, summary=summary, **fields)
+        return CheckResult(id=self.id, title=self.title, status=str(status), summary=summary, **fields)
 
     @staticmethod
     def skip(reason: str):
         raise SkipCheck(reason)
+
+    @staticmethod
+    def activations(session, which: str) -> tuple[Optional[ActivationResult], str]:
+        """The activation statistics of the shared pass ``which`` ('init_pass' or 'train_probe'), and '' or, when
+        that pass crashed, why they are missing (the checks that need the pass itself report its error)."""
+        try:
+            return session.evidence(which).instruments.get("activations"), ""
+        except Exception as exc:  # the pass's own failure is reported by the checks that need it
+            return None, f"{type(exc).__name__}: {exc}"
 
     @classmethod
     def thresholds(cls) -> list[tuple[str, Any, str]]:

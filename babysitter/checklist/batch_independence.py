@@ -9,7 +9,8 @@ from torch import nn
 
 from ..instruments.hooks import HookSet
 from ..report import Marker, Plot, Series, Table
-from ..session import batch_size_of, concat_batches, named_tensors, positional_names
+from ..analysis.batches import batch_size_of, concat_batches, named_tensors
+from ..usercode import positional_names
 from .base import Check, threshold
 
 

@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..evidence import TRAIN_STEPS
-from ..instruments.activations import (RECTIFIER, ActivationResult, LayerStats, activations_of, hidden_clause, ref,
-                                       visibility_notes)
+from ..analysis.activations import (RECTIFIER, ActivationResult, LayerStats, hidden_clause, ref,
+                                    visibility_notes)
+from ..passes.train_probe import TRAIN_STEPS
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
 
@@ -42,7 +42,6 @@ class DeadRelu(Check):
         "A. Karpathy, CS231n 'Commonly used activation functions': as much as 40% of a network can be dead with "
         "too high a learning rate; Kaiming He et al., 'Delving Deep into Rectifiers' (2015) for the init",
     )
-    requires = ("init_pass", "train_probe")
 
     unit_threshold: float = threshold(0.01, "a unit is dead when positive on fewer than this fraction of the "
                                             "elements it produced over the recorded batches (SageMaker: 1%)")
@@ -60,8 +59,8 @@ class DeadRelu(Check):
                                      "units, so that a small layer dead but for one unit is still flagged")
 
     def run(self, session):
-        init = activations_of(session, "init_pass")
-        trained, train_error = _trained(session)
+        init = session.evidence("init_pass").instruments.get("activations")
+        trained, train_error = self.activations(session, "train_probe")
         layers = _rectifiers(init), _rectifiers(trained)
         if not layers[0] and not layers[1]:
             self.skip("no rectifier activation (ReLU family) was seen in the forward" + hidden_clause(init))
@@ -156,14 +155,6 @@ class DeadRelu(Check):
                        f"Units die during training in {names}: lower the learning rate or add warmup; LeakyReLU "
                        "or GELU keep a gradient for negative inputs.")
         return tuple(out)
-
-
-def _trained(session) -> tuple[Optional[ActivationResult], str]:
-    """The activations over the end of the training probe; a probe that crashed leaves the init verdict."""
-    try:
-        return activations_of(session, "train_probe"), ""
-    except Exception as exc:  # the probe's own failure is reported by the checks that need it
-        return None, f"{type(exc).__name__}: {exc}"
 
 
 def _rectifiers(result: Optional[ActivationResult]) -> list[LayerStats]:

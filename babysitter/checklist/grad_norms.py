@@ -9,38 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.params import display, is_weight_matrix, layers_of
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
-
-
-# -- parameters grouped by the layer that owns them (shared with param_updates) ---------------------------
-def owner_of(param_name: str) -> str:
-    """The qualified name of the module that registers a parameter ('' for the root)."""
-    return param_name.rpartition(".")[0]
-
-
-def layers_of(names: list[str]) -> list[tuple[str, list[int]]]:
-    """Parameter indices grouped by owning module, in registration order (the model's depth order)."""
-    order: dict[str, list[int]] = {}
-    for i, n in enumerate(names):
-        order.setdefault(owner_of(n), []).append(i)
-    return list(order.items())
-
-
-def is_weight_matrix(model: nn.Module, name: str) -> bool:
-    """A weight of a Linear, convolution, recurrent or attention layer: >= 2-D, named weight, not an embedding.
-
-    Embedding tables get sparse gradients (only the rows of tokens in the batch), biases and norm scales are
-    1-D: their gradient norms and update ratios follow other laws, so depth and ratio verdicts leave them out.
-    """
-    owner = model.get_submodule(owner_of(name)) if owner_of(name) else model
-    param = owner.get_parameter(name.rpartition(".")[2])
-    return param.ndim >= 2 and "weight" in name.rpartition(".")[2] and \
-        not isinstance(owner, (nn.Embedding, nn.EmbeddingBag))
-
-
-def display(name: str) -> str:
-    return name or "(root)"
 
 
 def _finite(values) -> list[float]:
@@ -77,7 +48,6 @@ class GradNorms(Check):
         "PyTorch docs: torch.nn.utils.clip_grad_norm_ (rescales the whole gradient, keeps its direction) and "
         "clip_grad_value_ (clamps each element)",
     )
-    requires = ("train_probe",)
 
     vanishing_ratio: float = threshold(1e-3, "fail when the first weight layer's gradient norm over the last one's "
                                              "(median over steps) is below this (AUTOTRAINER)")
@@ -114,7 +84,8 @@ class GradNorms(Check):
         if not any(v > 0 for v in _finite(totals)):
             self.skip("no parameter received a gradient during the probe (see param_updates)")
         model = session.model
-        per_example, order = self._forward_facts(session)
+        per_example = session.evidence("loss_facts").batch_factor
+        order = {name: i for i, name in enumerate(session.evidence("call_order"))}
         layers = self._weight_layers(model, probe, order)
         per_step = self._layer_norms(probe, layers)  # [layer][step]
         medians = [float(np.median(f)) if (f := _finite(row)) else float("nan") for row in per_step]
@@ -185,50 +156,6 @@ class GradNorms(Check):
             if best is None or ratio > best[1]:
                 best = [step, ratio, v]
         return best
-
-    @staticmethod
-    def _forward_facts(session) -> tuple[int, dict[str, int]]:
-        """From one eval-mode forward of the first batch: the batch-sum factor of the loss (N when the loss is a
-        sum over the batch's N examples, else 1) and the order in which modules are first called.
-
-        The loss of the batch repeated twice is exactly twice the loss of the batch for a sum over examples, and
-        equal to it for a mean: the outputs are computed once and repeated, so dropout or sampling do not count.
-        The call order, not the order in which ``__init__`` registers modules (a head defined before the body),
-        says which weight layer is the first and which the last.
-        """
-        from ..instruments.hooks import HookSet
-        from ..session import batch_size_of, concat_batches
-
-        order: dict[str, int] = {}
-        hooks = HookSet()
-        factor = 1
-
-        def called(name: str):
-            def hook(module, args):
-                order.setdefault(name, len(order))  # returns None: the inputs are left alone
-            return hook
-
-        try:
-            for name, module in session.model.named_modules():
-                hooks.add(module.register_forward_pre_hook(called(name)))
-            with torch.no_grad():
-                session.model.eval()
-                outputs, targets = session.forward(session.batch(0))
-                hooks.close()
-                n = batch_size_of(targets) or batch_size_of(outputs)
-                if n and n >= 2:
-                    once = float(session.loss(outputs, targets))
-                    twice = float(session.loss(concat_batches([outputs, outputs]),
-                                               concat_batches([targets, targets])))
-                    if math.isfinite(once) and math.isfinite(twice) and abs(once) > 1e-12 \
-                            and abs(twice / once - 2.0) < 0.01:
-                        factor = int(n)
-        except Exception:  # a forward that fails in eval mode, a loss that cannot take a doubled batch
-            pass
-        finally:
-            hooks.close()
-            session.reset()  # the user's modes back
-        return factor, order
 
     @staticmethod
     def _layer_norms(probe, layers) -> list[list[float]]:

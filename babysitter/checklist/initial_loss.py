@@ -9,125 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..analysis.loss import LossModel, expected_text, reference_losses
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
-
-
-@dataclass(frozen=True)
-class LossModel:
-    """What babysitter understood of the user's loss: its family, a mean-reduced reference, how it was known."""
-
-    family: str  # ce, nll, bce_logits, bce, mse, l1
-    reference: Callable  # (outputs, targets) -> mean-reduced scalar, same settings as the user's loss
-    how: str  # "module" or "matched numerically"
-
-    @property
-    def classification(self) -> bool:
-        return self.family in ("ce", "nll", "bce_logits", "bce")
-
-
-_MODULES = {nn.CrossEntropyLoss: "ce", nn.NLLLoss: "nll", nn.BCEWithLogitsLoss: "bce_logits", nn.BCELoss: "bce",
-            nn.MSELoss: "mse", nn.L1Loss: "l1"}
-
-
-def _module_reference(loss_fn: nn.Module, family: str) -> Callable:
-    if family == "ce":
-        return lambda o, t: F.cross_entropy(o, t, weight=_cpu(loss_fn.weight), ignore_index=loss_fn.ignore_index,
-                                            label_smoothing=loss_fn.label_smoothing)
-    if family == "nll":
-        return lambda o, t: F.nll_loss(o, t, weight=_cpu(loss_fn.weight), ignore_index=loss_fn.ignore_index)
-    if family == "bce_logits":
-        return lambda o, t: F.binary_cross_entropy_with_logits(o, t, weight=_cpu(loss_fn.weight),
-                                                               pos_weight=_cpu(loss_fn.pos_weight))
-    if family == "bce":
-        return lambda o, t: F.binary_cross_entropy(o, t, weight=_cpu(loss_fn.weight))
-    if family == "mse":
-        return F.mse_loss
-    return F.l1_loss
-
-
-def _cpu(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.detach().cpu()
-
-
-_CANDIDATES = (
-    ("ce", F.cross_entropy), ("nll", F.nll_loss), ("bce_logits", F.binary_cross_entropy_with_logits),
-    ("bce", F.binary_cross_entropy), ("mse", F.mse_loss), ("l1", F.l1_loss),
-)
-
-
-def identify_loss(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[Optional[LossModel], str]:
-    """Recognise the loss by its type, or else by computing the same numbers as a known loss."""
-    for cls, family in _MODULES.items():
-        if type(loss_fn) is cls:
-            return LossModel(family, _module_reference(loss_fn, family), "module"), ""
-    with torch.no_grad():
-        try:
-            value = float(loss_fn(outputs, targets))
-        except Exception as exc:
-            return None, f"calling loss_fn on host copies of the outputs failed ({type(exc).__name__}: {exc})"
-        for family, fn in _CANDIDATES:
-            if family not in ("ce", "nll") and outputs.shape != targets.shape:
-                continue  # element-wise losses would only match through accidental broadcasting
-            try:
-                mean = float(fn(outputs, targets))
-                total = float(fn(outputs, targets, reduction="sum"))
-            except Exception:
-                continue
-            if _close(value, mean) or _close(value, total):
-                return LossModel(family, fn, "matched numerically"), ""
-    name = getattr(loss_fn, "__qualname__", None) or type(loss_fn).__name__
-    return None, (f"loss_fn ({name}) is not one babysitter can reason about: it is not CrossEntropy, NLL, BCE, "
-                  f"BCEWithLogits, MSE or L1, as a module or as a function computing the same numbers")
-
-
-def _close(a: float, b: float, rel: float = 1e-3) -> bool:
-    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rel * max(abs(a), abs(b), 1e-8)
-
-
-def _class_prior(family: str, targets: torch.Tensor, n_classes: int, ignore_index: int = -100) -> torch.Tensor:
-    """Mean label distribution over the examples (hard or soft labels)."""
-    if targets.dtype.is_floating_point:  # soft labels, class dimension 1
-        return targets.movedim(1, -1).reshape(-1, n_classes).mean(0)
-    t = targets.reshape(-1)
-    t = t[(t != ignore_index) & (t >= 0) & (t < n_classes)]
-    counts = torch.bincount(t, minlength=n_classes).float()
-    return counts / counts.sum().clamp_min(1)
-
-
-def reference_losses(model: LossModel, outputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
-                     ) -> dict[str, float]:
-    """The mean-reduced loss of the chance prediction and of the label prior, for the user's loss settings."""
-    ref, fam = model.reference, model.family
-    with torch.no_grad():
-        if fam in ("ce", "nll"):
-            c = outputs.shape[1]
-            prior = _class_prior(fam, targets, c, ignore_index)
-            shape = [1, c] + [1] * (outputs.ndim - 2)
-            uniform = torch.full_like(outputs, -math.log(c)) if fam == "nll" else torch.zeros_like(outputs)
-            log_prior = prior.clamp_min(1e-12).log().reshape(shape).expand_as(outputs).to(outputs.dtype)
-            return {"chance": float(ref(uniform, targets)), "prior": float(ref(log_prior, targets)),
-                    "classes": c, "prior_max": float(prior.max()),
-                    "prior_bias": [round(v, 4) for v in prior.clamp_min(1e-12).log().tolist()]}
-        t = targets.to(outputs.dtype).expand_as(outputs) if targets.shape != outputs.shape else targets.to(outputs.dtype)
-        if fam in ("bce_logits", "bce"):
-            rate = t.reshape(t.shape[0], -1).mean(0).clamp(1e-6, 1 - 1e-6).reshape((1,) + t.shape[1:])
-            if fam == "bce_logits":
-                chance, prior = torch.zeros_like(outputs), torch.logit(rate).expand_as(outputs)
-            else:
-                chance, prior = torch.full_like(outputs, 0.5), rate.expand_as(outputs)
-            return {"chance": float(ref(chance, t)), "prior": float(ref(prior, t)), "classes": 2,
-                    "positive_rate": float(rate.mean()), "prior_bias": [round(v, 4) for v in
-                                                                       torch.logit(rate).reshape(-1)[:10].tolist()]}
-        centre = t.mean(0, keepdim=True) if fam == "mse" else t.median(0, keepdim=True).values
-        # the model's own average output as a constant prediction: the offset between the outputs' and the targets'
-        # means (a sigmoid's 0.5, zero outputs against uncentred targets) is the final bias's first few steps,
-        # not a fault; outputs that vary more than the targets are
-        o = outputs.reshape(t.shape) if outputs.numel() == t.numel() else outputs.expand_as(t)
-        constant = o.float().mean(0, keepdim=True).expand_as(t).to(t.dtype)
-        return {"chance": float(ref(centre.expand_as(t), t)), "zero": float(ref(torch.zeros_like(t), t)),
-                "constant": float(ref(constant, t)),
-                "target_mean": float(t.mean()), "target_std": float(t.std()) if t.numel() > 1 else 0.0}
 
 
 def _zero_inputs_hook(module, args, kwargs):
@@ -164,7 +48,6 @@ class InitialLoss(Check):
         "Thresholds: with logits of standard deviation s the expected cross-entropy exceeds ln C by about s^2/2, "
         "so 1.5x chance corresponds to logits of std ~1.5-2 and 2.5x to ~3 or more",
     )
-    requires = ("init_pass",)
 
     warn_ratio: float = threshold(1.5, "warn when the observed loss exceeds the chance loss by this factor")
     fail_ratio: float = threshold(2.5, "fail when it exceeds it by this factor (for regression: Var(y) plus what the "
@@ -180,28 +63,22 @@ class InitialLoss(Check):
         if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
             self.skip(f"outputs or targets are not tensors (outputs: {type(outputs).__name__}, targets: "
                       f"{type(targets).__name__}); give a forward(model, batch) that returns (logits, targets)")
-        model, reason = identify_loss(session.loss_fn, outputs.float(), targets)
+        facts = session.evidence("loss_facts")
+        model = facts.model
         if model is None:
-            self.skip(reason)
-        ignore_index = getattr(session.loss_fn, "ignore_index", -100)
+            self.skip(facts.unknown)
         all_targets = torch.cat([t for t in ev.targets if isinstance(t, torch.Tensor)])
         all_outputs = torch.cat([o for o in ev.outputs if isinstance(o, torch.Tensor)]).float()
         n_out = all_outputs.shape[0]
-        refs = reference_losses(model, all_outputs, all_targets[:n_out], ignore_index)
+        refs = reference_losses(model, all_outputs, all_targets[:n_out])
         observed = ev.loss
         if not math.isfinite(observed):
             return self.result("fail", f"the loss at initialization is {observed}: not finite before any step",
                                metrics={"observed": observed, "expected": refs["chance"]},
                                advice=("see the nonfinite check for the first module that produced it",))
         # the user's loss against the mean-reduced reference on the same outputs: 1 for a mean, N for a sum
-        with torch.no_grad():
-            user_value = float(session.loss_fn(outputs.to(session.device), targets.to(session.device)))
-            ref_value = float(model.reference(outputs.float(), targets.to(outputs.device)
-                                              if model.family in ("ce", "nll") else targets.float()))
-        scale = user_value / ref_value if ref_value else 1.0
-        batch = outputs.shape[0]
-        summed = abs(scale - 1.0) > 0.05 and (abs(scale - batch) / batch < 0.05 or
-                                               abs(scale - targets.numel()) / max(targets.numel(), 1) < 0.05)
+        scale = facts.scale or 1.0
+        summed = facts.summed
 
         chance = refs["chance"]
         prior = refs.get("prior", chance)
@@ -219,7 +96,7 @@ class InitialLoss(Check):
         plots = (self._plot(model, all_outputs, all_targets[:n_out], refs),)
         advice: list[str] = []
         ratio = metrics["ratio"] or 0.0
-        what = self._expected_text(model, refs)
+        what = expected_text(model, refs)
 
         if summed:
             status = "fail"
@@ -283,13 +160,6 @@ class InitialLoss(Check):
             return "pass", (f"loss at init {observed:.4g} is that of the outputs' mean {constant:.4g}, off the "
                             f"targets' mean; the outputs' spread matches {what}")
         return "pass", f"loss at init {observed:.4g} is close to {what}"
-
-    @staticmethod
-    def _expected_text(model: LossModel, refs) -> str:
-        return {"ce": f"ln {refs.get('classes')} = {refs['chance']:.4g}", "nll": f"ln {refs.get('classes')} = "
-                f"{refs['chance']:.4g}", "bce_logits": f"ln 2 = {refs['chance']:.4g} per output",
-                "bce": f"ln 2 = {refs['chance']:.4g} per output", "mse": f"Var(y) = {refs['chance']:.4g}",
-                "l1": f"mean |y - median| = {refs['chance']:.4g}"}[model.family]
 
     @staticmethod
     def _rows(model, refs, observed, zeroed):

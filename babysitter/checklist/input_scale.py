@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..report import Plot, Series, Table
-from ..session import ModelInputs
+from ..usercode import ModelInputs
 from .base import Check, threshold
 
 

@@ -196,7 +196,6 @@ class NonFinite(Check):
         "A. Karpathy, 'A Recipe for Training Neural Networks' (2019); CS231n babysitting: a loss of NaN means a "
         "too-high learning rate or a numerical bug",
     )
-    requires = ("train_probe",)
 
     skipped_warn: float = threshold(0.5, "with float16 mixed precision, warn when more than this fraction of the "
                                          "probe's steps would be skipped by a GradScaler (overflow at every scale)")

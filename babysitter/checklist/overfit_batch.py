@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..analysis.batches import batch_size_of, concat_batches, slice_batch, to_device
+from ..analysis.loss import accuracy, constant_loss, loss_floor
+from ..optim import group_scales, set_lr, zero_decay
 from ..report import Marker, Plot, Series, Table
-from ..session import batch_size_of, concat_batches, slice_batch, to_device
 from .base import Check, threshold
-from .initial_loss import identify_loss
-from .lr_range import LrRange, _group_scales, _set_lr
 
 _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
              torch.dropout, torch.alpha_dropout, torch.feature_dropout, torch.feature_alpha_dropout}
@@ -55,20 +55,6 @@ def regularization_off(model: nn.Module):
             m.dropout = p
 
 
-_DECAY_KEYS = ("weight_decay",)
-
-
-def _zero_decay(optimizer) -> list[str]:
-    """Set weight decay to zero in every param group; returns what was changed, for the report."""
-    changed = []
-    for i, g in enumerate(optimizer.param_groups):
-        for key in _DECAY_KEYS:
-            if g.get(key):
-                changed.append(f"group {i} {key}={g[key]:g}")
-                g[key] = 0.0
-    return changed
-
-
 # -- the subset and what can be said of its outputs --------------------------------------------------
 def tiny_subset(session, examples: int) -> tuple[Any, int]:
     """The first ``examples`` examples of the pool as one batch (on the session's device), and their number."""
@@ -84,82 +70,6 @@ def tiny_subset(session, examples: int) -> tuple[Any, int]:
         batch = slice_batch(batch, slice(0, examples), n)
         n = examples
     return to_device(batch, session.device), n
-
-
-def loss_floor(session, family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The lowest loss the user's loss can reach on these targets (label smoothing and soft labels keep it
-    above zero), computed with the user's loss on ideal outputs; 0 when unknown."""
-    fn = session.loss_fn
-    try:
-        with torch.no_grad():
-            if family == "ce":
-                if targets.dtype.is_floating_point:
-                    ideal = targets.clamp_min(1e-12).log()
-                else:
-                    c = outputs.shape[1]
-                    eps = float(getattr(fn, "label_smoothing", 0.0) or 0.0)
-                    q = F.one_hot(targets.clamp(0, c - 1), c).movedim(-1, 1).to(outputs.dtype)
-                    ideal = (q * (1 - eps) + eps / c).clamp_min(1e-12).log()
-            elif family == "bce_logits":
-                ideal = torch.logit(targets.to(outputs.dtype).clamp(1e-6, 1 - 1e-6))
-            elif family in ("bce", "mse", "l1"):
-                ideal = targets.to(outputs.dtype)
-            else:
-                return 0.0
-            floor = float(fn(ideal.reshape(outputs.shape), targets))
-        return floor if math.isfinite(floor) and floor > 0 else 0.0
-    except Exception:
-        return 0.0
-
-
-def constant_loss(session, family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The user's loss of the best prediction that ignores the input, on these targets: the class frequencies for
-    cross-entropy, the positive rate for BCE, the mean (MSE) or median (L1). What a model that ignores its input
-    reaches; NaN when unknown."""
-    fn = session.loss_fn
-    try:
-        with torch.no_grad():
-            if family in ("ce", "nll"):
-                c = outputs.shape[1]
-                if targets.dtype.is_floating_point:
-                    prior = targets.float().movedim(1, -1).reshape(-1, c).mean(0)
-                else:
-                    valid = targets[(targets >= 0) & (targets < c)]
-                    prior = torch.bincount(valid.reshape(-1), minlength=c).float() / max(valid.numel(), 1)
-                logp = prior.clamp_min(1e-12).log().to(outputs.dtype).reshape([1, c] + [1] * (outputs.ndim - 2))
-                const = logp.expand_as(outputs)
-            elif family in ("bce_logits", "bce", "mse", "l1"):
-                t = targets.to(outputs.dtype).reshape(outputs.shape)
-                centre = t.median(0, keepdim=True).values if family == "l1" else t.mean(0, keepdim=True)
-                if family == "bce_logits":
-                    centre = torch.logit(centre.clamp(1e-6, 1 - 1e-6))
-                elif family == "bce":
-                    centre = centre.clamp(1e-6, 1 - 1e-6)
-                const = centre.expand_as(t)
-            else:
-                return math.nan
-            value = float(fn(const, targets))
-        return value if math.isfinite(value) else math.nan
-    except Exception:
-        return math.nan
-
-
-def accuracy(family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor,
-             ignore_index: int = -100) -> Optional[torch.Tensor]:
-    """Fraction of the subset classified right (a device tensor), None when the loss is not a classification."""
-    if family in ("ce", "nll"):
-        pred = outputs.argmax(1)
-        if targets.dtype.is_floating_point:
-            return (pred == targets.argmax(1)).float().mean()
-        valid = targets != ignore_index
-        return (pred == targets)[valid].float().mean()
-    if family in ("bce_logits", "bce"):
-        t = targets.to(outputs.dtype)
-        if not bool(((t == 0) | (t == 1)).all()):
-            return None
-        cut = 0.0 if family == "bce_logits" else 0.5
-        return ((outputs.reshape(t.shape) > cut) == (t > 0.5)).float().mean()
-    return None
 
 
 @dataclass
@@ -210,7 +120,6 @@ class OverfitBatch(Check):
         "2 to 10 classes, and an output that ignores its input stays near the label entropy (~100%), while a model "
         "that can learn goes below 10% of its start in a few dozen steps on 32 examples",
     )
-    requires = ("lr_sweep",)
 
     examples: int = threshold(32, "examples in the tiny subset (the first of the data)")
     max_steps: int = threshold(200, "step budget (full-subset steps); training stops early once the test passes")
@@ -309,22 +218,23 @@ class OverfitBatch(Check):
     def _lr_verdict(session):
         try:
             sweep = session.evidence("lr_sweep")
+            return None if sweep.skipped else session.evidence("lr_reading")
         except Exception:
             return None
-        return None if sweep.skipped else LrRange().verdict(sweep)
 
     def _attempt(self, session, subset, lr: Optional[float], why: str) -> Attempt:
+        loss_model = session.evidence("loss_facts").model  # before training: computing it resets the model
         session.reset()
         model = session.model
         model.train()
         losses, checks = [], []
         with regularization_off(model):
             optimizer = session.make_optimizer()
-            decay = _zero_decay(optimizer)
+            decay = zero_decay(optimizer)
             if lr is not None:
-                ref, scales = _group_scales(optimizer)
+                ref, scales = group_scales(optimizer)
                 if ref and ref > 0:
-                    _set_lr(optimizer.param_groups, lr, scales)
+                    set_lr(optimizer, lr, scales)
             family = floor = ref = None
             passed, steps = False, 0
             for step in range(max(self.max_steps, self.extend_to)):
@@ -335,7 +245,7 @@ class OverfitBatch(Check):
                 losses.append(loss.detach().float())
                 steps = step + 1
                 if family is None:
-                    family, floor, constant = self._understand(session, outputs, targets)
+                    family, floor, constant = self._understand(session, loss_model, outputs, targets)
                     ref = self._reference(float(losses[0]), floor, constant)
                 if steps % self.check_every and steps != self.max_steps:
                     continue
@@ -374,13 +284,13 @@ class OverfitBatch(Check):
         return math.isfinite(now) and before > 0 and now <= (1 - self.extend_progress) * before
 
     @staticmethod
-    def _understand(session, outputs, targets) -> tuple[Optional[str], float]:
+    def _understand(session, model, outputs, targets) -> tuple[Optional[str], float, float]:
         if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
             return None, 0.0, math.nan
         out = outputs.detach()
-        model, _ = identify_loss(session.loss_fn, out.float().cpu(), targets.cpu())
         family = model.family if model is not None else None
-        return family, loss_floor(session, family, out, targets), constant_loss(session, family, out, targets)
+        return family, loss_floor(session.loss_fn, family, out, targets), constant_loss(session.loss_fn, model, out,
+                                                                                        targets)
 
     @staticmethod
     def _ref_name(a: Attempt) -> str:

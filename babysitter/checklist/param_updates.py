@@ -8,49 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..instruments.hooks import HookSet
+from ..analysis.params import grouped as _group
+from ..analysis.params import is_weight_matrix, layers_of, module_at, owner_of, reference_norm
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
-from .grad_norms import display, is_weight_matrix, layers_of, owner_of
-
-
-def called_modules(session) -> set[int]:
-    """Ids of the modules that run in one training-mode forward pass of the first batch (no backward)."""
-    called: set[int] = set()
-    hooks = HookSet()
-    try:
-        for module in session.model.modules():
-            hooks.add(module.register_forward_pre_hook(lambda m, args: called.add(id(m))))
-        session.model.train()
-        with torch.no_grad():
-            session.forward(session.batch(0))
-    finally:
-        hooks.close()
-    return called
-
-
-def _reference_norm(model: nn.Module, name: str) -> float:
-    """The norm a weight matrix would have under the smallest standard init: PyTorch's default for Linear and
-    convolutions, U(-1/sqrt(fan), 1/sqrt(fan)) (std 1/sqrt(3 fan)), on the larger of fan_in and fan_out; 0 for
-    other parameters."""
-    if not is_weight_matrix(model, name):
-        return 0.0
-    param = model.get_parameter(name)
-    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(param)
-    return math.sqrt(param.numel() / (3.0 * max(fan_in, fan_out, 1)))
-
-
-def _module(model: nn.Module, owner: str) -> nn.Module:
-    return model.get_submodule(owner) if owner else model
-
-
-def _group(names: list[str], limit: int = 8) -> str:
-    """Parameter names gathered by layer, for messages: 'enc.fc (weight, bias), head (weight)'."""
-    layers: dict[str, list[str]] = {}
-    for n in names:
-        layers.setdefault(display(owner_of(n)), []).append(n.rpartition(".")[2])
-    parts = [f"{k} ({', '.join(v)})" for k, v in list(layers.items())[:limit]]
-    return ", ".join(parts) + (f" and {len(layers) - limit} more layers" if len(layers) > limit else "")
 
 
 @dataclass
@@ -81,7 +42,6 @@ class ParamUpdates(Check):
         "Thresholds 1e-5 and 1e-1: two orders of magnitude either side of CS231n's 1e-3; Adam's first steps move "
         "each weight by about the learning rate, so lr 1e-3 on weights of std 0.02-0.1 gives 1e-2-5e-2, inside",
     )
-    requires = ("train_probe",)
 
     low_ratio: float = threshold(1e-5, "warn when a weight matrix's median update/weight ratio is below this")
     high_ratio: float = threshold(1e-1, "warn when it is above this")
@@ -99,7 +59,7 @@ class ParamUpdates(Check):
             return self.result("fail", f"no trainable parameter: all {len(named)} parameters have "
                                        f"requires_grad=False", metrics={"trainable": 0, "frozen": len(named)},
                                advice=("Set requires_grad=True on the layers meant to train.",))
-        called = called_modules(session)
+        called = {id(module_at(model, n)) for n in session.evidence("call_order")}
         idx = {n: i for i, n in enumerate(probe.param_names)}
         moved = self._moved(probe)
         floored = self._floored(probe, model)
@@ -111,7 +71,7 @@ class ParamUpdates(Check):
         not_in_opt = [n for n in probe.not_in_optimizer if n not in probe.no_grad]
         cut, unused = [], []
         for n in probe.no_grad:
-            owner = _module(model, owner_of(n))
+            owner = module_at(model, owner_of(n))
             if id(owner) not in called:
                 unused.append(n)
             elif not list(owner.children()):
@@ -173,7 +133,8 @@ class ParamUpdates(Check):
         """Update ratios ||dw|| / max(||w||, ||w_ref||): a weight matrix initialised far below the standard scale
         (a head at std 1e-3, a residual branch near zero) is measured against the norm the standard init would
         give it, so that its first Adam steps (each moves every weight by about lr) are not read as rewrites."""
-        refs = [_reference_norm(model, n) for n in probe.param_names]
+        refs = [reference_norm(tuple(model.get_parameter(n).shape)) if is_weight_matrix(model, n) else 0.0
+                for n in probe.param_names]
         if not probe.weight_norms:
             return probe.update_ratios
         return [[r * w / max(w, ref) if math.isfinite(r) and w > 0 else r for r, w, ref in zip(row, norms, refs)]

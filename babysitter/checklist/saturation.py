@@ -6,12 +6,11 @@ from typing import Optional
 
 from torch import nn
 
-from ..instruments.activations import (SIGMOID, SIGMOID_SATURATED, SOFTMAX, SOFTMAX_PINNED, TANH, TANH_SATURATED,
-                                       ActivationResult, LayerStats, activations_of, hidden_clause, ref,
-                                       visibility_notes)
+from ..analysis.activations import (SIGMOID, SOFTMAX, TANH, ActivationResult, LayerStats, hidden_clause, ref,
+                                    visibility_notes)
+from ..instruments.activations import SIGMOID_SATURATED, SOFTMAX_PINNED, TANH_SATURATED
 from ..report import Marker, Plot, Series, Table
 from .base import Check, threshold
-from .dead_relu import _trained
 
 
 @dataclass
@@ -46,7 +45,6 @@ class Saturation(Check):
         "Thresholds: at |tanh| = 0.99 the derivative 1 - y^2 is 0.02, at sigmoid 0.99 the derivative is 0.0099 "
         "(4% of its maximum 0.25)",
     )
-    requires = ("init_pass", "train_probe")
 
     warn_layer: float = threshold(0.10, "warn when more than this fraction of a layer's outputs at init are "
                                         "saturated (or of a softmax's distributions pinned)")
@@ -54,11 +52,11 @@ class Saturation(Check):
                                         "SageMaker's 50%: at init a healthy network sits in the linear region)")
 
     def run(self, session):
-        init = activations_of(session, "init_pass")
+        init = session.evidence("init_pass").instruments.get("activations")
         layers = _bounded(init)
         if not layers:
             self.skip("no tanh, sigmoid or softmax activation was seen in the forward" + hidden_clause(init))
-        trained, train_error = _trained(session)
+        trained, train_error = self.activations(session, "train_probe")
         after = {l.name: l for l in _bounded(trained)}
         fractions = {l.name: l.saturated_fraction or 0.0 for l in layers}
         worst_name = max(fractions, key=fractions.get)

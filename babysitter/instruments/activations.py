@@ -282,7 +282,7 @@ class ActivationInstrument:
         self.sites: dict[tuple, _Site] = {}
         self.hidden: set[str] = set()
         self.skipped = 0
-        self._last: Optional[tuple] = None  # (id of the last activation's result, its site)
+        self._last: Optional[tuple] = None  # (the last activation's result, its site), until the forward ends
         self.stack = _Stack(model, self)
         self.hooks = HookSet()
 
@@ -313,7 +313,7 @@ class ActivationInstrument:
             return
         values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
             else (output,)
-        if any(id(v) == self._last[0] for v in values):
+        if any(v is self._last[0] for v in values):  # identity, not id(): a freed tensor's id is reused
             self._last[1].is_output = True
         self._last = None
 
@@ -335,7 +335,7 @@ class ActivationInstrument:
         # the input's moments before the call (an in-place activation overwrites it), on the first calls only
         pre = self._moments(x) if family != SOFTMAX and site.calls < DETAIL_CALLS else None
         out = func(*args, **kwargs)
-        self._last = (id(out), site)
+        self._last = (out, site)
         if isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim and out.numel():
             try:
                 self._record(site, op, family, out, pre, args, kwargs)
@@ -524,70 +524,5 @@ class ActivationInstrument:
         return names
 
 
-# -- registration on the shared passes ----------------------------------------------------------------
-#: training steps at the end of the probe over which activations are measured after training
-TRAIN_WINDOW = 6
-
-
-def init_factory(session) -> ActivationInstrument:
-    return ActivationInstrument(session.model)
-
-
-def train_factory(session) -> ActivationInstrument:
-    from ..evidence import TRAIN_STEPS
-
-    return ActivationInstrument(session.model, skip_forwards=max(TRAIN_STEPS - TRAIN_WINDOW, 0))
-
-
-def register() -> None:
-    from ..evidence import INIT_INSTRUMENTS, TRAIN_INSTRUMENTS
-
-    INIT_INSTRUMENTS["activations"] = init_factory
-    TRAIN_INSTRUMENTS["activations"] = train_factory
-
-
-register()
-
-
-def activations_of(session, which: str) -> Optional[ActivationResult]:
-    """The activation statistics recorded on the shared pass ``which`` ('init_pass' or 'train_probe')."""
-    ev = session.evidence(which)
-    return ev.instruments.get("activations")
-
-
-def ref(module: str, attr: str) -> str:
-    """Python that reaches a parameter of a submodule by its qualified name, for advice the user can paste."""
-    return f"model.get_submodule('{module}').{attr}" if module else f"model.{attr}"
-
-
-def hidden_clause(result: Optional[ActivationResult]) -> str:
-    """' (not visible inside fused kernels: ...)' for skip reasons, or ''."""
-    if not result or not result.hidden:
-        return ""
-    return f" (not visible inside fused kernels: {', '.join(result.hidden)})"
-
-
-def visibility_notes(result: Optional[ActivationResult]) -> tuple[str, ...]:
-    """What the instrument saw and what it could not see, for a check's notes."""
-    if result is None:
-        return ()
-    out = []
-    if result.layers:
-        kinds = sorted({l.op for l in result.layers})
-        out.append(f"{len(result.layers)} activation sites seen (modules and functional calls: {', '.join(kinds)})")
-    if result.hidden:
-        out.append("not visible, computed inside fused kernels: " + "; ".join(result.hidden) +
-                   ". The gates of LSTM/GRU/RNN and the attention softmax of nn.MultiheadAttention or "
-                   "F.scaled_dot_product_attention never reach Python.")
-    broken = [l.name for l in result.layers if not l.finite]
-    if broken:
-        out.append(f"non-finite values (NaN/Inf) in {', '.join(broken[:6])}: their statistics are not meaningful "
-                   f"(see the nonfinite check)")
-    if result.skipped:
-        out.append(f"{result.skipped} activation calls could not be reduced (their shape changed between calls)")
-    return tuple(out)
-
-
-__all__ = ["ref", "ActivationInstrument", "ActivationResult", "LayerStats", "activations_of", "hidden_clause",
-           "visibility_notes", "ACTIVATION_FUNCTIONS",
+__all__ = ["ActivationInstrument", "ActivationResult", "LayerStats", "ACTIVATION_FUNCTIONS",
            "RECTIFIER", "TANH", "SIGMOID", "SOFTMAX"]

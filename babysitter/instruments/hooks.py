@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -99,3 +99,41 @@ class ModuleStack:
 def module_stack(model: nn.Module) -> Iterator[ModuleStack]:
     with ModuleStack(model) as stack:
         yield stack
+
+
+class CallOrder:
+    """Instrument: the modules that run in the forward, by qualified name ('' for the model), in the order of
+    their first call. Which weight layer is the first and which the last is the call order, not the order in
+    which ``__init__`` registers modules (a head defined before the body)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.order: dict[str, int] = {}
+        self.hooks = HookSet()
+
+    def _hook(self, name: str) -> Callable:
+        def pre(module, args):
+            self.order.setdefault(name, len(self.order))  # returns None: the inputs are left alone
+        return pre
+
+    def __enter__(self) -> "CallOrder":
+        for name, module in self.model.named_modules():
+            self.hooks.add(module.register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.close()
+
+    def result(self) -> tuple[str, ...]:
+        return tuple(self.order)
+
+
+@contextlib.contextmanager
+def attached(factories: Mapping[str, Callable[[nn.Module], Any]], model: nn.Module) -> Iterator[dict]:
+    """Enter one instrument per ``factories`` entry (``factory(model)`` -> a context manager with ``result()``),
+    yield them by name, and leave every one on exit, whatever happens."""
+    active = {}
+    with contextlib.ExitStack() as stack:
+        for name, factory in factories.items():
+            active[name] = stack.enter_context(factory(model))
+        yield active

@@ -1,0 +1,159 @@
+"""The training probe: a short real training run with the user's optimizer and learning rate, from the user's
+state, recording per step the loss, every parameter's gradient norm and finiteness, and every few steps the
+update/weight ratios."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import torch
+
+from ..analysis.batches import named_tensors
+from ..instruments.hooks import attached
+from ..optim import lr_of
+
+#: optimizer steps in the shared training probe
+TRAIN_STEPS = 24
+#: float16 under autocast: the probe skips a step whose gradients overflow, as a GradScaler would
+AUTOCAST_FP16 = "float16 (autocast)"
+
+
+@dataclass(frozen=True)
+class TrainProbe:
+    """A short real training run with the user's optimizer and learning rate, from the user's state."""
+
+    steps: int
+    lr: Optional[float]
+    losses: tuple[float, ...]
+    grad_norm: tuple[float, ...]  # total gradient norm per step (before the optimizer step)
+    param_names: tuple[str, ...]
+    param_grad_norms: tuple  # [step][param]; nan where the parameter got no gradient
+    update_steps: tuple[int, ...]  # steps at which update ratios were measured
+    update_ratios: tuple  # [measured step][param]: ||delta w|| / ||w||
+    weight_norms: tuple  # [measured step][param]: ||w|| before the step
+    param_finite: tuple  # [step][param]: finite after the step
+    no_grad: tuple[str, ...]  # trainable parameters that never received a gradient
+    not_in_optimizer: tuple[str, ...]  # trainable parameters the optimizer does not hold
+    frozen: tuple[str, ...]  # parameters with requires_grad=False
+    skipped_steps: tuple[int, ...] = ()  # optimizer steps skipped as GradScaler would
+    precision: str = "float32"  # "float16 (autocast)", "float16 parameters", "bfloat16", ...
+    instruments: Mapping[str, Any] = field(default_factory=dict)
+
+    def first_nonfinite(self) -> Optional[tuple[int, str]]:
+        """The first step at which the probe saw a non-finite value, and where: loss, gradient or parameters.
+
+        Steps skipped as GradScaler would skip them (non-finite gradients in float16) do not count.
+        """
+        for step in range(len(self.losses)):
+            if not math.isfinite(self.losses[step]):
+                return step, "loss"
+            if not math.isfinite(self.grad_norm[step]) and step not in self.skipped_steps:
+                return step, "gradient"
+            if step < len(self.param_finite) and not all(self.param_finite[step]):
+                return step, "parameters"
+        return None
+
+
+def param_precision(params: list) -> str:
+    """The floating-point precision the parameters train in ("float32" when mixed or unknown)."""
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if dtypes == {torch.float16}:
+        return "float16 parameters"
+    if dtypes == {torch.bfloat16}:
+        return "bfloat16"
+    return "float32" if not dtypes or torch.float32 in dtypes else str(next(iter(dtypes))).replace("torch.", "")
+
+
+class _Recorder:
+    """Device tensors of the probe's measurements, read to the host once at the end."""
+
+    def __init__(self, params: list, device: torch.device):
+        self.params, self.device = params, device
+        self.zero = torch.zeros((), device=device)
+        self.losses, self.totals, self.per_param, self.masks, self.finite = [], [], [], [], []
+        self.ratio_steps, self.ratios, self.norms = [], [], []
+        self.got_grad = [False] * len(params)
+
+    def gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Record the step's loss and gradient norms; returns the total norm (NaN when a gradient is NaN)."""
+        has = [p.grad is not None for p in self.params]
+        norms = torch.stack([p.grad.detach().float().norm() if h else self.zero for p, h in zip(self.params, has)]) \
+            if self.params else self.zero.new_zeros(0)
+        self.got_grad = [g or h for g, h in zip(self.got_grad, has)]
+        self.masks.append(has)
+        self.losses.append(loss.detach().float())
+        total = norms.pow(2).sum().sqrt()
+        self.totals.append(total)
+        self.per_param.append(norms)
+        return total
+
+    def after_step(self, step: int, before: Optional[list]) -> None:
+        """Record the parameters' finiteness, and the update ratios when ``before`` holds their old values."""
+        self.finite.append(torch.stack([torch.isfinite(p.detach()).all() for p in self.params]) if self.params
+                           else torch.ones(0, dtype=torch.bool, device=self.device))
+        if before is None:
+            return
+        self.ratio_steps.append(step)
+        self.ratios.append(torch.stack([(p.detach() - b).float().norm() / b.float().norm().clamp_min(1e-12)
+                                        for p, b in zip(self.params, before)]) if self.params else torch.zeros(0))
+        self.norms.append(torch.stack([b.float().norm() for b in before]) if self.params else torch.zeros(0))
+
+    @staticmethod
+    def host(xs: list) -> tuple:
+        return tuple(map(tuple, torch.stack(xs).cpu().tolist())) if xs and xs[0].ndim else \
+            tuple(torch.stack(xs).cpu().tolist()) if xs else ()
+
+
+def train_probe(session, instruments: Mapping, steps: int = TRAIN_STEPS,
+                measure_every: Optional[int] = None) -> TrainProbe:
+    """``steps`` training steps with the user's optimizer, ``instruments`` attached."""
+    model = session.model
+    model.train()
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    optimizer = session.make_optimizer()
+    rec = _Recorder([p for _, p in trainable], session.device)
+    measure_every = measure_every or max(1, steps // 6)
+    skipped, precision = [], param_precision(rec.params)
+    with attached(instruments, model) as active:
+        for step in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss, outputs, _ = session.forward_loss(session.batch(step))
+            if step == 0 and precision == "float32" and any(t.dtype == torch.float16
+                                                            for _, t in named_tensors(outputs)):
+                precision = AUTOCAST_FP16
+            if loss.requires_grad:
+                loss.backward()
+            total = rec.gradients(loss)
+            measure = step % measure_every == 0 or step == steps - 1
+            before = [p.detach().clone() for p in rec.params] if measure else None
+            if _overflowed(precision, loss, total):
+                skipped.append(step)
+            else:
+                optimizer.step()
+            rec.after_step(step, before)
+        results = {name: inst.result() for name, inst in active.items()}
+    in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    return _probe(rec, steps, lr_of(optimizer), trainable, named, in_opt, skipped, precision, results)
+
+
+def _overflowed(precision: str, loss: torch.Tensor, total: torch.Tensor) -> bool:
+    """Mixed precision: a GradScaler skips the step whose gradients overflow float16 (found_inf) and lowers its
+    scale; the probe does the same, at the cost of one host sync per step in that mode only."""
+    return precision == AUTOCAST_FP16 and bool(torch.isfinite(loss.detach())) and not bool(torch.isfinite(total))
+
+
+def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precision, results) -> TrainProbe:
+    """Everything recorded on the device to the host, in one transfer per series."""
+    names = tuple(n for n, _ in trainable)
+    per_param = rec.host(rec.per_param)
+    return TrainProbe(
+        steps=steps, lr=lr, losses=rec.host(rec.losses), grad_norm=rec.host(rec.totals), param_names=names,
+        param_grad_norms=tuple(tuple(v if h else math.nan for v, h in zip(row, m))
+                               for row, m in zip(per_param, rec.masks)),
+        update_steps=tuple(rec.ratio_steps), update_ratios=rec.host(rec.ratios), weight_norms=rec.host(rec.norms),
+        param_finite=rec.host(rec.finite), no_grad=tuple(n for n, g in zip(names, rec.got_grad) if not g),
+        not_in_optimizer=tuple(n for n, p in trainable if id(p) not in in_opt),
+        frozen=tuple(n for n, p in named if not p.requires_grad), skipped_steps=tuple(skipped),
+        precision=precision, instruments=results)
