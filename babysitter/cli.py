@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from . import __version__
+from .analysis.status import failing
 from .errors import BabysitterError, ExitCode, TargetError
 
 DEFAULT_OUT = "reports"
@@ -87,72 +89,63 @@ def _explain(console: Console, check_id: str) -> int:
 
 
 def _check(args, console: Console, err: Console) -> int:
-    from .render.terminal import progress_printer, render
-    from .runner import run_target, select_checks
-    from .target import discover, load
+    from .runner import select_checks
+    from .target import discover
 
     select_checks(args.select, args.ignore)  # bad ids are a usage error before anything is loaded
-    refs = discover(args.targets)
     codes: list[ExitCode] = []
-    progress = progress_printer(console)
-    for ref in refs:
-        try:
-            target = load(ref)
-        except TargetError as exc:
-            _target_error(err, exc, args.verbose)
-            codes.append(ExitCode.USAGE_ERROR)
-            continue
-        console.print(f"[bold]checking[/] [cyan]{escape(target.name)}[/] [dim]({escape(str(ref))})[/]")
-        try:
-            status_cm = console.status("running checks…") if console.is_terminal else _null()
-            with status_cm:
-                report = run_target(target, device=args.device, seed=args.seed, select=args.select,
-                                    ignore=args.ignore, where=ref.source, progress=progress)
-        except TargetError as exc:
-            _target_error(err, exc, args.verbose)
-            codes.append(ExitCode.USAGE_ERROR)
-            continue
-        except BabysitterError:
-            raise
-        except KeyboardInterrupt:
-            raise
-        except Exception:
-            err.print(f"[bold magenta]internal error[/] while checking {escape(str(ref))}:")
-            err.print(escape(traceback.format_exc()))
-            codes.append(ExitCode.INTERNAL_ERROR)
-            continue
-        saved = None
-        if not args.no_report:
-            folder = Path(args.out) / report.target
-            written = report.save(folder)
-            saved = str(written.get("html", folder))
-        render(report, console, saved_to=saved, verbose=args.verbose)
-        console.print()
-        if report.interrupted:
-            return int(ExitCode.INTERRUPTED)
-        bad = {"fail", "error"} | ({"warn"} if args.strict else set())
-        codes.append(ExitCode.CHECKS_FAILED if any(c.status in bad for c in report.checks) else ExitCode.OK)
+    for ref in discover(args.targets):
+        code = _check_one(ref, args, console, err)
+        if code is ExitCode.INTERRUPTED:
+            return int(code)
+        codes.append(code)
     for code in (ExitCode.INTERNAL_ERROR, ExitCode.USAGE_ERROR, ExitCode.CHECKS_FAILED):
         if code in codes:
             return int(code)
     return int(ExitCode.OK)
 
 
+def _check_one(ref, args, console: Console, err: Console) -> ExitCode:
+    """Load, check, save and print one target; its exit code."""
+    from .render.terminal import progress_printer, render
+    from .runner import run_target
+    from .target import load
+
+    try:
+        target = load(ref)
+        console.print(f"[bold]checking[/] [cyan]{escape(target.name)}[/] [dim]({escape(str(ref))})[/]")
+        with console.status("running checks…") if console.is_terminal else contextlib.nullcontext():
+            report = run_target(target, device=args.device, seed=args.seed, select=args.select,
+                                ignore=args.ignore, where=ref.source, progress=progress_printer(console))
+    except TargetError as exc:
+        _target_error(err, exc, args.verbose)
+        return ExitCode.USAGE_ERROR
+    except (BabysitterError, KeyboardInterrupt):
+        raise
+    except Exception:  # a bug of ours: reported with its traceback, and the other targets still run
+        err.print(f"[bold magenta]internal error[/] while checking {escape(str(ref))}:")
+        err.print(escape(traceback.format_exc()))
+        return ExitCode.INTERNAL_ERROR
+    saved = None
+    if not args.no_report:
+        folder = Path(args.out) / report.target
+        saved = str(report.save(folder).get("html", folder))
+    render(report, console, saved_to=saved, verbose=args.verbose)
+    console.print()
+    if report.interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.CHECKS_FAILED if any(failing(c.status, strict=args.strict) for c in report.checks) \
+        else ExitCode.OK
+
+
 def _target_error(err: Console, exc: TargetError, verbose: bool) -> None:
     err.print(f"[bold red]target error[/] {escape(str(exc))}")
     if exc.__cause__ is not None:
         if verbose:
-            err.print(escape("".join(traceback.format_exception(exc.__cause__))))
+            cause = exc.__cause__  # the three-argument form: Python 3.9 has no format_exception(exc)
+            err.print(escape("".join(traceback.format_exception(type(cause), cause, cause.__traceback__))))
         else:
             err.print("  (run with -v for the traceback)", style="dim")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

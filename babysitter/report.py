@@ -12,13 +12,11 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from .analysis.status import STATUSES, report_status
 
 SCHEMA_VERSION = 1
-
-STATUSES = ("pass", "warn", "fail", "skip", "error")
-#: order of severity used to combine check statuses into the report's status
-_SEVERITY = {"skip": 0, "pass": 1, "warn": 2, "error": 3, "fail": 4}
 
 
 def jsonable(value: Any) -> Any:
@@ -121,6 +119,7 @@ class CheckResult:
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        object.__setattr__(self, "status", str(self.status))  # a Status enum is stored as its plain string
         object.__setattr__(self, "metrics", jsonable(dict(self.metrics)))
         object.__setattr__(self, "advice", tuple(self.advice))
         object.__setattr__(self, "notes", tuple(self.notes))
@@ -129,17 +128,6 @@ class CheckResult:
 
     def replace(self, **changes) -> "CheckResult":
         return dataclasses.replace(self, **changes)
-
-
-def combine_status(statuses: Iterable[str]) -> str:
-    """The report's status: fail if any check failed or errored... as DESIGN.md: pass|warn|fail."""
-    worst = "pass"
-    for s in statuses:
-        if s in ("fail", "error"):
-            return "fail"
-        if s == "warn":
-            worst = "warn"
-    return worst
 
 
 @dataclass(frozen=True)
@@ -157,7 +145,7 @@ class Report:
 
     @property
     def status(self) -> str:
-        return combine_status(c.status for c in self.checks)
+        return report_status(c.status for c in self.checks).value
 
     def __getitem__(self, check_id: str) -> CheckResult:
         for c in self.checks:

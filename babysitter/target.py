@@ -80,21 +80,7 @@ def validate(target: Target, where: str | None = None) -> None:
         raise TargetError(f"{type(target.model).__name__} has uninitialized lazy parameters ({', '.join(lazy[:4])}"
                           f"{', ...' if len(lazy) > 4 else ''}): run one forward pass on a batch before checking, "
                           f"so that their shapes exist", where=where, field="model")
-    if target.data is None:
-        raise TargetError("is missing (None): give a DataLoader, an iterable of batches, or a tuple (X, y) of tensors",
-                          where=where, field="data")
-    if isinstance(target.data, tuple) and len(target.data) == 2 and all(isinstance(t, torch.Tensor) for t in target.data):
-        x, y = target.data
-        if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-            raise TargetError(
-                f"tuple (X, y) needs tensors with the same first (example) dimension, got X{tuple(x.shape)} "
-                f"and y{tuple(y.shape)}", where=where, field="data")
-        if x.shape[0] == 0:
-            raise TargetError("tuple (X, y) holds no examples (X has shape "
-                              f"{tuple(x.shape)})", where=where, field="data")
-    elif isinstance(target.data, (str, bytes, torch.Tensor)) or not _is_iterable(target.data):
-        raise TargetError(f"expected a DataLoader, an iterable of batches or a tuple (X, y) of tensors, got "
-                          f"{_type_name(target.data)}: {_short(target.data)}", where=where, field="data")
+    _validate_data(target.data, where)
     if not callable(target.loss_fn):
         raise TargetError(f"expected a callable loss_fn(outputs, targets) -> scalar tensor, got "
                           f"{_type_name(target.loss_fn)}: {_short(target.loss_fn)}", where=where, field="loss_fn")
@@ -103,14 +89,30 @@ def validate(target: Target, where: str | None = None) -> None:
         raise TargetError(f"expected a factory params -> torch.optim.Optimizer (for example "
                           f"lambda params: torch.optim.SGD(params, lr=0.1)) or an optimizer, got "
                           f"{_type_name(opt)}: {_short(opt)}", where=where, field="optimizer")
-    if isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer):
-        pass  # a class is a factory too: Adam(params) with its defaults
     if target.forward is not None and not callable(target.forward):
         raise TargetError(f"expected a callable forward(model, batch) -> (outputs, targets), got "
                           f"{_type_name(target.forward)}: {_short(target.forward)}", where=where, field="forward")
     if target.batch_size is not None and (not isinstance(target.batch_size, int) or isinstance(target.batch_size, bool)
                                           or target.batch_size < 1):
         raise TargetError(f"expected a positive int, got {_short(target.batch_size)}", where=where, field="batch_size")
+
+
+def _validate_data(data: Any, where: Optional[str]) -> None:
+    if data is None:
+        raise TargetError("is missing (None): give a DataLoader, an iterable of batches, or a tuple (X, y) of tensors",
+                          where=where, field="data")
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+            raise TargetError(
+                f"tuple (X, y) needs tensors with the same first (example) dimension, got X{tuple(x.shape)} "
+                f"and y{tuple(y.shape)}", where=where, field="data")
+        if x.shape[0] == 0:
+            raise TargetError("tuple (X, y) holds no examples (X has shape "
+                              f"{tuple(x.shape)})", where=where, field="data")
+    elif isinstance(data, (str, bytes, torch.Tensor)) or not _is_iterable(data):
+        raise TargetError(f"expected a DataLoader, an iterable of batches or a tuple (X, y) of tensors, got "
+                          f"{_type_name(data)}: {_short(data)}", where=where, field="data")
 
 
 def _is_iterable(value: Any) -> bool:
@@ -236,55 +238,64 @@ def _user_frames_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def _import(ref: TargetRef) -> Any:
+    """The target's file or module, imported; every failure a TargetError."""
+    where = ref.source
+    try:
+        if not ref.is_file:
+            return importlib.import_module(ref.source)
+        module_name = f"babysitter_target_{abs(hash(str(Path(ref.source).resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, ref.source)
+        if spec is None or spec.loader is None:
+            raise TargetError("cannot be imported as a Python file", where=where)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.modules.pop(module_name, None)
+        return module
+    except SyntaxError as exc:
+        raise TargetError(f"syntax error at line {exc.lineno}: {exc.msg}"
+                          + (f"\n    {exc.text.rstrip()}" if exc.text else ""), where=f"{exc.filename or where}") from exc
+    except TargetError:
+        raise
+    except ModuleNotFoundError as exc:
+        if not ref.is_file and exc.name and ref.source.startswith(exc.name):
+            raise TargetError(f"module '{ref.source}' not found (is it installed or on PYTHONPATH?)",
+                              where=str(ref)) from exc
+        raise TargetError(f"importing it failed: {_user_frames_message(exc)}", where=where) from exc
+    except Exception as exc:  # any failure of the user's module at import is a target error
+        raise TargetError(f"importing it failed: {_user_frames_message(exc)}", where=where) from exc
+
+
+def _target_function(ref: TargetRef, module: Any) -> Callable:
+    fn = getattr(module, ref.function, None)
+    if fn is None:
+        available = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                           and getattr(v, "__module__", None) == module.__name__)
+        raise TargetError(f"has no function '{ref.function}()'"
+                          + (f"; functions defined there: {', '.join(available)}" if available else ""),
+                          where=ref.source, hint=f"define def {ref.function}(): return dict(model=..., data=..., "
+                                                 f"loss_fn=..., optimizer=...)")
+    if not callable(fn):
+        raise TargetError(f"'{ref.function}' is a {_type_name(fn)}, not a function", where=ref.source)
+    return fn
+
+
 def load(ref: TargetRef) -> Target:
     """Import the file or module and call its target function; every failure becomes a TargetError."""
-    where = ref.source
     folder = str(Path(ref.source).resolve().parent) if ref.is_file else str(Path.cwd())
     with _on_sys_path(folder):
-        try:
-            if ref.is_file:
-                module_name = f"babysitter_target_{abs(hash(str(Path(ref.source).resolve())))}"
-                spec = importlib.util.spec_from_file_location(module_name, ref.source)
-                if spec is None or spec.loader is None:
-                    raise TargetError("cannot be imported as a Python file", where=where)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                try:
-                    spec.loader.exec_module(module)
-                finally:
-                    sys.modules.pop(module_name, None)
-            else:
-                module = importlib.import_module(ref.source)
-        except SyntaxError as exc:
-            raise TargetError(f"syntax error at line {exc.lineno}: {exc.msg}"
-                              + (f"\n    {exc.text.rstrip()}" if exc.text else ""),
-                              where=f"{exc.filename or where}") from exc
-        except TargetError:
-            raise
-        except ModuleNotFoundError as exc:
-            if not ref.is_file and exc.name and ref.source.startswith(exc.name):
-                raise TargetError(f"module '{ref.source}' not found (is it installed or on PYTHONPATH?)",
-                                  where=str(ref)) from exc
-            raise TargetError(f"importing it failed: {_user_frames_message(exc)}", where=where) from exc
-        except Exception as exc:
-            raise TargetError(f"importing it failed: {_user_frames_message(exc)}", where=where) from exc
-        fn = getattr(module, ref.function, None)
-        if fn is None:
-            available = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                               and getattr(v, "__module__", None) == module.__name__)
-            raise TargetError(f"has no function '{ref.function}()'"
-                              + (f"; functions defined there: {', '.join(available)}" if available else ""),
-                              where=where, hint=f"define def {ref.function}(): return dict(model=..., data=..., "
-                                                f"loss_fn=..., optimizer=...)")
-        if not callable(fn):
-            raise TargetError(f"'{ref.function}' is a {_type_name(fn)}, not a function", where=where)
+        fn = _target_function(ref, _import(ref))
         try:
             value = fn()
         except TargetError:
             raise
-        except Exception as exc:
-            raise TargetError(f"calling {ref.function}() raised {_user_frames_message(exc)}", where=where) from exc
-    return coerce(value, where=where, default_name=ref.name)
+        except Exception as exc:  # any failure of the user's target function is a target error
+            raise TargetError(f"calling {ref.function}() raised {_user_frames_message(exc)}",
+                              where=ref.source) from exc
+    return coerce(value, where=ref.source, default_name=ref.name)
 
 
 # -- the first batch: the target's code run once, each failure a TargetError -------------------------------

@@ -17,6 +17,8 @@ class Status(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    __hash__ = str.__hash__  # equal to its string, so it hashes as its string (in sets and dict keys) on every Python
+
     @property
     def severity(self) -> int:
         """skip < pass < warn < error < fail: how a report's status is combined from its checks'."""
@@ -41,3 +43,21 @@ def level(status: str | Status) -> int:
     """0 for pass, 1 for warn, 2 for fail (a skip or error counts as pass: it says nothing of the model)."""
     s = Status(status)
     return LEVELS.index(s) if s in LEVELS else 0
+
+
+#: statuses a reader must look at: shown in the terminal without --verbose, opened in the HTML report
+PROBLEMS = frozenset({Status.WARN, Status.FAIL, Status.ERROR})
+
+
+def report_status(statuses: Iterable[str | Status]) -> Status:
+    """A report's status (pass, warn or fail, as DESIGN.md): a check that errored counts as failed, since it
+    could not clear the model; skipped checks count as passed."""
+    found = worst(statuses)
+    return Status.FAIL if found in (Status.FAIL, Status.ERROR) else Status.WARN if found is Status.WARN \
+        else Status.PASS
+
+
+def failing(status: str | Status, *, strict: bool = False) -> bool:
+    """Whether a check's status fails the run (exit code 1): fail and error, and warn under ``--strict``."""
+    s = Status(status)
+    return s in (Status.FAIL, Status.ERROR) or (strict and s is Status.WARN)

@@ -383,7 +383,6 @@ class ActivationInstrument:
             if y.dtype != torch.float32:
                 y = y.float()
             site.calls += 1
-            detail = site.calls <= DETAIL_CALLS
             if pre is not None:
                 site.pre = pre if site.pre is None else site.pre + pre
                 site.pre_n += out.numel()
@@ -391,42 +390,56 @@ class ActivationInstrument:
                 self._record_softmax(site, op, y, args, kwargs)
                 return
             dim = self._unit_dim(y)
-            units = y.shape[dim]
-            if site.unit_dim is None:
-                site.unit_dim, site.units = dim, units
-                site.active = torch.zeros(units, device=y.device)
-                site.log_hist = torch.zeros(LOG_BINS, device=y.device)
-                if family in (TANH, SIGMOID):
-                    site.saturated = torch.zeros(units, device=y.device)
-                    site.value_range = (-1.0, 1.0) if family == TANH else (0.0, 1.0)
-                    site.value_hist = torch.zeros(VALUE_BINS, device=y.device)
-            elif units != site.units:
+            if not self._units(site, family, y, dim):
                 self.skipped += 1
                 return
-            dims = tuple(d for d in range(y.ndim) if d != dim)
-            site.per_unit += y.numel() // units
-            # counts through sign() and float sums: a bool tensor summed into floats takes a slow path
-            positive = y.sign()
-            if family != SIGMOID and op not in ("relu", "relu6"):
-                positive.clamp_(min=0)  # signed outputs (leaky, ELU, GELU, tanh): only +1 counts
-            site.active += positive.sum(dims)
-            if family == TANH:
-                site.saturated += y.abs().sub_(TANH_SATURATED).sign_().clamp_(min=0).sum(dims)
-            elif family == SIGMOID:
-                site.saturated += (y - 0.5).abs_().sub_(SIGMOID_SATURATED - 0.5).sign_().clamp_(min=0).sum(dims)
-            if not detail:
-                return
-            moments = self._moments(y)
-            site.moments = moments if site.moments is None else site.moments + moments
-            site.moment_n += y.numel()
-            flat = y.reshape(-1)
-            if flat.numel() > HIST_SAMPLE:
-                flat = flat[:: flat.numel() // HIST_SAMPLE + 1]
-            exponent = torch.frexp(flat.abs().clamp_(min=2.0 ** (EXP_MIN - 3))).exponent.float()
-            site.log_hist += torch.histc(exponent.clamp_(EXP_MIN, EXP_MAX), LOG_BINS, EXP_MIN - 0.5, EXP_MAX + 0.5)
-            if site.value_hist is not None:
-                lo, hi = site.value_range
-                site.value_hist += torch.histc(flat, VALUE_BINS, lo, hi)
+            self._count(site, op, family, y, dim)
+            if site.calls <= DETAIL_CALLS:
+                self._record_detail(site, y)
+
+    @staticmethod
+    def _units(site: _Site, family: str, y: torch.Tensor, dim: int) -> bool:
+        """Allocate the site's accumulators on its first call; False when the unit count changed since."""
+        units = y.shape[dim]
+        if site.unit_dim is not None:
+            return units == site.units
+        site.unit_dim, site.units = dim, units
+        site.active = torch.zeros(units, device=y.device)
+        site.log_hist = torch.zeros(LOG_BINS, device=y.device)
+        if family in (TANH, SIGMOID):
+            site.saturated = torch.zeros(units, device=y.device)
+            site.value_range = (-1.0, 1.0) if family == TANH else (0.0, 1.0)
+            site.value_hist = torch.zeros(VALUE_BINS, device=y.device)
+        return True
+
+    @staticmethod
+    def _count(site: _Site, op: str, family: str, y: torch.Tensor, dim: int) -> None:
+        """Per unit: elements that are positive (active) and, for bounded activations, saturated. Exact, on
+        every call; counts through sign() and float sums (a bool tensor summed into floats takes a slow path)."""
+        dims = tuple(d for d in range(y.ndim) if d != dim)
+        site.per_unit += y.numel() // site.units
+        positive = y.sign()
+        if family != SIGMOID and op not in ("relu", "relu6"):
+            positive.clamp_(min=0)  # signed outputs (leaky, ELU, GELU, tanh): only +1 counts
+        site.active += positive.sum(dims)
+        if family == TANH:
+            site.saturated += y.abs().sub_(TANH_SATURATED).sign_().clamp_(min=0).sum(dims)
+        elif family == SIGMOID:
+            site.saturated += (y - 0.5).abs_().sub_(SIGMOID_SATURATED - 0.5).sign_().clamp_(min=0).sum(dims)
+
+    def _record_detail(self, site: _Site, y: torch.Tensor) -> None:
+        """Moments and histograms, on the first DETAIL_CALLS calls of a site (a strided sample for histograms)."""
+        moments = self._moments(y)
+        site.moments = moments if site.moments is None else site.moments + moments
+        site.moment_n += y.numel()
+        flat = y.reshape(-1)
+        if flat.numel() > HIST_SAMPLE:
+            flat = flat[:: flat.numel() // HIST_SAMPLE + 1]
+        exponent = torch.frexp(flat.abs().clamp_(min=2.0 ** (EXP_MIN - 3))).exponent.float()
+        site.log_hist += torch.histc(exponent.clamp_(EXP_MIN, EXP_MAX), LOG_BINS, EXP_MIN - 0.5, EXP_MAX + 0.5)
+        if site.value_hist is not None:
+            lo, hi = site.value_range
+            site.value_hist += torch.histc(flat, VALUE_BINS, lo, hi)
 
     def _record_softmax(self, site, op, y, args, kwargs) -> None:
         """Distributions whose top probability exceeds SOFTMAX_PINNED, among those with a real choice.
@@ -455,55 +468,49 @@ class ActivationInstrument:
         site.value_hist += torch.histc(top.reshape(-1)[:HIST_SAMPLE], VALUE_BINS, 0.0, 1.0)
 
     # -- results ------------------------------------------------------------------------------------
+    _FIELDS = ("active", "saturated", "moments", "pre", "log_hist", "value_hist", "pinned")
+
     def result(self) -> ActivationResult:
         """Every accumulator to the host in one transfer, then per-layer statistics."""
         sites = sorted(self.sites.values(), key=lambda s: s.order)
-        parts: list[torch.Tensor] = []
-        for s in sites:
-            for t in (s.active, s.saturated, s.moments, s.pre, s.log_hist, s.value_hist, s.pinned):
-                if t is not None:
-                    parts.append(t.reshape(-1).float())
+        parts = [t.reshape(-1).float() for s in sites for t in (getattr(s, f) for f in self._FIELDS) if t is not None]
         host: list[float] = []
         if parts:
             devices = {p.device for p in parts}
             host = (torch.cat([p.to("cpu") for p in parts]) if len(devices) > 1 else torch.cat(parts).cpu()).tolist()
-        pos = 0
-
-        def take(t):
-            nonlocal pos
-            if t is None:
-                return None
-            n = t.numel()
-            out = host[pos:pos + n]
-            pos += n
-            return out
-
-        names = self._display_names(sites)
-        layers = []
+        names, layers, pos = self._display_names(sites), [], 0
         for s in sites:
-            active, saturated, moments, pre, log_hist, value_hist, pinned = (
-                take(t) for t in (s.active, s.saturated, s.moments, s.pre, s.log_hist, s.value_hist, s.pinned))
-            n = max(s.per_unit, 1)
-            units = s.units
-            mean = std = 0.0
-            if moments is not None and s.moment_n:
-                mean = moments[0] / s.moment_n
-                std = math.sqrt(max(moments[1] / s.moment_n - mean * mean, 0.0))
-            pre_mean = pre_std = None
-            if pre is not None and s.pre_n:
-                pre_mean = pre[0] / s.pre_n
-                pre_std = math.sqrt(max(pre[1] / s.pre_n - pre_mean ** 2, 0.0))
-            layers.append(LayerStats(
-                name=names[s.key], module=s.module, module_type=s.module_type, op=s.op, family=s.family,
-                order=s.order, calls=s.calls, units=units, per_unit=s.per_unit,
-                active=[a / n for a in active] if active is not None else [],
-                saturated=[v / n for v in saturated] if saturated is not None else None,
-                mean=mean, std=std, pre_mean=pre_mean, pre_std=pre_std,
-                log_hist=log_hist or [], value_hist=value_hist, value_range=s.value_range,
-                pinned=(pinned[0] / max(pinned[1], 1.0)) if pinned is not None else None,
-                producer=s.producer, producer_type=s.producer_type, is_output=s.is_output))
+            values = {}
+            for f in self._FIELDS:
+                t = getattr(s, f)
+                values[f] = None if t is None else host[pos:pos + t.numel()]
+                pos += 0 if t is None else t.numel()
+            layers.append(self._layer(s, names[s.key], values))
         return ActivationResult(layers=layers, forwards=max(self.forwards - self.skip_forwards, 0),
                                 hidden=sorted(self.hidden), skipped=self.skipped)
+
+    @staticmethod
+    def _layer(s: _Site, name: str, v: dict) -> LayerStats:
+        """One site's host statistics from its accumulators' values."""
+        n = max(s.per_unit, 1)
+        mean = std = 0.0
+        if v["moments"] is not None and s.moment_n:
+            mean = v["moments"][0] / s.moment_n
+            std = math.sqrt(max(v["moments"][1] / s.moment_n - mean * mean, 0.0))
+        pre_mean = pre_std = None
+        if v["pre"] is not None and s.pre_n:
+            pre_mean = v["pre"][0] / s.pre_n
+            pre_std = math.sqrt(max(v["pre"][1] / s.pre_n - pre_mean ** 2, 0.0))
+        pinned = v["pinned"]
+        return LayerStats(
+            name=name, module=s.module, module_type=s.module_type, op=s.op, family=s.family, order=s.order,
+            calls=s.calls, units=s.units, per_unit=s.per_unit,
+            active=[a / n for a in v["active"]] if v["active"] is not None else [],
+            saturated=[x / n for x in v["saturated"]] if v["saturated"] is not None else None,
+            mean=mean, std=std, pre_mean=pre_mean, pre_std=pre_std, log_hist=v["log_hist"] or [],
+            value_hist=v["value_hist"], value_range=s.value_range,
+            pinned=(pinned[0] / max(pinned[1], 1.0)) if pinned is not None else None,
+            producer=s.producer, producer_type=s.producer_type, is_output=s.is_output)
 
     @staticmethod
     def _display_names(sites: list[_Site]) -> dict:

@@ -35,45 +35,65 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
     fig = ax.figure
-    if plot.kind == "heatmap":
-        _heatmap(plot, ax)
-    elif plot.kind == "hist":
-        samples = [_finite(s.y) for s in plot.series]
-        pooled = [v for s in samples for v in s]
-        if pooled:
-            lo, hi = min(pooled), max(pooled)
-            if lo == hi:
-                lo, hi = lo - 0.5, hi + 0.5
-            for i, (s, vals) in enumerate(zip(plot.series, samples)):
-                if vals:
-                    ax.hist(vals, bins=plot.bins, range=(lo, hi), alpha=0.6 if len(samples) > 1 else 0.9,
-                            label=s.name, color=_COLORS[i % len(_COLORS)])
-    elif plot.kind == "bar":
-        n = max(len(plot.series), 1)
-        width = 0.8 / n
-        labels = [str(x) for x in plot.series[0].x] if plot.series else []
-        for i, s in enumerate(plot.series):
-            ys = [float(y) if isinstance(y, (int, float)) and math.isfinite(y) else 0.0 for y in s.y]
-            ax.bar([j + (i - (n - 1) / 2) * width for j in range(len(ys))], ys, width=width, label=s.name,
-                   color=_COLORS[i % len(_COLORS)])
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=45 if max((len(x) for x in labels), default=0) > 6 else 0,
-                           ha="right", fontsize=7)
-    else:
-        for i, s in enumerate(plot.series):
-            pts = _pairs(s.x, s.y) if s.x else _pairs(range(len(s.y)), s.y)
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            if plot.kind == "scatter":
-                ax.scatter(xs, ys, s=12, label=s.name, color=_COLORS[i % len(_COLORS)])
-            else:
-                ax.plot(xs, ys, label=s.name, color=_COLORS[i % len(_COLORS)], lw=1.5)
+    {"heatmap": _heatmap, "hist": _hist, "bar": _bars}.get(plot.kind, _lines)(plot, ax)
+    _markers(plot, ax)
+    _axes(plot, ax)
+    fig.tight_layout()
+    return fig
+
+
+def _hist(plot: Plot, ax: Axes) -> None:
+    """Histograms of each series' sample over one shared range."""
+    samples = [_finite(s.y) for s in plot.series]
+    pooled = [v for s in samples for v in s]
+    if not pooled:
+        return
+    lo, hi = min(pooled), max(pooled)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    for i, (s, vals) in enumerate(zip(plot.series, samples)):
+        if vals:
+            ax.hist(vals, bins=plot.bins, range=(lo, hi), alpha=0.6 if len(samples) > 1 else 0.9,
+                    label=s.name, color=_COLORS[i % len(_COLORS)])
+
+
+def _bars(plot: Plot, ax: Axes) -> None:
+    """Grouped bars, one group per x label, one bar per series."""
+    n = max(len(plot.series), 1)
+    width = 0.8 / n
+    labels = [str(x) for x in plot.series[0].x] if plot.series else []
+    for i, s in enumerate(plot.series):
+        ys = [float(y) if isinstance(y, (int, float)) and math.isfinite(y) else 0.0 for y in s.y]
+        ax.bar([j + (i - (n - 1) / 2) * width for j in range(len(ys))], ys, width=width, label=s.name,
+               color=_COLORS[i % len(_COLORS)])
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=45 if max((len(x) for x in labels), default=0) > 6 else 0,
+                       ha="right", fontsize=7)
+
+
+def _lines(plot: Plot, ax: Axes) -> None:
+    """Lines (or scatter points) over each series' x, or over the index when it has none."""
+    for i, s in enumerate(plot.series):
+        pts = _pairs(s.x, s.y) if s.x else _pairs(range(len(s.y)), s.y)
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        if plot.kind == "scatter":
+            ax.scatter(xs, ys, s=12, label=s.name, color=_COLORS[i % len(_COLORS)])
+        else:
+            ax.plot(xs, ys, label=s.name, color=_COLORS[i % len(_COLORS)], lw=1.5)
+
+
+def _markers(plot: Plot, ax: Axes) -> None:
     for i, m in enumerate(plot.markers):
         if not isinstance(m.value, (int, float)) or not math.isfinite(m.value):
             continue
         line = ax.axvline if m.axis == "x" else ax.axhline
         line(m.value, color=_MARKER_COLORS[i % len(_MARKER_COLORS)], ls="--", lw=1.2, label=m.label)
+
+
+def _axes(plot: Plot, ax: Axes) -> None:
+    """Scales, labels, grid and legend."""
     if plot.log_x:
         ax.set_xscale("log")
     if plot.log_y and any(isinstance(v, (int, float)) and v > 0 for s in plot.series for v in s.y):
@@ -86,8 +106,6 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
         ax.grid(alpha=0.3)
     if plot.kind != "heatmap" and len(plot.series) + len(plot.markers) > 1:
         ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
 
 
 def _heatmap(plot: Plot, ax: Axes) -> None:

@@ -6,6 +6,7 @@ import html
 import json
 from typing import Any
 
+from ..analysis.status import PROBLEMS
 from ..report import CheckResult, Report, Table
 from .figures import to_png
 
@@ -46,7 +47,7 @@ def _table(t: Table) -> str:
 
 
 def _check(c: CheckResult) -> str:
-    parts = [f'<details class="check" id="{esc(c.id)}" {"open" if c.status in ("warn", "fail", "error") else ""}>',
+    parts = [f'<details class="check" id="{esc(c.id)}" {"open" if c.status in PROBLEMS else ""}>',
              f'<summary><h2><span class="badge {esc(c.status)}">{esc(c.status.upper())}</span> '
              f'{esc(c.title or c.id)} <span class="sub">{esc(c.id)} · {c.duration_s:.2f}s</span></h2>'
              f'<p class="summary">{esc(c.summary)}</p></summary>']

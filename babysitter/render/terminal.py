@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from ..analysis.status import PROBLEMS
 from ..report import CheckResult, Report
 
 STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "skip": "dim", "error": "bold magenta"}
@@ -31,7 +32,7 @@ def checks_table(report: Report) -> RichTable:
 def next_steps(report: Report, verbose: bool = False) -> list:
     out = []
     for c in report.checks:
-        if c.status not in ("warn", "fail", "error") and not verbose:
+        if c.status not in PROBLEMS and not verbose:
             continue
         lines = [Text.assemble(status_text(c.status), " ", (c.id, "cyan"), ": ", c.summary)]
         for a in c.advice:
