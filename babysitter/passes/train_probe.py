@@ -29,8 +29,7 @@ class TrainProbe:
     grad_norm: tuple[float, ...]  # total gradient norm per step (before the optimizer step)
     param_names: tuple[str, ...]
     param_grad_norms: tuple  # [step][param]; nan where the parameter got no gradient
-    update_steps: tuple[int, ...]  # steps at which update ratios were measured
-    update_ratios: tuple  # [measured step][param]: ||delta w|| / ||w||
+    update_ratios: tuple  # [measured step][param]: ||delta w|| / ||w||, every few steps and at the last
     weight_norms: tuple  # [measured step][param]: ||w|| before the step
     param_finite: tuple  # [step][param]: finite after the step
     no_grad: tuple[str, ...]  # trainable parameters that never received a gradient
@@ -72,7 +71,7 @@ class _Recorder:
         self.params, self.device = params, device
         self.zero = torch.zeros((), device=device)
         self.losses, self.totals, self.per_param, self.masks, self.finite = [], [], [], [], []
-        self.ratio_steps, self.ratios, self.norms = [], [], []
+        self.ratios, self.norms = [], []
         self.got_grad = [False] * len(params)
 
     def gradients(self, loss: torch.Tensor) -> torch.Tensor:
@@ -88,13 +87,12 @@ class _Recorder:
         self.per_param.append(norms)
         return total
 
-    def after_step(self, step: int, before: Optional[list]) -> None:
+    def after_step(self, before: Optional[list]) -> None:
         """Record the parameters' finiteness, and the update ratios when ``before`` holds their old values."""
         self.finite.append(torch.stack([torch.isfinite(p.detach()).all() for p in self.params]) if self.params
                            else torch.ones(0, dtype=torch.bool, device=self.device))
         if before is None:
             return
-        self.ratio_steps.append(step)
         self.ratios.append(torch.stack([(p.detach() - b).float().norm() / b.float().norm().clamp_min(1e-12)
                                         for p, b in zip(self.params, before)]) if self.params else torch.zeros(0))
         self.norms.append(torch.stack([b.float().norm() for b in before]) if self.params else torch.zeros(0))
@@ -132,7 +130,7 @@ def train_probe(session, instruments: Mapping, steps: int = TRAIN_STEPS,
                 skipped.append(step)
             else:
                 optimizer.step()
-            rec.after_step(step, before)
+            rec.after_step(before)
         results = {name: inst.result() for name, inst in active.items()}
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     return _probe(rec, steps, lr_of(optimizer), trainable, named, in_opt, skipped, precision, results)
@@ -152,7 +150,7 @@ def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precisi
         steps=steps, lr=lr, losses=rec.host(rec.losses), grad_norm=rec.host(rec.totals), param_names=names,
         param_grad_norms=tuple(tuple(v if h else math.nan for v, h in zip(row, m))
                                for row, m in zip(per_param, rec.masks)),
-        update_steps=tuple(rec.ratio_steps), update_ratios=rec.host(rec.ratios), weight_norms=rec.host(rec.norms),
+        update_ratios=rec.host(rec.ratios), weight_norms=rec.host(rec.norms),
         param_finite=rec.host(rec.finite), no_grad=tuple(n for n, g in zip(names, rec.got_grad) if not g),
         not_in_optimizer=tuple(n for n, p in trainable if id(p) not in in_opt),
         frozen=tuple(n for n, p in named if not p.requires_grad), skipped_steps=tuple(skipped),
