@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 import babysitter
+from babysitter.checklist.grad_norms import (GradMeasured, GradNorms, Layer, first_last, growth, local_spike,
+                                            suggested_clip)
 import zoo
 
 
@@ -196,13 +198,11 @@ def test_a_single_exploding_step_fails_even_when_sgd_then_wrecks_the_weights():
 
 
 def test_a_norm_that_falls_fast_is_not_a_spike():
-    from babysitter.checklist.grad_norms import GradNorms
-
     falling = [11.0 * 0.78 ** s for s in range(24)]  # a fast-converging net: 11 -> 0.04, 250x, smoothly
-    assert GradNorms._local_spike(falling)[1] < 5
+    assert local_spike(falling)[1] < 5
     burst = [1.0] * 24
     burst[9] = 700.0
-    assert GradNorms._local_spike(burst)[:2] == [9, 700.0]
+    assert local_spike(burst)[:2] == [9, 700.0]
 
 
 def test_gradients_that_stop_entirely_fail_and_give_no_zero_clip():
@@ -215,3 +215,79 @@ def test_gradients_that_stop_entirely_fail_and_give_no_zero_clip():
     assert result.status == "fail" and "exactly 0" in result.summary
     assert result.metrics["zero_steps"] > result.metrics["steps"] / 2
     assert result.metrics["suggested_clip"] > 0
+
+
+# -- the judgment on synthetic norms, without a model -------------------------------------------------------------
+STEPS = 24
+
+
+def measured(totals=None, first=0.5, last=1.0, **fields) -> GradMeasured:
+    """Norms per step: ``totals`` (1.0 at every step by default) and two weight layers whose norms are ``first``
+    and ``last`` times the total (first/last ratio ``first / last``)."""
+    totals = tuple([1.0] * STEPS if totals is None else totals)
+    layers = (Layer("fc1", "Linear", tuple(first * t for t in totals)),
+              Layer("fc2", "Linear", tuple(last * t for t in totals)))
+    return GradMeasured(totals=totals, layers=layers, lr=1e-3, **fields)
+
+
+def judge(m: GradMeasured, **thresholds):
+    return GradNorms(**thresholds).judge(m)
+
+
+def test_judge_passes_healthy_norms_with_clip_advice():
+    j = judge(measured([1.0 + 0.01 * s for s in range(STEPS)]))
+    assert j.status == "pass" and "first/last layer ratio 0.5" in j.summary and "suggested clip" in j.summary
+    assert any("clip_grad_norm_" in a for a in j.advice)
+
+
+def test_judge_first_last_ratio_at_its_thresholds():
+    assert judge(measured(first=71.0)).status == "fail" and "exploding" in judge(measured(first=71.0)).summary
+    assert judge(measured(first=69.0)).status == "pass"
+    vanishing = judge(measured(first=0.9e-3))
+    assert vanishing.status == "fail" and "vanishing" in vanishing.summary
+    assert not any("clip_grad_norm_" in a for a in vanishing.advice)  # no clip against vanishing gradients
+    assert judge(measured(first=1.1e-3)).status == "pass"
+
+
+def test_judge_huge_norm_is_per_example_under_a_summed_loss():
+    assert judge(measured([1.01e4] * STEPS)).status == "fail"
+    assert judge(measured([0.99e4] * STEPS)).status == "pass"
+    assert judge(measured([1.01e4] * STEPS, batch_factor=2)).status == "pass"
+
+
+def test_judge_growth_at_its_threshold():
+    rising = lambda late: [1.0] * (STEPS // 2) + [late] * (STEPS // 2)  # noqa: E731
+    j = judge(measured(rising(1001.0)))
+    assert j.status == "fail" and "grew 1e+03x" in j.summary
+    assert judge(measured(rising(999.0))).status == "pass"
+
+
+def test_judge_local_spike_at_its_threshold():
+    burst = lambda peak: [1.0] * 9 + [peak] + [1.0] * (STEPS - 10)  # noqa: E731
+    j = judge(measured(burst(101.0)))
+    assert j.status == "fail" and "spike of 101 at step 9" in j.summary
+    assert judge(measured(burst(99.0))).status == "pass"
+
+
+def test_judge_zero_steps_at_their_threshold():
+    stopped = lambda zeros: [1.0] * (STEPS - zeros) + [0.0] * zeros  # noqa: E731
+    j = judge(measured(stopped(13)))
+    assert j.status == "fail" and "exactly 0 at 13 of 24" in j.summary
+    assert judge(measured(stopped(12))).status == "pass"  # half the steps: not more than zero_steps=0.5
+
+
+def test_judge_nonfinite_steps_fail_unless_a_grad_scaler_skipped_them():
+    totals = [1.0] * STEPS
+    totals[5] = math.inf
+    j = judge(measured(totals))
+    assert j.status == "fail" and "non-finite at 1 of 24 steps (first at step 5)" in j.summary
+    assert judge(measured(totals, skipped_steps=(5,))).status == "pass"
+    assert judge(GradMeasured(totals=(math.nan,) * 3)).status == "fail"
+
+
+def test_pure_statistics_on_lists_of_floats():
+    assert growth([1.0] * 4 + [5.0] * 4) == 5.0 and growth([0.0] * 8) is None
+    ratio, per_step = first_last([1.0, 2.0, 3.0], [2.0, 0.0, 3.0])
+    assert ratio == 0.75 and math.isnan(per_step[1])
+    # zero steps and spikes (above 10x the median) are left out of the clip
+    assert suggested_clip([0.0, 1.0, 1.0, 2.0, 100.0], spike=10.0, percentile=100.0) == 2.0

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import babysitter
+from babysitter.checklist.param_updates import Param, ParamUpdates, UpdatesMeasured
 import zoo
 
 
@@ -176,3 +177,67 @@ def test_frozen_scalar_between_trainable_layers_is_a_note():
     result = check(model=FixedTemperature(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss())
     assert result.status == "pass", result.summary
     assert any("temperature" in n for n in result.notes)
+
+
+# -- the judgment on synthetic parameter records, without a model -------------------------------------------------
+def weight(name: str, ratio: float = 1e-3, peak=None, **fields) -> Param:
+    """A trainable weight matrix whose update/weight ratio is ``ratio`` at every measured step but one (``peak``)."""
+    fields = {"ratios": (ratio,) * 6 + (ratio if peak is None else peak,), "weight_norms": (1.0,) * 7, **fields}
+    return Param(name, (8, 8), matrix=True, reference=1.0, **fields)
+
+
+def bias(name: str, ratio: float = 1e-3, **fields) -> Param:
+    return Param(name, (8,), ratios=(ratio,) * 7, weight_norms=(1.0,) * 7, **fields)
+
+
+def judge(*params: Param, **thresholds):
+    return ParamUpdates(**thresholds).judge(UpdatesMeasured(params, lr=1e-3))
+
+
+def test_judge_passes_parameters_that_get_a_gradient_and_move():
+    j = judge(weight("fc1.weight"), bias("fc1.bias"), weight("fc2.weight", ratio=2e-3))
+    assert j.status == "pass" and "all 3 trainable parameters" in j.summary and "0.0015" in j.summary
+
+
+def test_judge_low_ratio_at_its_threshold():
+    j = judge(weight("fc1.weight", ratio=0.9e-5))
+    assert j.status == "warn" and "1 weight matrix with update/weight below 1e-05" in j.summary
+    assert judge(weight("fc1.weight", ratio=1.1e-5)).status == "pass"
+    assert judge(bias("fc1.bias", ratio=1e-9)).status == "pass"  # only weight matrices are judged
+
+
+def test_judge_high_median_and_one_step_rewrite_at_their_thresholds():
+    assert judge(weight("fc1.weight", ratio=0.11)).status == "warn"
+    assert judge(weight("fc1.weight", ratio=0.09)).status == "pass"
+    assert judge(weight("fc1.weight", peak=1.01)).status == "warn"
+    assert judge(weight("fc1.weight", peak=0.99)).status == "pass"
+
+
+def test_judge_measures_a_small_init_against_the_standard_scale():
+    # ||w|| = 0.01 against a standard-init norm of 1: a step of 2 x ||w|| is 0.02 of the standard scale
+    small = Param("head.weight", (8, 8), matrix=True, reference=1.0, ratios=(2.0,) * 7, weight_norms=(0.01,) * 7)
+    assert judge(small).status == "pass"
+    assert judge(Param("head.weight", (8, 8), matrix=True, reference=0.01, ratios=(2.0,) * 7,
+                       weight_norms=(0.01,) * 7)).status == "warn"
+    assert judge(weight("head.weight", ratio=5.0, zero_init=True)).status == "pass"  # zero init: not judged
+
+
+def test_judge_fails_parameters_that_cannot_train():
+    orphan = judge(weight("fc1.weight"), weight("head.weight", in_optimizer=False))
+    assert orphan.status == "fail" and "not in the optimizer" in orphan.summary
+    cut = judge(weight("fc1.weight", got_grad=False, ratios=()), weight("head.weight"))
+    assert cut.status == "fail" and "get no gradient" in cut.summary
+    assert judge(weight("fc1.weight", ratio=0.0)).status == "fail"  # a matrix that never moves
+    assert judge(bias("fc1.bias", ratio=0.0), weight("fc2.weight")).status == "pass"  # a bias with a tiny gradient
+    assert judge(bias("fc1.bias", ratio=0.0, grad_always_zero=True), weight("fc2.weight")).status == "fail"
+    assert judge(Param("w", (2, 2), trainable=False)).summary.startswith("no trainable parameter")
+
+
+def test_judge_warns_on_unused_modules_and_frozen_layers_in_a_trained_stack():
+    assert judge(weight("aux.weight", got_grad=False, called=False), weight("fc.weight")).status == "warn"
+    assert judge(weight("box.weight", got_grad=False, leaf=False), weight("fc.weight")).status == "warn"
+    middle = Param("mid.weight", (8, 8), trainable=False, matrix=True)
+    assert judge(weight("a.weight"), middle, weight("b.weight")).status == "warn"
+    assert judge(middle, weight("a.weight"), weight("b.weight")).status == "pass"  # a frozen prefix
+    temperature = Param("scale.t", (), trainable=False)
+    assert judge(weight("a.weight"), temperature, weight("b.weight")).status == "pass"  # a constant by design

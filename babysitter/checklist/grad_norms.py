@@ -1,37 +1,160 @@
-"""grad_norms: what healthy gradient norms look like, which clip value follows, and vanishing or exploding."""
+"""grad_norms: what healthy gradient norms look like, which clip value follows, and vanishing or exploding.
+
+``measure`` reads the shared training probe (total and per-parameter gradient norms per step) and groups the
+weight matrices by layer, in the order the forward first calls them; ``judge`` is a pure function of those norms
+per step and the thresholds; the statistics both read (percentiles, the clip, spikes, growth, the first/last layer
+ratio) are pure functions of lists of floats, below.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..analysis.params import display, is_weight_matrix, layers_of
-from ..report import Marker, Plot, Series, Table
-from .base import Check, threshold
+from ..analysis import fmt
+from ..analysis.params import display, is_weight_matrix, layers_of, module_at
+from ..analysis.status import Status
+from ..passes.train_probe import TRAIN_STEPS, TrainProbe
+from ..report import CheckResult, Marker, Plot, Series, Table
+from .base import Check, Judgment, threshold
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..session import Session
+
+#: a step's norm is compared with the median of this many steps on either side of it (a burst, not a trend)
+SPIKE_WINDOW = 3
+#: the probe is cut in this many parts; growth is the median of the last part over that of the first
+GROWTH_PARTS = 4
 
 
-def _finite(values) -> list[float]:
+# -- pure statistics of norms per step ------------------------------------------------------------------------
+def finite(values: Sequence) -> list[float]:
+    """The finite numbers among ``values``."""
     return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def local_spike(totals: Sequence[float], half: int = SPIKE_WINDOW) -> Optional[list]:
+    """[step, ratio, norm] of the step whose norm is the largest multiple of the median of its neighbours
+    (``half`` steps either side); None when no step has finite, positive neighbours."""
+    totals = list(totals)
+    best = None
+    for step, v in enumerate(totals):
+        around = finite(totals[max(0, step - half):step] + totals[step + 1:step + 1 + half])
+        if not math.isfinite(v) or not around:
+            continue
+        base = float(np.median(around))
+        if base <= 0:
+            continue
+        ratio = v / base
+        if best is None or ratio > best[1]:
+            best = [step, ratio, v]
+    return best
+
+
+def growth(totals: Sequence[float], parts: int = GROWTH_PARTS) -> Optional[float]:
+    """The median norm of the last ``1/parts`` of the steps over that of the first (None when undefined)."""
+    part = max(1, len(totals) // parts)
+    early, late = finite(totals[:part]), finite(totals[-part:])
+    if not early or not late or np.median(early) <= 0:
+        return None
+    return float(np.median(late)) / float(np.median(early))
+
+
+def first_last(first: Sequence[float], last: Sequence[float]) -> tuple[Optional[float], list[float]]:
+    """The median over steps of the first layer's norm over the last one's (None when no step has both), and the
+    per-step ratios (NaN where undefined)."""
+    ratios = [a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else float("nan")
+              for a, b in zip(first, last)]
+    good = finite(ratios)
+    return (float(np.median(good)) if good else None), ratios
+
+
+def suggested_clip(norms: Sequence[float], spike: float, percentile: float) -> float:
+    """The ``percentile`` of the finite norms that moved (zero-gradient steps say nothing about a clip) and are not
+    spikes (more than ``spike`` times the median)."""
+    norms = finite(norms)
+    p50 = float(np.median(norms))
+    moving = [v for v in norms if v > 0] or norms
+    healthy = [v for v in moving if v <= spike * p50] or moving
+    return float(np.percentile(healthy, percentile))
+
+
+def median_or_nan(values: Sequence[float]) -> float:
+    good = finite(values)
+    return float(np.median(good)) if good else float("nan")
+
+
+# -- measured data -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layer:
+    """A module that owns weight matrices, with the gradient norm of those matrices together, per probe step."""
+
+    name: str  # qualified name ('' for the model itself)
+    type: str  # the module's class name
+    norms: tuple[float, ...]  # NaN at a step where one of its matrices got no gradient
+
+
+@dataclass(frozen=True)
+class GradMeasured:
+    """The probe's gradient norms: the total per step, and per weight layer in the order the forward calls them."""
+
+    totals: tuple[float, ...]
+    layers: tuple[Layer, ...] = ()
+    lr: Optional[float] = None
+    batch_factor: int = 1  # N when the loss is summed over a batch of N examples
+    skipped_steps: tuple[int, ...] = ()  # float16 steps skipped as a GradScaler would
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """What the judgment and the report read from the norms: a pure function of the measured data."""
+
+    steps: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    min: float
+    clip: float
+    spikes: tuple[int, ...]  # steps above ``spike`` times the median, left out of the clip
+    nonfinite: tuple[int, ...]  # steps with a non-finite total norm, skipped steps aside
+    zero_steps: int
+    growth: Optional[float]
+    local_spike: Optional[list]  # [step, ratio, norm]
+    medians: tuple[float, ...]  # per layer, over steps
+    with_grad: tuple[int, ...]  # layers whose median norm is finite and positive
+    ratio: Optional[float]  # first/last layer norm, median over steps
+    ratios: tuple[float, ...]  # first/last layer norm per step
+    first_layer: Optional[str]
+    last_layer: Optional[str]
+
+
+# -- the check -----------------------------------------------------------------------------------------------
 @dataclass
 class GradNorms(Check):
     id = "grad_norms"
     title = "Gradient norms and a clip threshold"
-    what = """Over the optimizer steps of the shared training probe (the user's optimizer and learning rate): the
-    total gradient norm per step (its histogram and percentiles), the gradient norm of each layer against depth,
-    and the ratio of the first weight layer's gradient norm to the last one's (Linear, convolution, recurrent and
-    attention weight matrices; embeddings, biases and norm scales left out). A clip value is suggested from the
-    healthy steps: the 90th percentile of the finite total norms that are not spikes."""
+    what = """Over the {train_steps} optimizer steps of the shared training probe (the user's optimizer and
+    learning rate): the total gradient norm per step (its histogram and percentiles), the gradient norm of each
+    layer against depth (layers in the order the forward first calls them), and the ratio of the first weight
+    layer's gradient norm to the last one's, median over steps (Linear, convolution, recurrent and attention weight
+    matrices; embeddings, biases and norm scales left out). Fails when that ratio is below {vanishing_ratio:g}
+    (vanishing) or above {exploding_ratio:g} (exploding), and when the total norm is non-finite at a step (steps a
+    GradScaler would skip aside), exactly zero at more than {zero_steps:.0%} of the steps, above {huge_norm:g}
+    (divided by the batch size for a loss summed over the batch), more than {spike_fail:g}x the median of the
+    {spike_window} steps either side of it, or when the median of the last quarter of the steps is more than
+    {growth:g}x that of the first quarter. A clip value is suggested from the healthy steps: the
+    {clip_percentile:g}th percentile of the finite, nonzero total norms that are not spikes (more than {spike:g}x
+    the median)."""
     why = """Exploding gradients (a recurrent net whose recurrent weights amplify over a long sequence, a deep
     un-normalized net with too large an init, a learning rate that makes the norm grow step after step) make
-    updates overshoot and end in NaN; vanishing gradients (the first layers get a thousandth of the last layer's
-    gradient) leave the early layers untrained. Clipping at a value drawn from the healthy distribution removes the
-    rare spikes without slowing normal steps."""
+    updates overshoot and end in NaN; vanishing gradients (the first layers get less than {vanishing_ratio:g} of
+    the last layer's gradient) leave the early layers untrained. Clipping at a value drawn from the healthy
+    distribution removes the rare spikes without slowing normal steps."""
     todo = """For exploding gradients: clip (torch.nn.utils.clip_grad_norm_(model.parameters(), suggested_clip)
     between backward() and step()), lower the learning rate, use a gated cell (LSTM/GRU) instead of a vanilla RNN,
     shrink the init (Xavier/Kaiming, orthogonal with gain 1 for recurrent weights), add normalization or residual
@@ -48,6 +171,7 @@ class GradNorms(Check):
         "PyTorch docs: torch.nn.utils.clip_grad_norm_ (rescales the whole gradient, keeps its direction) and "
         "clip_grad_value_ (clamps each element)",
     )
+    constants = {"train_steps": TRAIN_STEPS, "spike_window": SPIKE_WINDOW}
 
     vanishing_ratio: float = threshold(1e-3, "fail when the first weight layer's gradient norm over the last one's "
                                              "(median over steps) is below this (AUTOTRAINER)")
@@ -62,211 +186,231 @@ class GradNorms(Check):
     zero_steps: float = threshold(0.5, "fail when the total gradient norm is exactly zero on more than this share "
                                        "of the probe's steps (the loss no longer depends on any parameter)")
     spike_fail: float = threshold(100.0, "fail when one step's total norm is this many times the median of its "
-                                         "neighbours (three steps either side): two orders of magnitude at once, the "
-                                         "sudden jumps of exploding gradients in recurrent nets (Pascanu et al. "
-                                         "2013); a loss that falls fast lowers the norm smoothly, a few x per step")
+                                         f"neighbours ({SPIKE_WINDOW} steps either side): two orders of magnitude "
+                                         "at once, the sudden jumps of exploding gradients in recurrent nets (Pascanu "
+                                         "et al. 2013); a loss that falls fast lowers the norm smoothly, a few x per "
+                                         "step")
     spike: float = threshold(10.0, "steps whose total norm is this many times the median are spikes, left out of "
                                    "the suggested clip")
     clip_percentile: float = threshold(90.0, "the suggested clip is this percentile of the healthy total norms")
 
-    def run(self, session):
+    # -- measure ------------------------------------------------------------------------------------------
+    def measure(self, session: "Session") -> GradMeasured:
         probe = session.evidence("train_probe")
         if not probe.param_names:
             self.skip("the model has no trainable parameter")
-        totals = probe.grad_norm
-        if not _finite(totals):
+        totals = tuple(probe.grad_norm)
+        if not finite(totals):
             if len(probe.skipped_steps) == len(totals):
                 self.skip("every step's float16 gradient overflowed and was skipped, as a GradScaler would "
                           "(see nonfinite)")
-            return self.result("fail", f"exploding gradients: the total norm is non-finite at every one of the "
-                                       f"{len(totals)} steps", metrics={"steps": len(totals), "suggested_clip": None},
-                               advice=("The nonfinite check names the first module that produced a NaN/Inf.",))
-        if not any(v > 0 for v in _finite(totals)):
+            return GradMeasured(totals=totals, lr=probe.lr, skipped_steps=tuple(probe.skipped_steps))
+        if not any(v > 0 for v in finite(totals)):
             self.skip("no parameter received a gradient during the probe (see param_updates)")
-        model = session.model
-        per_example = session.evidence("loss_facts").batch_factor
+        batch_factor = session.evidence("loss_facts").batch_factor
         order = {name: i for i, name in enumerate(session.evidence("call_order"))}
-        layers = self._weight_layers(model, probe, order)
-        per_step = self._layer_norms(probe, layers)  # [layer][step]
-        medians = [float(np.median(f)) if (f := _finite(row)) else float("nan") for row in per_step]
-        with_grad = [i for i, m in enumerate(medians) if math.isfinite(m) and m > 0]
-        ratio, ratios = self._first_last(per_step, with_grad)
+        return GradMeasured(totals=totals, layers=self._weight_layers(session.model, probe, order), lr=probe.lr,
+                            batch_factor=batch_factor, skipped_steps=tuple(probe.skipped_steps))
 
-        finite = _finite(totals)
-        p50 = float(np.median(finite))
-        moving = [v for v in finite if v > 0] or finite  # zero-gradient steps say nothing about a clip value
-        healthy = [v for v in moving if v <= self.spike * p50] or moving
-        clip = float(np.percentile(healthy, self.clip_percentile))
-        spikes = [s for s, v in enumerate(totals) if math.isfinite(v) and v > self.spike * p50]
-        nonfinite = [s for s, v in enumerate(totals) if not math.isfinite(v) and s not in probe.skipped_steps]
-        quarter = max(1, len(totals) // 4)
-        early, late = _finite(totals[:quarter]), _finite(totals[-quarter:])
-        growth = (float(np.median(late)) / float(np.median(early))) if early and late and np.median(early) > 0 \
-            else None
-
-        metrics = {
-            "suggested_clip": clip, "p50": p50, "p90": float(np.percentile(finite, 90)),
-            "p99": float(np.percentile(finite, 99)), "max": max(finite), "min": min(finite),
-            "first_last_ratio": ratio, "growth": growth, "steps": len(totals), "spikes": len(spikes),
-            "nonfinite_steps": len(nonfinite), "zero_steps": sum(v == 0 for v in finite), "lr": probe.lr, "batch_sum_factor": per_example,
-            "local_spike": self._local_spike(totals),
-            "first_layer": display(layers[with_grad[0]][0]) if with_grad else None,
-            "last_layer": display(layers[with_grad[-1]][0]) if with_grad else None,
-        }
-        status, summary, advice = self._verdict(metrics, nonfinite, layers, medians, with_grad, spikes)
-        if status == "pass" or "exploding" in summary:
-            advice += self._clip_advice(clip)  # a clip is no answer to gradients that vanish
-        notes = [f"{len(spikes)} spike step(s) (> {self.spike:g}x the median) left out of the suggested clip: "
-                 f"steps {spikes[:10]}"] if spikes else []
-        if per_example > 1:
-            notes.append(f"the loss is summed over the batch (its value doubles when the batch is repeated): norms "
-                         f"are compared with {self.huge_norm:g} after dividing by the batch size {per_example}")
-        if probe.skipped_steps:
-            notes.append(f"steps {probe.skipped_steps} had non-finite gradients in float16 and were skipped, as "
-                         f"a GradScaler skips them")
-        return self.result(status, summary, metrics=metrics, advice=tuple(advice), notes=tuple(notes),
-                           tables=(self._table(model, layers, per_step, medians),),
-                           plots=self._plots(totals, clip, layers, medians, ratios))
-
-    # -- evidence -----------------------------------------------------------------------------------
     @staticmethod
-    def _weight_layers(model, probe, order: dict[str, int]) -> list[tuple[str, list[int]]]:
+    def _weight_layers(model: "nn.Module", probe: TrainProbe, order: dict[str, int]) -> tuple[Layer, ...]:
         """Layers (owning modules, in the order the forward first calls them; registration order for the rest)
-        with their weight matrices' indices in the probe."""
-        out = []
-        for owner, idx in layers_of(probe.param_names):
-            weights = [i for i in idx if is_weight_matrix(model, probe.param_names[i])]
+        with the joint gradient norm of their weight matrices per step."""
+        names = probe.param_names
+        found = []
+        for owner, idx in layers_of(list(names)):
+            weights = [i for i in idx if is_weight_matrix(model, names[i])]
             if weights:
-                out.append((owner, weights))
-        rank = {owner: k for k, (owner, _) in enumerate(out)}
-        return sorted(out, key=lambda layer: (order.get(layer[0], len(order)), rank[layer[0]]))
+                norms = tuple(math.sqrt(sum(step[i] ** 2 for i in weights)) for step in probe.param_grad_norms)
+                found.append(Layer(owner, type(module_at(model, owner)).__name__, norms))
+        rank = {layer.name: k for k, layer in enumerate(found)}
+        return tuple(sorted(found, key=lambda layer: (order.get(layer.name, len(order)), rank[layer.name])))
+
+    # -- judge --------------------------------------------------------------------------------------------
+    def stats(self, m: GradMeasured) -> NormStats:
+        """The statistics of the measured norms under this check's spike and clip thresholds (pure)."""
+        totals, good = list(m.totals), finite(m.totals)
+        p50 = float(np.median(good))
+        medians = tuple(median_or_nan(layer.norms) for layer in m.layers)
+        with_grad = tuple(i for i, med in enumerate(medians) if math.isfinite(med) and med > 0)
+        ratio, ratios = first_last(m.layers[with_grad[0]].norms, m.layers[with_grad[-1]].norms) \
+            if len(with_grad) >= 2 else (None, [])
+        return NormStats(
+            steps=len(totals), p50=p50, p90=float(np.percentile(good, 90)), p99=float(np.percentile(good, 99)),
+            max=max(good), min=min(good), clip=suggested_clip(good, self.spike, self.clip_percentile),
+            spikes=tuple(s for s, v in enumerate(totals) if math.isfinite(v) and v > self.spike * p50),
+            nonfinite=tuple(s for s, v in enumerate(totals) if not math.isfinite(v) and s not in m.skipped_steps),
+            zero_steps=sum(v == 0 for v in good), growth=growth(totals), local_spike=local_spike(totals),
+            medians=medians, with_grad=with_grad, ratio=ratio, ratios=tuple(ratios),
+            first_layer=display(m.layers[with_grad[0]].name) if with_grad else None,
+            last_layer=display(m.layers[with_grad[-1]].name) if with_grad else None)
+
+    def judge(self, m: GradMeasured) -> Judgment:
+        if not finite(m.totals):
+            return Judgment(Status.FAIL, f"exploding gradients: the total norm is non-finite at every one of the "
+                                         f"{len(m.totals)} steps",
+                            ("The nonfinite check names the first module that produced a NaN/Inf.",))
+        s = self.stats(m)
+        rules: tuple[Callable[[GradMeasured, NormStats], Optional[Judgment]], ...] = (
+            self._nonfinite, self._stopped, self._exploding_ratio, self._huge, self._spike, self._growth,
+            self._vanishing)
+        for rule in rules:
+            found = rule(m, s)
+            if found is not None:
+                return found
+        ratio_text = f", first/last layer ratio {_norm(s.ratio)}" if s.ratio is not None else ""
+        return Judgment(Status.PASS, f"gradient norms healthy: median {_norm(s.p50)}, p99 {_norm(s.p99)}"
+                                     f"{ratio_text}; suggested clip {fmt.lr(s.clip)}", _clip_advice(s.clip))
 
     @staticmethod
-    def _local_spike(totals, half: int = 3) -> Optional[list]:
-        """[step, ratio, norm] of the step whose norm is the largest multiple of the median of its neighbours."""
-        best = None
-        for step, v in enumerate(totals):
-            around = _finite(totals[max(0, step - half):step] + totals[step + 1:step + 1 + half])
-            if not math.isfinite(v) or not around:
-                continue
-            base = float(np.median(around))
-            if base <= 0:
-                continue
-            ratio = v / base
-            if best is None or ratio > best[1]:
-                best = [step, ratio, v]
-        return best
+    def _exploding(s: NormStats, summary: str, advice: str) -> Judgment:
+        """A failure of exploding gradients: its advice, then how to clip at the suggested value."""
+        return Judgment(Status.FAIL, f"exploding gradients: {summary}", (advice, *_clip_advice(s.clip)))
+
+    def _nonfinite(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if not s.nonfinite:
+            return None
+        first = s.nonfinite[0]
+        return self._exploding(
+            s, f"the total norm is non-finite at {len(s.nonfinite)} of {s.steps} steps (first at step {first})",
+            f"The gradient became non-finite at step {first} (after norms up to {_norm(s.max)}); the nonfinite "
+            f"check names the first module that produced it. Clip the gradient norm and lower the learning rate "
+            f"(now {fmt.lr(m.lr)}).")
+
+    def _stopped(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if s.zero_steps <= self.zero_steps * s.steps:
+            return None
+        return Judgment(Status.FAIL, f"vanishing gradients: the total gradient norm is exactly 0 at {s.zero_steps} "
+                                     f"of {s.steps} probe steps", (
+            f"No parameter gets any gradient at {s.zero_steps} of {s.steps} steps: the loss has stopped depending "
+            f"on the weights. Usual causes: outputs pinned by a saturated softmax or sigmoid (see saturation; a "
+            f"softmax fed into CrossEntropyLoss), every ReLU dead (see dead_relu), or a learning rate (now "
+            f"{fmt.lr(m.lr)}) that wrecked the weights in the first steps (see lr_range).",))
+
+    def _exploding_ratio(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if s.ratio is None or s.ratio <= self.exploding_ratio:
+            return None
+        return self._exploding(
+            s, f"first/last layer gradient norm ratio {_norm(s.ratio)} > {fmt.lr(self.exploding_ratio)} "
+               f"({s.first_layer} vs {s.last_layer})",
+            f"The first layer {s.first_layer} gets {fmt.ratio(s.ratio, 3)} the gradient of the last layer "
+            f"{s.last_layer}: gradients grow on their way back. For a recurrent net use an LSTM/GRU or an "
+            f"orthogonal recurrent init with gain <= 1; for a deep net shrink the init and add normalization; clip "
+            f"at {fmt.lr(s.clip)}.")
+
+    def _huge(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if s.max / m.batch_factor <= self.huge_norm:
+            return None
+        return self._exploding(
+            s, f"total norm up to {_norm(s.max)} > {fmt.lr(self.huge_norm)} (median {_norm(s.p50)})",
+            f"The total gradient norm reaches {_norm(s.max)} (median {_norm(s.p50)}): the forward pass amplifies "
+            f"(too large an init, no normalization, large recurrent weights) or the loss is summed rather than "
+            f"averaged. Fix the scale first, then clip.")
+
+    def _spike(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if s.local_spike is None or s.local_spike[1] <= self.spike_fail:
+            return None
+        step, ratio, value = s.local_spike
+        return self._exploding(
+            s, f"a spike of {_norm(value)} at step {step}, {fmt.ratio(ratio, 3)} the steps around it "
+               f"(> {fmt.ratio(self.spike_fail, 3)}; median {_norm(s.p50)})",
+            f"The gradient norm at step {step} ({_norm(value)}) is {fmt.ratio(ratio, 3)} that of the steps around "
+            f"it: exploding gradients in bursts, typical of recurrent weights that amplify over a sequence. Clip at "
+            f"{fmt.lr(s.clip)}, use an LSTM/GRU or an orthogonal recurrent init with gain <= 1, and lower the "
+            f"learning rate (now {fmt.lr(m.lr)}).")
+
+    def _growth(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if s.growth is None or s.growth <= self.growth:
+            return None
+        return self._exploding(
+            s, f"the total norm grew {fmt.ratio(s.growth, 3)} during the probe",
+            f"The gradient norm grew {fmt.ratio(s.growth, 3)} over {s.steps} steps: training is diverging. Lower "
+            f"the learning rate (now {fmt.lr(m.lr)}) and clip at {fmt.lr(s.clip)}.")
+
+    def _vanishing(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
+        if s.ratio is None or s.ratio >= self.vanishing_ratio:
+            return None
+        # a clip is no answer to gradients that vanish: no clip advice
+        return Judgment(Status.FAIL, f"vanishing gradients: first/last layer gradient norm ratio {_norm(s.ratio)} "
+                                     f"< {fmt.lr(self.vanishing_ratio)} ({s.first_layer} vs {s.last_layer})", (
+            f"The first layer {s.first_layer} gets {fmt.ratio(s.ratio, 3)} the gradient of the last layer "
+            f"{s.last_layer}: the early layers barely learn. Use ReLU-family activations, Kaiming init, "
+            f"normalization or residual connections; check for saturated tanh/sigmoid units.",))
+
+    # -- present ------------------------------------------------------------------------------------------
+    def present(self, m: GradMeasured, judgment: Judgment) -> CheckResult:
+        if not finite(m.totals):
+            return self.result(judgment.status, judgment.summary, advice=judgment.advice,
+                               metrics={"steps": len(m.totals), "suggested_clip": None})
+        s = self.stats(m)
+        return self.result(judgment.status, judgment.summary, metrics=self._metrics(m, s), advice=judgment.advice,
+                           notes=self._notes(m, s), tables=(self._table(m, s),), plots=self._plots(m, s))
 
     @staticmethod
-    def _layer_norms(probe, layers) -> list[list[float]]:
+    def _metrics(m: GradMeasured, s: NormStats) -> dict:
+        return {
+            "suggested_clip": s.clip, "p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max, "min": s.min,
+            "first_last_ratio": s.ratio, "growth": s.growth, "steps": s.steps, "spikes": len(s.spikes),
+            "nonfinite_steps": len(s.nonfinite), "zero_steps": s.zero_steps, "lr": m.lr,
+            "batch_sum_factor": m.batch_factor, "local_spike": s.local_spike, "first_layer": s.first_layer,
+            "last_layer": s.last_layer,
+        }
+
+    def _notes(self, m: GradMeasured, s: NormStats) -> tuple[str, ...]:
+        notes = []
+        if s.spikes:
+            notes.append(f"{len(s.spikes)} spike step(s) (> {fmt.ratio(self.spike, 3)} the median) left out of the "
+                         f"suggested clip: steps {list(s.spikes[:10])}")
+        if m.batch_factor > 1:
+            notes.append(f"the loss is summed over the batch (its value doubles when the batch is repeated): norms "
+                         f"are compared with {fmt.lr(self.huge_norm)} after dividing by the batch size "
+                         f"{m.batch_factor}")
+        if m.skipped_steps:
+            notes.append(f"steps {m.skipped_steps} had non-finite gradients in float16 and were skipped, as "
+                         f"a GradScaler skips them")
+        return tuple(notes)
+
+    @staticmethod
+    def _table(m: GradMeasured, s: NormStats) -> Table:
         rows = []
-        for _, idx in layers:
-            rows.append([math.sqrt(sum(step[i] ** 2 for i in idx)) for step in probe.param_grad_norms])
-        return rows
-
-    @staticmethod
-    def _first_last(per_step, with_grad) -> tuple[Optional[float], list[float]]:
-        """The median over steps of first/last layer gradient norm, and the per-step ratios."""
-        if len(with_grad) < 2:
-            return None, []
-        first, last = per_step[with_grad[0]], per_step[with_grad[-1]]
-        ratios = [a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else float("nan")
-                  for a, b in zip(first, last)]
-        good = _finite(ratios)
-        return (float(np.median(good)) if good else None), ratios
-
-    # -- verdict ------------------------------------------------------------------------------------
-    def _verdict(self, m, nonfinite, layers, medians, with_grad, spikes):
-        advice: list[str] = []
-        ratio, first, last = m["first_last_ratio"], m["first_layer"], m["last_layer"]
-        clip = m["suggested_clip"]
-        if nonfinite:
-            advice.append(f"The gradient became non-finite at step {nonfinite[0]} (after norms up to "
-                          f"{m['max']:.3g}); the nonfinite check names the first module that produced it. Clip "
-                          f"the gradient norm and lower the learning rate (now {m['lr']}).")
-            return "fail", (f"exploding gradients: the total norm is non-finite at {len(nonfinite)} of "
-                            f"{m['steps']} steps (first at step {nonfinite[0]})"), advice
-        if m["zero_steps"] > self.zero_steps * m["steps"]:
-            advice.append(f"No parameter gets any gradient at {m['zero_steps']} of {m['steps']} steps: the loss has "
-                          f"stopped depending on the weights. Usual causes: outputs pinned by a saturated softmax or "
-                          f"sigmoid (see saturation; a softmax fed into CrossEntropyLoss), every ReLU dead (see "
-                          f"dead_relu), or a learning rate (now {m['lr']}) that wrecked the weights in the first "
-                          f"steps (see lr_range).")
-            return "fail", (f"vanishing gradients: the total gradient norm is exactly 0 at {m['zero_steps']} of "
-                            f"{m['steps']} probe steps"), advice
-        if ratio is not None and ratio > self.exploding_ratio:
-            advice.append(f"The first layer {first} gets {ratio:.3g}x the gradient of the last layer {last}: "
-                          f"gradients grow on their way back. For a recurrent net use an LSTM/GRU or an "
-                          f"orthogonal recurrent init with gain <= 1; for a deep net shrink the init and add "
-                          f"normalization; clip at {clip:.3g}.")
-            return "fail", (f"exploding gradients: first/last layer gradient norm ratio {ratio:.3g} > "
-                            f"{self.exploding_ratio:g} ({first} vs {last})"), advice
-        if m["max"] / m["batch_sum_factor"] > self.huge_norm:
-            advice.append(f"The total gradient norm reaches {m['max']:.3g} (median {m['p50']:.3g}): the forward "
-                          f"pass amplifies (too large an init, no normalization, large recurrent weights) or the "
-                          f"loss is summed rather than averaged. Fix the scale first, then clip.")
-            return "fail", (f"exploding gradients: total norm up to {m['max']:.3g} > {self.huge_norm:g} "
-                            f"(median {m['p50']:.3g})"), advice
-        spike = m["local_spike"]
-        if spike is not None and spike[1] > self.spike_fail:
-            step, ratio, value = spike
-            advice.append(f"The gradient norm at step {step} ({value:.3g}) is {ratio:.3g}x that of the steps around "
-                          f"it: exploding gradients in bursts, typical of recurrent weights that amplify over a "
-                          f"sequence. Clip at {clip:.3g}, use an LSTM/GRU or an orthogonal recurrent init with gain "
-                          f"<= 1, and lower the learning rate (now {m['lr']}).")
-            return "fail", (f"exploding gradients: a spike of {value:.3g} at step {step}, {ratio:.3g}x the steps "
-                            f"around it (> {self.spike_fail:g}x; median {m['p50']:.3g})"), advice
-        if m["growth"] is not None and m["growth"] > self.growth:
-            advice.append(f"The gradient norm grew {m['growth']:.3g}x over {m['steps']} steps: training is "
-                          f"diverging. Lower the learning rate (now {m['lr']}) and clip at {clip:.3g}.")
-            return "fail", f"exploding gradients: the total norm grew {m['growth']:.3g}x during the probe", advice
-        if ratio is not None and ratio < self.vanishing_ratio:
-            advice.append(f"The first layer {first} gets {ratio:.3g}x the gradient of the last layer {last}: the "
-                          f"early layers barely learn. Use ReLU-family activations, Kaiming init, normalization "
-                          f"or residual connections; check for saturated tanh/sigmoid units.")
-            return "fail", (f"vanishing gradients: first/last layer gradient norm ratio {ratio:.3g} < "
-                            f"{self.vanishing_ratio:g} ({first} vs {last})"), advice
-        ratio_text = f", first/last layer ratio {ratio:.3g}" if ratio is not None else ""
-        return "pass", (f"gradient norms healthy: median {m['p50']:.3g}, p99 {m['p99']:.3g}{ratio_text}; "
-                        f"suggested clip {clip:.3g}"), advice
-
-    @staticmethod
-    def _clip_advice(clip: float) -> list[str]:
-        return [f"To guard against rare spikes: torch.nn.utils.clip_grad_norm_(model.parameters(), "
-                f"max_norm={clip:.3g}) after backward() (with a GradScaler, after scaler.unscale_(optimizer)). "
-                f"Prefer norm clipping, which rescales the whole gradient and keeps its direction; "
-                f"clip_grad_value_ clamps each element and changes the direction, use it only against isolated "
-                f"outlier elements."]
-
-    # -- report -------------------------------------------------------------------------------------
-    @staticmethod
-    def _table(model, layers, per_step, medians) -> Table:
-        rows = []
-        for depth, ((owner, _), row, med) in enumerate(zip(layers, per_step, medians)):
-            finite = _finite(row)
-            module = model.get_submodule(owner) if owner else model
-            rows.append((depth, display(owner), type(module).__name__, med,
-                         float(np.percentile(finite, 90)) if finite else None, max(finite) if finite else None))
+        for depth, (layer, med) in enumerate(zip(m.layers, s.medians)):
+            good = finite(layer.norms)
+            rows.append((depth, display(layer.name), layer.type, med,
+                         float(np.percentile(good, 90)) if good else None, max(good) if good else None))
         return Table("layers", "Gradient norm per layer (weight matrices), over the probe's steps",
                      ("depth", "layer", "type", "median", "p90", "max"), rows)
 
-    def _plots(self, totals, clip, layers, medians, ratios) -> tuple[Plot, ...]:
+    def _plots(self, m: GradMeasured, s: NormStats) -> tuple[Plot, ...]:
         plots = [
             Plot("total_hist", "Total gradient norm over the probe's steps", "hist",
-                 (Series("total norm", (), _finite(totals)),), x_label="||g||", y_label="steps",
-                 markers=(Marker(f"suggested clip {clip:.3g}", clip),), bins=20),
+                 (Series("total norm", (), finite(m.totals)),), x_label="||g||", y_label="steps",
+                 markers=(Marker(f"suggested clip {fmt.lr(s.clip)}", s.clip),), bins=20),
             Plot("total_steps", "Total gradient norm per step", "line",
-                 (Series("total norm", tuple(range(len(totals))), totals),), x_label="step", y_label="||g||",
-                 log_y=True, markers=(Marker("suggested clip", clip, axis="y"),)),
+                 (Series("total norm", tuple(range(len(m.totals))), m.totals),), x_label="step", y_label="||g||",
+                 log_y=True, markers=(Marker("suggested clip", s.clip, axis="y"),)),
         ]
-        if layers:
+        if m.layers:
             plots.append(Plot("depth", "Median gradient norm per layer against depth", "line",
-                              (Series("median ||g||", tuple(range(len(layers))), medians),), x_label="layer depth "
-                              f"(0 = {display(layers[0][0])})", y_label="||g||", log_y=True))
-        if ratios:
+                              (Series("median ||g||", tuple(range(len(m.layers))), s.medians),),
+                              x_label=f"layer depth (0 = {display(m.layers[0].name)})", y_label="||g||", log_y=True))
+        if s.ratios:
             plots.append(Plot("first_last", "First/last layer gradient norm ratio per step", "line",
-                              (Series("ratio", tuple(range(len(ratios))), ratios),), x_label="step",
+                              (Series("ratio", tuple(range(len(s.ratios))), s.ratios),), x_label="step",
                               y_label="ratio", log_y=True,
-                              markers=(Marker(f"vanishing {self.vanishing_ratio:g}", self.vanishing_ratio, "y"),
-                                       Marker(f"exploding {self.exploding_ratio:g}", self.exploding_ratio, "y"))))
+                              markers=(Marker(f"vanishing {fmt.lr(self.vanishing_ratio)}", self.vanishing_ratio, "y"),
+                                       Marker(f"exploding {fmt.lr(self.exploding_ratio)}", self.exploding_ratio,
+                                              "y"))))
         return tuple(plots)
+
+
+def _norm(x: Optional[float]) -> str:
+    """A gradient norm or a ratio of norms: three significant digits."""
+    return fmt.num(x, 3)
+
+
+def _clip_advice(clip: float) -> tuple[str, ...]:
+    return (f"To guard against rare spikes: torch.nn.utils.clip_grad_norm_(model.parameters(), "
+            f"max_norm={fmt.lr(clip)}) after backward() (with a GradScaler, after scaler.unscale_(optimizer)). "
+            f"Prefer norm clipping, which rescales the whole gradient and keeps its direction; "
+            f"clip_grad_value_ clamps each element and changes the direction, use it only against isolated "
+            f"outlier elements.",)

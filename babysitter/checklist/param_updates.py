@@ -1,38 +1,183 @@
-"""param_updates: does every trainable parameter get a gradient and move, and by how much per step?"""
+"""param_updates: does every trainable parameter get a gradient and move, and by how much per step?
+
+``measure`` reads, per parameter, what the shared training probe saw (in the optimizer, got a gradient, the
+update/weight ratio at the measured steps) and what the model says of it (a weight matrix, zero-initialised, the
+norm of the standard init for its shape, whether its module runs in the forward or has submodules); ``judge`` is a
+pure function of those records and the thresholds.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..analysis.params import grouped as _group
-from ..analysis.params import is_weight_matrix, layers_of, module_at, owner_of, reference_norm
-from ..report import Marker, Plot, Series, Table
-from .base import Check, threshold
+from ..analysis import fmt
+from ..analysis.params import grouped, is_weight_matrix, layers_of, module_at, owner_of, reference_norm
+from ..analysis.status import Status
+from ..passes.train_probe import TRAIN_STEPS, TrainProbe
+from ..report import CheckResult, Marker, Plot, Series, Table
+from .base import Check, Judgment, threshold
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..session import Session
+
+#: CS231n's rule of thumb for a healthy update/weight ratio (the reference line of the plot)
+CS231N_RATIO = 1e-3
+#: how a summary and advice cite it
+CS231N = "CS231n: ~1e-3"
 
 
+# -- measured data -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """One parameter of the model: what the probe saw of it and what the model says of it."""
+
+    name: str
+    shape: tuple[int, ...] = ()
+    trainable: bool = True  # requires_grad (held in the probe)
+    matrix: bool = False  # a weight matrix (Linear, convolution, recurrent, attention; not an embedding)
+    zero_init: bool = False  # a trainable weight matrix whose norm is exactly 0 before training
+    reference: float = 0.0  # for a weight matrix, its norm under the standard init (the floor of its ratios)
+    called: bool = True  # its owning module runs in the forward pass
+    leaf: bool = True  # its owning module has no submodules
+    in_optimizer: bool = True
+    got_grad: bool = True
+    grad_always_zero: bool = False  # its gradient norm is exactly 0 at every probe step
+    ratios: tuple[float, ...] = ()  # ||w_after - w_before|| / ||w_before|| at the measured steps
+    weight_norms: tuple[float, ...] = ()  # ||w_before|| at the measured steps
+
+    @property
+    def moved(self) -> bool:
+        """Changed at some measured step (a NaN ratio counts as a change)."""
+        return any(isinstance(r, float) and r != 0.0 for r in self.ratios)
+
+    def floored_ratios(self) -> list[float]:
+        """Update ratios ||dw|| / max(||w||, ||w_ref||): a weight matrix initialised far below the standard scale
+        (a head at std 1e-3, a residual branch near zero) is measured against the norm the standard init would
+        give it, so that its first Adam steps (each moves every weight by about lr) are not read as rewrites."""
+        if not self.weight_norms:
+            return list(self.ratios)
+        return [r * w / max(w, self.reference) if math.isfinite(r) and w > 0 else r
+                for r, w in zip(self.ratios, self.weight_norms)]
+
+
+@dataclass(frozen=True)
+class UpdatesMeasured:
+    """Every parameter of the model, in registration order, and the learning rate the probe trained at."""
+
+    params: tuple[Param, ...]
+    lr: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The parameters sorted by what is wrong with them, and the update ratios: a pure function of the records."""
+
+    trainable: int
+    frozen: int
+    not_in_opt: list[str]
+    cut: list[str]  # no gradient, in a module that runs
+    unused: list[str]  # no gradient, in a module never called (or a container: cannot tell)
+    still: list[str]  # in the optimizer with a gradient, never moves
+    sandwiched: list[str]  # frozen, between trainable layers
+    suffix: list[str]  # frozen, after the last trainable layer
+    prefix: list[str]  # frozen, before the first trainable layer
+    constants: list[str]  # frozen scalars and vectors among trainable layers
+    zero_init: list[str]
+    ratios: dict[str, float]  # median floored update ratio per trainable parameter
+    peaks: dict[str, float]  # largest floored update ratio per trainable parameter
+    judged: dict[str, float] = field(default_factory=dict)  # the weight matrices whose ratio is judged
+    low: list[str] = field(default_factory=list)
+    high: list[str] = field(default_factory=list)
+
+    @property
+    def ratio_median(self) -> Optional[float]:
+        return float(np.median(list(self.judged.values()))) if self.judged else None
+
+
+# -- pure helpers --------------------------------------------------------------------------------------------
+def missing(params: Sequence[Param]) -> tuple[list[str], list[str], list[str]]:
+    """Trainable parameters not in the optimizer although they get a gradient; without a gradient in a module
+    that runs (the path is cut); without a gradient in a module never called, or registered on a container."""
+    not_in_opt = [p.name for p in params if p.trainable and not p.in_optimizer and p.got_grad]
+    no_grad = [p for p in params if p.trainable and not p.got_grad]
+    cut = [p.name for p in no_grad if p.called and p.leaf]
+    unused = [p.name for p in no_grad if not (p.called and p.leaf)]
+    return not_in_opt, cut, unused
+
+
+def still(params: Sequence[Param]) -> list[str]:
+    """Parameters in the optimizer with a gradient that never moved. A 1-D parameter with a tiny but nonzero
+    gradient (a bias before BatchNorm) may not move in float32: only weight matrices, or parameters whose gradient
+    is exactly zero at every step, count."""
+    return [p.name for p in params if p.trainable and p.got_grad and p.in_optimizer and not p.moved
+            and (p.matrix or p.grad_always_zero)]
+
+
+def frozen_layout(params: Sequence[Param]) -> tuple[list[str], list[str], list[str]]:
+    """Frozen parameters between trainable layers, after the last trainable one, and before the first one."""
+    layers = layers_of([p.name for p in params])
+    trains = [any(params[i].trainable for i in idx) for _, idx in layers]
+    if not any(trains):
+        return [], [], []
+    first = trains.index(True)
+    last = len(trains) - 1 - trains[::-1].index(True)
+    sandwiched, suffix, prefix = [], [], []
+    for k, (_, idx) in enumerate(layers):
+        frozen = [params[i].name for i in idx if not params[i].trainable]
+        (prefix if k < first else suffix if k > last else sandwiched).extend(frozen)
+    return sandwiched, suffix, prefix
+
+
+def frozen_constants(params: Sequence[Param], names: Sequence[str]) -> list[str]:
+    """Of ``names``, those whose layer has no frozen tensor of >= 2 dimensions: a frozen scalar or vector (a fixed
+    temperature, a frozen norm's affine in a fine-tuned backbone) is a constant by design far more often than a
+    forgotten layer."""
+    frozen_matrix_owners = {owner_of(p.name) for p in params if not p.trainable and len(p.shape) >= 2}
+    return [n for n in names if owner_of(n) not in frozen_matrix_owners]
+
+
+def ratio_summary(params: Sequence[Param]) -> tuple[dict[str, float], dict[str, float]]:
+    """The median and the largest floored update ratio of each trainable parameter (NaN when none is finite)."""
+    medians, peaks = {}, {}
+    for p in params:
+        if p.trainable:
+            vals = [r for r in p.floored_ratios() if math.isfinite(r)]
+            medians[p.name] = float(np.median(vals)) if vals else float("nan")
+            peaks[p.name] = max(vals, default=float("nan"))
+    return medians, peaks
+
+
+# -- the check -----------------------------------------------------------------------------------------------
 @dataclass
 class ParamUpdates(Check):
     id = "param_updates"
     title = "Every parameter gets a gradient and moves"
-    what = """From the shared training probe (the user's optimizer, a few real steps): which trainable parameters
-    the optimizer does not hold, which never receive a gradient (in a module that runs in the forward pass: the
-    gradient path is cut; in a module that never runs: an unused module), which never move, and which layers are
-    frozen (requires_grad=False) between or after layers that train. Per parameter, the update-to-weight ratio
-    ||w_after - w_before|| / ||w_before|| (median over the measured steps), judged on weight matrices."""
+    what = """From the {train_steps} steps of the shared training probe (the user's optimizer and learning rate):
+    which trainable parameters the optimizer does not hold, which never receive a gradient (in a module that runs
+    in the forward pass: the gradient path is cut; in a module that never runs: an unused module), which never move
+    (weight matrices, and any parameter whose gradient is exactly zero at every step), and which layers are frozen
+    (requires_grad=False) between or after layers that train. Fails on the first three; warns on unused modules and
+    on layers frozen between or after trainable ones that hold a frozen tensor of two or more dimensions (frozen
+    scalars and vectors, and frozen layers before the first trainable one, as in fine-tuning, are notes). Per
+    parameter, the update-to-weight ratio ||w_after - w_before|| / ||w_before|| (median over the measured steps),
+    judged on weight matrices: a warning when the median is below {low_ratio:g} or above {high_ratio:g}, or when a
+    single step's ratio is above {rewrite_ratio:g}. A weight matrix initialised below the standard scale is
+    measured against the norm of that scale; zero-initialised ones are not judged."""
     why = """A parameter that the loss depends on but the optimizer does not hold (a module created after the
     optimizer, a param group that forgot it) or whose gradient path is cut (.detach(), .data, torch.no_grad(),
     an argmax or integer cast in the forward) silently stays at its initial value. A frozen layer in the middle of
     a trainable stack is usually a leftover from a fine-tuning recipe. The update/weight ratio says whether the
-    learning rate fits the parameters' scale: about 1e-3 is healthy; far below, the weights barely change; far
-    above, each step rewrites them."""
+    learning rate fits the parameters' scale: about {cs231n_ratio:g} is healthy; far below, the weights barely
+    change; far above, each step rewrites them."""
     todo = """Create the optimizer after the model is complete and pass it model.parameters() (or check the param
     groups); remove .detach()/.data/no_grad from the forward path; delete unused modules or pass
     find_unused_parameters where intended; set requires_grad=True on layers meant to train. For a ratio far from
-    1e-3, tune the learning rate (see lr_range)."""
+    {cs231n_ratio:g}, tune the learning rate (see lr_range)."""
     sources = (
         "CS231n, 'Neural Networks Part 3: Learning and Evaluation', ratio of weights:updates: 'a rough heuristic is "
         "that this ratio should be somewhere around 1e-3. If it is lower than this then the learning rate might be "
@@ -42,6 +187,7 @@ class ParamUpdates(Check):
         "Thresholds 1e-5 and 1e-1: two orders of magnitude either side of CS231n's 1e-3; Adam's first steps move "
         "each weight by about the learning rate, so lr 1e-3 on weights of std 0.02-0.1 gives 1e-2-5e-2, inside",
     )
+    constants = {"train_steps": TRAIN_STEPS, "cs231n_ratio": CS231N_RATIO}
 
     low_ratio: float = threshold(1e-5, "warn when a weight matrix's median update/weight ratio is below this")
     high_ratio: float = threshold(1e-1, "warn when it is above this")
@@ -51,217 +197,192 @@ class ParamUpdates(Check):
                                           "initialised below the standard scale are taken against the norm of that "
                                           "scale (std 1/sqrt(3 max(fan_in, fan_out)))")
 
-    def run(self, session):
+    # -- measure ------------------------------------------------------------------------------------------
+    def measure(self, session: "Session") -> UpdatesMeasured:
         probe = session.evidence("train_probe")
         model = session.model
         named = list(model.named_parameters())
         if not probe.param_names:
-            return self.result("fail", f"no trainable parameter: all {len(named)} parameters have "
-                                       f"requires_grad=False", metrics={"trainable": 0, "frozen": len(named)},
-                               advice=("Set requires_grad=True on the layers meant to train.",))
+            return UpdatesMeasured(tuple(Param(n, tuple(p.shape), trainable=False) for n, p in named), probe.lr)
         called = {id(module_at(model, n)) for n in session.evidence("call_order")}
-        idx = {n: i for i, n in enumerate(probe.param_names)}
-        moved = self._moved(probe)
-        floored = self._floored(probe, model)
-        ratios = self._median_ratios(probe, floored)
-        peaks = self._peak_ratios(probe, floored)
-        zero_init = {n for n, p in named if p.requires_grad and is_weight_matrix(model, n)
-                     and float(p.detach().float().norm()) == 0.0}
-
-        not_in_opt = [n for n in probe.not_in_optimizer if n not in probe.no_grad]
-        cut, unused = [], []
-        for n in probe.no_grad:
-            owner = module_at(model, owner_of(n))
-            if id(owner) not in called:
-                unused.append(n)
-            elif not list(owner.children()):
-                cut.append(n)
-            else:  # a parameter registered on a container: unused or cut, cannot tell
-                unused.append(n)
-        # a 1-D parameter with a tiny but nonzero gradient (a bias before BatchNorm) may not move in float32:
-        # only weight matrices, or parameters whose gradient is exactly zero at every step, count as stuck
-        still = [n for n in probe.param_names if n not in probe.no_grad and n not in probe.not_in_optimizer
-                 and not moved[idx[n]] and (is_weight_matrix(model, n) or self._zero_grad(probe, idx[n]))]
-        sandwiched, suffix, prefix = self._frozen(named)
-        # a frozen scalar or vector (a fixed temperature, a frozen norm's affine in a fine-tuned backbone) is a
-        # constant by design far more often than a forgotten layer: only layers with frozen tensors of >= 2
-        # dimensions (weight matrices, tables) are warned about
-        constants = [n for n in sandwiched + suffix if not self._frozen_layer_has_matrix(named, n)]
-        sandwiched = [n for n in sandwiched if n not in constants]
-        suffix = [n for n in suffix if n not in constants]
-        judged = {n: r for n, r in ratios.items() if is_weight_matrix(model, n) and n not in zero_init
-                  and n not in probe.no_grad and n not in probe.not_in_optimizer and math.isfinite(r) and r > 0}
-        low = [n for n, r in judged.items() if r < self.low_ratio]
-        high = [n for n, r in judged.items() if r > self.high_ratio or peaks[n] > self.rewrite_ratio]
-
-        metrics = {
-            "trainable": len(probe.param_names), "frozen": len(probe.frozen), "not_in_optimizer": len(not_in_opt),
-            "no_grad_path": len(cut), "unused": len(unused), "never_moved": len(still),
-            "frozen_between_trainable": len(sandwiched), "frozen_after_trainable": len(suffix),
-            "frozen_prefix": len(prefix), "ratio_median": float(np.median(list(judged.values()))) if judged else None,
-            "ratio_min": min(judged.values()) if judged else None, "ratio_max": max(judged.values()) if judged
-            else None, "ratio_low": len(low), "ratio_high": len(high), "lr": probe.lr,
-        }
-        metrics["ratio_peak"] = max((peaks[n] for n in judged), default=None)
-        status, summary, advice = self._verdict(metrics, not_in_opt, cut, still, unused, sandwiched, suffix, low,
-                                                high, judged, probe.lr, peaks)
-        notes = []
-        if constants:
-            notes.append(f"{len(constants)} frozen scalar/vector parameter(s) among trainable layers (constants "
-                         f"by design, such as a fixed temperature or frozen norm scales): {_group(constants)}")
-        if prefix:
-            notes.append(f"{len(prefix)} frozen parameters before the first trainable layer (a frozen backbone, "
-                         f"as in fine-tuning): {_group(prefix)}")
-        if zero_init:
-            notes.append(f"zero-initialised parameters have no meaningful update/weight ratio: {_group(sorted(zero_init))}")
-        rows = self._rows(model, named, probe, idx, ratios, moved, not_in_opt, cut, unused, still,
-                          sandwiched + suffix, judged)
-        table = Table("parameters", "Parameters: gradient, optimizer, update/weight ratio (median over steps)",
-                      ("parameter", "shape", "requires_grad", "in optimizer", "got grad", "update/weight",
-                       "judged", "verdict"), rows)
-        return self.result(status, summary, metrics=metrics, advice=tuple(advice), notes=tuple(notes),
-                           tables=(table,), plots=(self._plot(judged, ratios, model),))
-
-    # -- evidence -----------------------------------------------------------------------------------
-    @staticmethod
-    def _moved(probe) -> list[bool]:
-        rows = probe.update_ratios
-        return [any(isinstance(r[i], float) and (r[i] != 0.0) for r in rows) for i in range(len(probe.param_names))]
+        index = {n: i for i, n in enumerate(probe.param_names)}
+        return UpdatesMeasured(tuple(self._param(model, probe, n, p, index.get(n), called) for n, p in named),
+                               probe.lr)
 
     @staticmethod
-    def _floored(probe, model) -> list[list[float]]:
-        """Update ratios ||dw|| / max(||w||, ||w_ref||): a weight matrix initialised far below the standard scale
-        (a head at std 1e-3, a residual branch near zero) is measured against the norm the standard init would
-        give it, so that its first Adam steps (each moves every weight by about lr) are not read as rewrites."""
-        refs = [reference_norm(tuple(model.get_parameter(n).shape)) if is_weight_matrix(model, n) else 0.0
-                for n in probe.param_names]
-        if not probe.weight_norms:
-            return probe.update_ratios
-        return [[r * w / max(w, ref) if math.isfinite(r) and w > 0 else r for r, w, ref in zip(row, norms, refs)]
-                for row, norms in zip(probe.update_ratios, probe.weight_norms)]
+    def _param(model: "nn.Module", probe: TrainProbe, name: str, p: "nn.Parameter", i: Optional[int],
+               called: set[int]) -> Param:
+        """The record of one parameter (``i``: its index in the probe, None when it is frozen)."""
+        owner = module_at(model, owner_of(name))
+        matrix = is_weight_matrix(model, name)
+        where = dict(name=name, shape=tuple(p.shape), matrix=matrix, called=id(owner) in called,
+                     leaf=not list(owner.children()))
+        if i is None:
+            return Param(**where, trainable=False)
+        return Param(**where, zero_init=matrix and float(p.detach().float().norm()) == 0.0,
+                     reference=reference_norm(tuple(p.shape)) if matrix else 0.0,
+                     in_optimizer=name not in probe.not_in_optimizer, got_grad=name not in probe.no_grad,
+                     grad_always_zero=all(row[i] == 0.0 for row in probe.param_grad_norms),
+                     ratios=tuple(row[i] for row in probe.update_ratios),
+                     weight_norms=tuple(row[i] for row in probe.weight_norms))
+
+    # -- judge --------------------------------------------------------------------------------------------
+    def findings(self, m: UpdatesMeasured) -> Findings:
+        """What is wrong with which parameter, under this check's thresholds (pure)."""
+        params = m.params
+        not_in_opt, cut, unused = missing(params)
+        sandwiched, suffix, prefix = frozen_layout(params)
+        constants = frozen_constants(params, sandwiched + suffix)
+        ratios, peaks = ratio_summary(params)
+        zero_init = sorted(p.name for p in params if p.trainable and p.zero_init)
+        judged = {p.name: ratios[p.name] for p in params
+                  if p.trainable and p.matrix and not p.zero_init and p.got_grad and p.in_optimizer
+                  and math.isfinite(ratios[p.name]) and ratios[p.name] > 0}
+        return Findings(
+            trainable=sum(p.trainable for p in params), frozen=sum(not p.trainable for p in params),
+            not_in_opt=not_in_opt, cut=cut, unused=unused, still=still(params),
+            sandwiched=[n for n in sandwiched if n not in constants], suffix=[n for n in suffix if n not in constants],
+            prefix=prefix, constants=constants, zero_init=zero_init, ratios=ratios, peaks=peaks, judged=judged,
+            low=[n for n, r in judged.items() if r < self.low_ratio],
+            high=[n for n, r in judged.items() if r > self.high_ratio or peaks[n] > self.rewrite_ratio])
+
+    def judge(self, m: UpdatesMeasured) -> Judgment:
+        f = self.findings(m)
+        if not f.trainable:
+            return Judgment(Status.FAIL, f"no trainable parameter: all {len(m.params)} parameters have "
+                                         f"requires_grad=False",
+                            ("Set requires_grad=True on the layers meant to train.",))
+        fails, warns = self._failures(f), self._warnings(f, m.lr)
+        advice = tuple(a for _, a in fails + warns)
+        tail = f"; median update/weight {fmt.small(f.ratio_median)}" if f.ratio_median is not None else ""
+        if fails:
+            return Judgment(Status.FAIL, "; ".join(s for s, _ in fails) + tail, advice)
+        if warns:
+            return Judgment(Status.WARN, "; ".join(s for s, _ in warns) + tail, advice)
+        return Judgment(Status.PASS, f"all {f.trainable} trainable parameters get a gradient and move{tail} "
+                                     f"({CS231N})", advice)
 
     @staticmethod
-    def _peak_ratios(probe, rows) -> dict[str, float]:
-        return {n: max((r[i] for r in rows if math.isfinite(r[i])), default=float("nan"))
-                for i, n in enumerate(probe.param_names)}
-
-    @staticmethod
-    def _zero_grad(probe, i: int) -> bool:
-        return all(row[i] == 0.0 for row in probe.param_grad_norms)
-
-    @staticmethod
-    def _median_ratios(probe, rows) -> dict[str, float]:
-        out = {}
-        for i, n in enumerate(probe.param_names):
-            vals = [r[i] for r in rows if math.isfinite(r[i])]
-            out[n] = float(np.median(vals)) if vals else float("nan")
+    def _failures(f: Findings) -> list[tuple[str, str]]:
+        """(summary, advice) of each failure: parameters that cannot train."""
+        out = []
+        if f.not_in_opt:
+            out.append((f"{len(f.not_in_opt)} parameter(s) get a gradient but are not in the optimizer",
+                        f"Not in the optimizer, so never updated although the loss depends on them: "
+                        f"{grouped(f.not_in_opt)}. Build the optimizer from model.parameters() after the model is "
+                        f"complete, or add them to a param group."))
+        if f.cut:
+            out.append((f"{len(f.cut)} parameter(s) in modules that run get no gradient",
+                        f"These layers run in the forward pass but receive no gradient: the path to the loss is "
+                        f"cut (.detach(), .data, torch.no_grad(), argmax/round or an integer cast after them): "
+                        f"{grouped(f.cut)}."))
+        if f.still:
+            out.append((f"{len(f.still)} parameter(s) never move",
+                        f"These get a gradient and are in the optimizer but did not change over the probe "
+                        f"(gradient exactly zero, or a param group with lr 0): {grouped(f.still)}."))
         return out
 
-    @staticmethod
-    def _frozen_layer_has_matrix(named, name: str) -> bool:
-        owner = owner_of(name)
-        return any(owner_of(n) == owner and not p.requires_grad and p.ndim >= 2 for n, p in named)
+    def _warnings(self, f: Findings, lr: Optional[float]) -> list[tuple[str, str]]:
+        """(summary, advice) of each warning: parameters that may be left out on purpose, and ratios far off."""
+        out = []
+        if f.unused:
+            out.append((f"{len(f.unused)} parameter(s) of modules never called in the forward pass",
+                        f"Unused: never called in the forward pass, so they get no gradient: {grouped(f.unused)}. "
+                        f"Delete them if they are leftovers (a head from another task); if they are meant to "
+                        f"be used, the forward skips them."))
+        if f.sandwiched or f.suffix:
+            frozen = f.sandwiched + f.suffix
+            where = "between trainable layers" if f.sandwiched else "after the last trainable layer"
+            out.append((f"{len(frozen)} frozen parameter(s) {where}",
+                        f"requires_grad=False {where}: {grouped(frozen)}. Freezing a backbone prefix is common in "
+                        f"fine-tuning; a frozen layer in the middle or at the end of a trained stack is usually "
+                        f"a leftover. Set requires_grad=True if it should train."))
+        return out + self._ratio_warnings(f, lr)
+
+    def _ratio_warnings(self, f: Findings, lr: Optional[float]) -> list[tuple[str, str]]:
+        out = []
+        if f.low:
+            out.append((f"{_matrices(len(f.low))} with update/weight below {fmt.lr(self.low_ratio)}",
+                        f"Update/weight ratio below {fmt.lr(self.low_ratio)} ({CS231N}): "
+                        f"{_ratios_text(f.low, f)}; the learning rate ({fmt.lr(lr)}) is too low for them."))
+        if f.high:
+            out.append((f"{_matrices(len(f.high))} with update/weight above {fmt.lr(self.high_ratio)} (median) or "
+                        f"{fmt.lr(self.rewrite_ratio)} (one step)",
+                        f"Update/weight ratio too high ({CS231N}): {_ratios_text(f.high, f)}; each step rewrites "
+                        f"these weights: lower the learning rate ({fmt.lr(lr)}) or check their init scale."))
+        return out
+
+    # -- present ------------------------------------------------------------------------------------------
+    def present(self, m: UpdatesMeasured, judgment: Judgment) -> CheckResult:
+        f = self.findings(m)
+        if not f.trainable:
+            return self.result(judgment.status, judgment.summary, metrics={"trainable": 0, "frozen": len(m.params)},
+                               advice=judgment.advice)
+        table = Table("parameters", "Parameters: gradient, optimizer, update/weight ratio (median over steps)",
+                      ("parameter", "shape", "requires_grad", "in optimizer", "got grad", "update/weight",
+                       "judged", "verdict"), self._rows(m, f))
+        return self.result(judgment.status, judgment.summary, metrics=self._metrics(m, f), advice=judgment.advice,
+                           notes=self._notes(f), tables=(table,), plots=(self._plot(f),))
 
     @staticmethod
-    def _frozen(named) -> tuple[list[str], list[str], list[str]]:
-        """Frozen parameters between trainable layers, after the last trainable one, and before the first one."""
-        names = [n for n, _ in named]
-        grad = {n: p.requires_grad for n, p in named}
-        layers = layers_of(names)
-        trains = [any(grad[names[i]] for i in idx) for _, idx in layers]
-        if not any(trains):
-            return [], [], []
-        first = trains.index(True)
-        last = len(trains) - 1 - trains[::-1].index(True)
-        sandwiched, suffix, prefix = [], [], []
-        for k, (_, idx) in enumerate(layers):
-            frozen = [names[i] for i in idx if not grad[names[i]]]
-            (prefix if k < first else suffix if k > last else sandwiched).extend(frozen)
-        return sandwiched, suffix, prefix
-
-    # -- verdict ------------------------------------------------------------------------------------
-    def _verdict(self, m, not_in_opt, cut, still, unused, sandwiched, suffix, low, high, judged, lr, peaks):
-        advice, fails, warns = [], [], []
-        if not_in_opt:
-            fails.append(f"{len(not_in_opt)} parameter(s) get a gradient but are not in the optimizer")
-            advice.append(f"Not in the optimizer, so never updated although the loss depends on them: "
-                          f"{_group(not_in_opt)}. Build the optimizer from model.parameters() after the model is "
-                          f"complete, or add them to a param group.")
-        if cut:
-            fails.append(f"{len(cut)} parameter(s) in modules that run get no gradient")
-            advice.append(f"These layers run in the forward pass but receive no gradient: the path to the loss is "
-                          f"cut (.detach(), .data, torch.no_grad(), argmax/round or an integer cast after them): "
-                          f"{_group(cut)}.")
-        if still:
-            fails.append(f"{len(still)} parameter(s) never move")
-            advice.append(f"These get a gradient and are in the optimizer but did not change over the probe "
-                          f"(gradient exactly zero, or a param group with lr 0): {_group(still)}.")
-        if unused:
-            warns.append(f"{len(unused)} parameter(s) of modules never called in the forward pass")
-            advice.append(f"Unused: never called in the forward pass, so they get no gradient: {_group(unused)}. "
-                          f"Delete them if they are leftovers (a head from another task); if they are meant to "
-                          f"be used, the forward skips them.")
-        if sandwiched or suffix:
-            frozen = sandwiched + suffix
-            where = "between trainable layers" if sandwiched else "after the last trainable layer"
-            warns.append(f"{len(frozen)} frozen parameter(s) {where}")
-            advice.append(f"requires_grad=False {where}: {_group(frozen)}. Freezing a backbone prefix is common in "
-                          f"fine-tuning; a frozen layer in the middle or at the end of a trained stack is usually "
-                          f"a leftover. Set requires_grad=True if it should train.")
-        if low:
-            warns.append(f"{_matrices(len(low))} with update/weight below {self.low_ratio:g}")
-            advice.append(f"Update/weight ratio below {self.low_ratio:g} (CS231n: ~1e-3): "
-                          f"{self._ratios_text(low, judged, peaks)}; the learning rate ({lr}) is too low for them.")
-        if high:
-            warns.append(f"{_matrices(len(high))} with update/weight above {self.high_ratio:g} "
-                         f"(median) or {self.rewrite_ratio:g} (one step)")
-            advice.append(f"Update/weight ratio too high (CS231n: ~1e-3): "
-                          f"{self._ratios_text(high, judged, peaks)}; each step rewrites these weights: lower "
-                          f"the learning rate ({lr}) or check their init scale.")
-        median = m["ratio_median"]
-        tail = f"; median update/weight {median:.2g}" if median is not None else ""
-        if fails:
-            return "fail", "; ".join(fails) + tail, advice
-        if warns:
-            return "warn", "; ".join(warns) + tail, advice
-        return "pass", (f"all {m['trainable']} trainable parameters get a gradient and move{tail} "
-                        f"(CS231n: ~1e-3)"), advice
+    def _metrics(m: UpdatesMeasured, f: Findings) -> dict:
+        judged = f.judged.values()
+        return {
+            "trainable": f.trainable, "frozen": f.frozen, "not_in_optimizer": len(f.not_in_opt),
+            "no_grad_path": len(f.cut), "unused": len(f.unused), "never_moved": len(f.still),
+            "frozen_between_trainable": len(f.sandwiched), "frozen_after_trainable": len(f.suffix),
+            "frozen_prefix": len(f.prefix), "ratio_median": f.ratio_median,
+            "ratio_min": min(judged) if judged else None, "ratio_max": max(judged) if judged else None,
+            "ratio_low": len(f.low), "ratio_high": len(f.high), "lr": m.lr,
+            "ratio_peak": max((f.peaks[n] for n in f.judged), default=None),
+        }
 
     @staticmethod
-    def _ratios_text(names, judged, peaks, limit: int = 6) -> str:
-        return ", ".join(f"{n} {judged[n]:.2g} (max {peaks[n]:.2g})" for n in names[:limit]) + (
-            f" and {len(names) - limit} more" if len(names) > limit else "")
+    def _notes(f: Findings) -> tuple[str, ...]:
+        notes = []
+        if f.constants:
+            notes.append(f"{len(f.constants)} frozen scalar/vector parameter(s) among trainable layers (constants "
+                         f"by design, such as a fixed temperature or frozen norm scales): {grouped(f.constants)}")
+        if f.prefix:
+            notes.append(f"{len(f.prefix)} frozen parameters before the first trainable layer (a frozen backbone, "
+                         f"as in fine-tuning): {grouped(f.prefix)}")
+        if f.zero_init:
+            notes.append(f"zero-initialised parameters have no meaningful update/weight ratio: {grouped(f.zero_init)}")
+        return tuple(notes)
 
-    # -- report -------------------------------------------------------------------------------------
-    def _rows(self, model, named, probe, idx, ratios, moved, not_in_opt, cut, unused, still, frozen_bad, judged):
-        labels = {**{n: "not in optimizer" for n in not_in_opt}, **{n: "gradient path cut" for n in cut},
-                  **{n: "unused module" for n in unused}, **{n: "never moves" for n in still},
-                  **{n: "frozen (between/after trainable layers)" for n in frozen_bad}}
-        rows = []
-        for n, p in named:
-            if n in labels:
-                verdict = labels[n]
-            elif not p.requires_grad:
-                verdict = "frozen"
-            elif n in judged:
-                r = judged[n]
-                verdict = "low" if r < self.low_ratio else "high" if r > self.high_ratio else "ok"
-            else:
-                verdict = "ok (not judged)"
-            i = idx.get(n)
-            rows.append((n, "x".join(map(str, p.shape)) or "scalar", p.requires_grad,
-                         n not in probe.not_in_optimizer if p.requires_grad else None,
-                         (n not in probe.no_grad) if i is not None else None, ratios.get(n), n in judged, verdict))
-        return rows
+    def _verdict_of(self, p: Param, f: Findings, labels: dict[str, str]) -> str:
+        """The table's verdict on one parameter."""
+        if p.name in labels:
+            return labels[p.name]
+        if not p.trainable:
+            return "frozen"
+        if p.name in f.judged:
+            r = f.judged[p.name]
+            return "low" if r < self.low_ratio else "high" if r > self.high_ratio else "ok"
+        return "ok (not judged)"
 
-    def _plot(self, judged, ratios, model) -> Plot:
-        names = list(judged) or [n for n, r in ratios.items() if math.isfinite(r) and r > 0]
+    def _rows(self, m: UpdatesMeasured, f: Findings) -> list[tuple]:
+        labels = {**{n: "not in optimizer" for n in f.not_in_opt}, **{n: "gradient path cut" for n in f.cut},
+                  **{n: "unused module" for n in f.unused}, **{n: "never moves" for n in f.still},
+                  **{n: "frozen (between/after trainable layers)" for n in f.sandwiched + f.suffix}}
+        return [(p.name, "x".join(map(str, p.shape)) or "scalar", p.trainable,
+                 p.in_optimizer if p.trainable else None, p.got_grad if p.trainable else None, f.ratios.get(p.name),
+                 p.name in f.judged, self._verdict_of(p, f, labels)) for p in m.params]
+
+    def _plot(self, f: Findings) -> Plot:
+        names = list(f.judged) or [n for n, r in f.ratios.items() if math.isfinite(r) and r > 0]
         return Plot("ratios", "Update/weight ratio per weight matrix (median over the probe's steps)", "bar",
-                    (Series("update/weight", tuple(names), tuple(ratios[n] for n in names)),), x_label="parameter",
+                    (Series("update/weight", tuple(names), tuple(f.ratios[n] for n in names)),), x_label="parameter",
                     y_label="||dw|| / ||w||", log_y=True,
-                    markers=(Marker(f"low {self.low_ratio:g}", self.low_ratio, "y"), Marker("CS231n 1e-3", 1e-3, "y"),
-                             Marker(f"high {self.high_ratio:g}", self.high_ratio, "y")))
+                    markers=(Marker(f"low {fmt.lr(self.low_ratio)}", self.low_ratio, "y"),
+                             Marker("CS231n 1e-3", CS231N_RATIO, "y"),
+                             Marker(f"high {fmt.lr(self.high_ratio)}", self.high_ratio, "y")))
 
 
 def _matrices(n: int) -> str:
-    return f"{n} weight matri{'x' if n == 1 else 'ces'}"
+    return fmt.plural(n, "weight matrix", "weight matrices")
+
+
+def _ratios_text(names: Sequence[str], f: Findings) -> str:
+    """'fc.weight 0.12 (max 1.3), ...': the median and largest update ratio of each named weight matrix."""
+    return fmt.listed([f"{n} {fmt.small(f.judged[n])} (max {fmt.small(f.peaks[n])})" for n in names], 6)
