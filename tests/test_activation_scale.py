@@ -9,6 +9,8 @@ from torch import nn
 
 import babysitter
 import zoo
+from babysitter.analysis.activations import LayerStats, Producer
+from babysitter.checklist.activation_scale import ActivationScale, ScaleMeasured
 
 
 def check(**fields):
@@ -131,3 +133,84 @@ def test_a_small_final_layer_before_an_output_tanh_is_not_a_collapse():
     result = check(model=model, data=(x, torch.rand(256, 4) * 2 - 1), loss_fn=nn.MSELoss())
     assert result.status == "pass", result.summary
     assert result.metrics["layers"] == 2
+
+
+# -- the judgment alone, on synthetic measurements (no model) -----------------------------------------------------
+def act(name, std, op="relu", pre_std=1.0, producer="", order=0, producer_type="Linear"):
+    family = {"relu": "rectifier", "selu": "rectifier", "tanh": "tanh", "sigmoid": "sigmoid"}[op]
+    return LayerStats(name=name, module="", module_type="Model", op=op, family=family, order=order, calls=4,
+                      units=8, per_unit=256, active=[0.5] * 8, saturated=None, mean=0.0, std=std, pre_mean=0.0,
+                      pre_std=pre_std, log_hist=[1.0] * 40, value_hist=None, value_range=None, pinned=None,
+                      producer=producer, producer_type=producer_type)
+
+
+def depth(first, last, producers=None, producer_type="Linear"):
+    """Two rectifier layers with these output stds (the second fed by 'fc')."""
+    chain = (act("a", first, producer_type=producer_type), act("b", last, producer="fc", order=1,
+                                                                producer_type=producer_type))
+    return ScaleMeasured(chain=chain, bounded=(), producers=producers or {})
+
+
+def test_judge_depth_ratio_thresholds_at_their_edges():
+    judge = ActivationScale().judge
+    assert judge(depth(1.0, 100.0)).status == "pass"  # a factor of 100 is not above warn_ratio
+    grows = judge(depth(1.0, 101.0))
+    assert grows.status == "warn" and grows.summary == \
+        "activation std grows 101x through 2 layers at init: 1 (a) -> 101 (b)"
+    assert judge(depth(1.0, 1000.0)).status == "warn"  # not above fail_ratio
+    assert judge(depth(1.0, 1001.0)).status == "fail"
+    collapses = judge(depth(1.0, 1e-4))
+    assert collapses.status == "fail" and "collapses 1e+04x" in collapses.summary
+    assert ActivationScale(warn_ratio=1e5, fail_ratio=1e6).judge(depth(1.0, 1e-4)).status == "pass"
+
+
+def test_judge_pass_summaries():
+    assert ActivationScale().judge(depth(0.5, 0.25)).summary == \
+        "activation std through 2 layers at init: 0.5 -> 0.25 (0.5x)"
+    one = ScaleMeasured(chain=(act("a", 0.5),), bounded=(act("t", 0.4, "tanh", pre_std=0.6),), producers={})
+    assert ActivationScale().judge(one).summary == \
+        "2 activation layers at init, no depth to compare; tanh/sigmoid input std at most 0.6 (t)"
+
+
+def test_judge_tanh_and_sigmoid_input_std_thresholds():
+    def judged(op, pre_std):
+        layer = act("t", 0.9, op, pre_std=pre_std)
+        return ActivationScale().judge(ScaleMeasured(chain=(), bounded=(layer,), producers={}))
+
+    assert judged("tanh", 2.5).status == "pass" and judged("tanh", 2.6).status == "warn"
+    assert judged("tanh", 5.0).status == "warn" and judged("tanh", 5.1).status == "fail"
+    assert judged("sigmoid", 5.0).status == "pass" and judged("sigmoid", 5.2).status == "warn"  # twice for sigmoid
+    assert judged("sigmoid", 10.2).status == "fail"
+    assert judged("tanh", 6.0).summary == "the input of t (tanh) has std 6 at init: its units start in the flat region"
+
+
+def test_judge_a_worse_depth_verdict_is_not_replaced_by_a_milder_input_warning():
+    m = ScaleMeasured(chain=(act("a", 1.0), act("b", 1e-4, order=1)), bounded=(act("t", 0.9, "tanh", pre_std=3.0),),
+                      producers={})
+    assert "collapses" in ActivationScale().judge(m).summary
+
+
+def test_judge_advice_gives_the_init_for_the_activation_that_follows():
+    small = Producer("fc", "Linear", weight_shape=(64, 64), weight_std=0.01)
+    result = ActivationScale().judge(depth(1.0, 1e-4, producers={"fc": small}))
+    assert result.advice[0] == ("fc (feeding b): weight std 0.01 is 0.057x the Kaiming value 0.177 (too small); "
+                                "re-initialise it with nn.init.kaiming_normal_(model.get_submodule('fc').weight, "
+                                "nonlinearity='relu') and a zero bias.")
+    assert "Alternatively add BatchNorm/LayerNorm" in result.advice[-1]
+    normed = ActivationScale().judge(depth(1.0, 1e-4, producer_type="BatchNorm1d"))
+    assert normed.advice[0].startswith("The weights look like the standard inits, yet the scale drifts (the std "
+                                       "changes most at b)") and len(normed.advice) == 1
+    fine = Producer("fc", "Linear", weight_shape=(64, 64), weight_std=0.2)  # within 2x of 0.177: not named
+    assert "The weights look like" in ActivationScale().judge(depth(1.0, 1e-4, producers={"fc": fine})).advice[0]
+
+
+def test_judge_selu_gets_the_lecun_init():
+    m = ScaleMeasured(chain=(act("a", 1.0, "selu"), act("b", 1e4, "selu", producer="fc", order=1)), bounded=(),
+                      producers={"fc": Producer("fc", "Linear", weight_shape=(64, 64), weight_std=1.0)})
+    assert "8x the LeCun value 0.125 (too large)" in ActivationScale().judge(m).advice[0]
+
+
+def test_prose_states_the_ratios_in_use():
+    what = ActivationScale.prose(ActivationScale.what)
+    assert "more than 100x warns, by more than 1000x fails" in what and "above 2.5 warns and above 5 fails" in what
+    assert what.startswith("On the 4 batches")

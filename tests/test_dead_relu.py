@@ -8,6 +8,8 @@ from torch import nn
 
 import babysitter
 import zoo
+from babysitter.analysis.activations import LayerStats, Producer
+from babysitter.checklist.dead_relu import DeadRelu, DeadReluMeasured
 
 
 def check(**fields):
@@ -117,3 +119,84 @@ def test_deep_default_init_stack_near_half_dead_by_chance_passes():
     result = check(**fields)
     assert result.status == "pass", result.summary
     assert result.metrics["worst_dead_fraction"] > 0.6  # the plain 60% threshold alone would have warned
+
+
+# -- the judgment alone, on synthetic measurements (no model) -----------------------------------------------------
+def relu_layer(name="fc#relu", units=1000, dead=0, active=0.5, pre=(0.0, 1.0), producer="fc", order=0):
+    """A rectifier layer with ``dead`` units never positive and the others positive on ``active`` of outputs."""
+    return LayerStats(name=name, module="fc", module_type="Linear", op="relu", family="rectifier", order=order,
+                      calls=4, units=units, per_unit=256, active=[0.0] * dead + [active] * (units - dead),
+                      saturated=None, mean=0.4, std=0.6, pre_mean=pre[0], pre_std=pre[1], log_hist=[],
+                      value_hist=None, value_range=None, pinned=None, producer=producer, producer_type="Linear")
+
+
+def measured(init=(), trained=(), producers=None, lr=0.1):
+    return DeadReluMeasured(init=tuple(init), trained=tuple(trained), train_forwards=6 if trained else 0,
+                            producers=producers or {}, user_lr=lr)
+
+
+def test_judge_warn_and_fail_thresholds_at_their_edges():
+    judge = DeadRelu().judge  # 1000 units: the coin-flip guard (54.7%) is below the thresholds
+    assert judge(measured([relu_layer(dead=600)])).status == "pass"  # 60%: not above warn_layer
+    assert judge(measured([relu_layer(dead=601)])).status == "warn"
+    assert judge(measured([relu_layer(dead=700)])).status == "warn"  # 70%: not above fail_layer
+    result = judge(measured([relu_layer(dead=701)]))
+    assert result.status == "fail" and result.summary == \
+        "70.1% of layer fc#relu's units are dead at init (threshold 70%)"
+
+
+def test_judge_a_narrow_layer_half_dead_by_chance_passes():
+    # 100 units: chance = 1/2 + 3 * 0.5 / 10 = 65%, above warn_layer
+    assert DeadRelu().judge(measured([relu_layer(units=100, dead=65)])).status == "pass"
+    assert DeadRelu().judge(measured([relu_layer(units=100, dead=66)])).status == "warn"
+    assert DeadRelu(chance_z=0.0).judge(measured([relu_layer(units=100, dead=65)])).status == "warn"
+
+
+def test_judge_a_small_layer_wholly_dead_fails_despite_the_chance_guard():
+    # 4 units: chance = min(1/2 + 3 * 0.5 / 2, 1 - 1.5 / 4) = 62.5%, so all but one unit dead is flagged too
+    assert DeadRelu().judge(measured([relu_layer(units=4, dead=4)])).status == "fail"
+    assert DeadRelu().judge(measured([relu_layer(units=4, dead=3)])).status == "fail"
+    assert DeadRelu().judge(measured([relu_layer(units=4, dead=2)])).status == "pass"
+
+
+def test_judge_unit_threshold_decides_which_units_are_dead():
+    judge = DeadRelu().judge
+    assert judge(measured([relu_layer(units=10, dead=0, active=0.01)])).status == "pass"  # 1% is alive
+    assert judge(measured([relu_layer(units=10, dead=0, active=0.0099)])).status == "fail"
+    assert DeadRelu(unit_threshold=0.001).judge(measured([relu_layer(units=10, active=0.0099)])).status == "pass"
+
+
+def test_judge_pass_summary_counts_units_at_both_moments():
+    result = DeadRelu().judge(measured([relu_layer(dead=10)], [relu_layer(dead=30)]))
+    assert result.status == "pass" and not result.advice
+    assert result.summary == "10 of 1000 rectifier units dead at init, 30 after 24 training steps; " \
+                             "worst layer fc#relu 3% dead"
+
+
+def test_judge_advice_names_a_negative_bias_a_shifted_input_or_the_init():
+    dead = relu_layer(units=32, dead=32, pre=(-10.0, 0.3))
+    bias = DeadRelu().judge(measured([dead], producers={"fc": Producer("fc", "Linear", bias_mean=-10.0,
+                                                                        bias_std=0.0)}))
+    assert "the bias of fc has mean -10" in bias.advice[0]
+    assert "nn.init.constant_(model.get_submodule('fc').bias, 0.01)" in bias.advice[0]
+    shifted = DeadRelu().judge(measured([dead], producers={"fc": Producer("fc", "Linear", bias_mean=0.0,
+                                                                           bias_std=0.1)}))
+    assert "shifted far below zero" in shifted.advice[0]
+    init = DeadRelu().judge(measured([relu_layer(units=32, dead=32, pre=(-0.1, 0.3))]))
+    assert "Use Kaiming init of fc" in init.advice[0]
+
+
+def test_judge_units_dying_during_training_point_at_the_learning_rate():
+    result = DeadRelu().judge(measured([relu_layer(dead=0)], [relu_layer(dead=1000)], lr=3.0))
+    assert result.status == "fail" and "after training" in result.summary
+    assert result.advice == ("Units die during training in fc#relu (100%): they were alive at init, so the updates "
+                             "kill them. Lower the learning rate (now 3) or add warmup; LeakyReLU or GELU keep a "
+                             "gradient for negative inputs.",)
+    assert "now" not in DeadRelu().judge(measured([relu_layer()], [relu_layer(dead=1000)], lr=None)).advice[0]
+
+
+def test_prose_states_the_thresholds_and_constants_in_use():
+    what = DeadRelu.prose(DeadRelu.what)
+    assert "under 1% of the elements" in what and "warns above 60%" in what and "fails above 70%" in what
+    assert "the 4 batches at initialization, and the last 6 of the probe's 24 training steps" in what
+    assert "(0.01)" in DeadRelu.prose(DeadRelu.todo)

@@ -10,6 +10,8 @@ from torch import nn
 
 import babysitter
 import zoo
+from babysitter.analysis.activations import LayerStats, Producer
+from babysitter.checklist.saturation import Saturation, SaturationMeasured
 
 
 def check(**fields):
@@ -135,3 +137,61 @@ def test_attention_softmax_scaled_passes_and_unscaled_is_flagged():
 def test_fused_attention_and_recurrent_gates_are_said_to_be_invisible():
     result = check(**zoo.transformer_target())
     assert result.status == "skip" and "MultiheadAttention" in result.summary
+
+
+# -- the judgment alone, on synthetic measurements (no model) -----------------------------------------------------
+def bounded(name="act", family="tanh", saturated=0.0, units=10, pre_std=1.0, producer="fc", pinned=None):
+    """A tanh or sigmoid layer whose units are saturated on ``saturated`` of their outputs, or a softmax with
+    ``pinned`` of its distributions pinned."""
+    softmax = family == "softmax"
+    return LayerStats(name=name, module="", module_type="Model", op=family, family=family, order=0, calls=4,
+                      units=0 if softmax else units, per_unit=256, active=[] if softmax else [0.5] * units,
+                      saturated=None if softmax else [saturated] * units, mean=0.0, std=0.5, pre_mean=0.0,
+                      pre_std=None if softmax else pre_std, log_hist=[], value_hist=None, value_range=None,
+                      pinned=pinned, producer=producer, producer_type="Linear")
+
+
+def measured(*layers, producers=None):
+    return SaturationMeasured(layers=layers, trained=(), producers=producers or {})
+
+
+def test_judge_warn_and_fail_thresholds_at_their_edges():
+    judge = Saturation().judge
+    assert judge(measured(bounded(saturated=0.10))).status == "pass"  # not above warn_layer
+    assert judge(measured(bounded(saturated=0.11))).status == "warn"
+    assert judge(measured(bounded(saturated=0.40))).status == "warn"  # not above fail_layer
+    result = judge(measured(bounded(saturated=0.41)))
+    assert result.status == "fail" and result.summary == "41.0% of act's outputs are saturated at init (threshold 40%)"
+    assert Saturation(fail_layer=0.5).judge(measured(bounded(saturated=0.41))).status == "warn"
+
+
+def test_judge_names_the_worst_layer_and_a_pinned_softmax():
+    result = Saturation().judge(measured(bounded("a", saturated=0.2), bounded("probs", "softmax", pinned=0.5)))
+    assert result.status == "fail" and result.summary == \
+        "50.0% of probs's outputs are pinned at init (threshold 40%)"
+    assert [a.split(":")[0] for a in result.advice] == ["probs", "a"]  # worst first
+    assert "sqrt(d_head)" in result.advice[0]
+
+
+def test_judge_pass_summary():
+    assert Saturation().judge(measured(bounded(saturated=0.05))).summary == \
+        "1 tanh/sigmoid/softmax layer at init, at most 5.0% saturated (act)"
+    two = Saturation().judge(measured(bounded("a"), bounded("b", "sigmoid", saturated=0.02)))
+    assert two.summary == "2 tanh/sigmoid/softmax layers at init, at most 2.0% saturated (b)" and not two.advice
+
+
+def test_judge_advice_compares_the_feeding_weights_with_xavier():
+    fc = Producer("fc", "Linear", weight_shape=(64, 64), weight_std=1.0)
+    result = Saturation().judge(measured(bounded(saturated=0.7, pre_std=7.8), producers={"fc": fc}))
+    assert result.advice == ("act: 70% saturated at init (pre-activation std 7.8): the weights of fc have std 1, 8x "
+                             "the Xavier value 0.125. Use nn.init.xavier_uniform_(model.get_submodule('fc').weight, "
+                             "gain=nn.init.calculate_gain('tanh')) and standardize the inputs; or switch the hidden "
+                             "activation to ReLU/GELU.",)
+    norm = Saturation().judge(measured(bounded(saturated=0.7), producers={"fc": Producer("fc", "LayerNorm")}))
+    assert "scale down what feeds it" in norm.advice[0]
+
+
+def test_prose_states_the_saturation_limits_in_use():
+    doc = Saturation.prose(Saturation.what)
+    assert "|tanh| > 0.99" in doc and "[0.01, 0.99]" in doc and "more than 10%" in doc and "above 40%" in doc
+    assert "last 6 of the probe's 24 training steps" in doc

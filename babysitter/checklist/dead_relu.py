@@ -3,31 +3,62 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
-import torch
-from torch import nn
-
-from ..analysis.activations import (RECTIFIER, ActivationResult, LayerStats, hidden_clause, ref,
+from ..analysis import fmt
+from ..analysis.activations import (RECTIFIER, LayerStats, Producer, hidden_clause, of_family, producers, ref,
                                     visibility_notes)
+from ..analysis.status import LEVELS, Status
+from ..evidence import TRAIN_WINDOW
+from ..passes.init_pass import INIT_BATCHES
 from ..passes.train_probe import TRAIN_STEPS
-from ..report import Marker, Plot, Series, Table
-from .base import Check, threshold
+from ..report import CheckResult, Marker, Plot, Series, Table
+from .base import Check, Judgment, threshold
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+#: the bias the advice suggests for a layer whose negative bias kills its units
+BIAS_FILL = 0.01
+#: layers named in the advice on units dead at init
+ADVISED_LAYERS = 4
+
+
+@dataclass(frozen=True)
+class DeadReluMeasured:
+    """The rectifier layers seen at init and after the probe's training steps, and what fed them."""
+
+    init: tuple[LayerStats, ...]
+    trained: tuple[LayerStats, ...]  # empty when the probe saw none or its statistics are unavailable
+    train_forwards: int  # training steps whose activations were recorded (0 without the probe's statistics)
+    producers: Mapping[str, Producer]  # the modules that feed the layers at init, by name
+    user_lr: Optional[float]
+    visibility: tuple[str, ...] = ()  # what the instrument could and could not see
+    train_error: str = ""  # why the after-training statistics are missing
+
+    @property
+    def names(self) -> list[str]:
+        """Every layer, in forward order at init, then those seen only after training."""
+        return list(dict.fromkeys([l.name for l in self.init] + [l.name for l in self.trained]))
 
 
 @dataclass
 class DeadRelu(Check):
     id = "dead_relu"
     title = "Dead rectifier units"
-    what = """Every rectifier-family activation (ReLU, ReLU6, LeakyReLU, ELU, SELU, GELU, SiLU, Mish, Hardswish),
-    as a module or a functional call (F.relu, torch.relu, x.relu(), relu_), is watched on the shared passes: the
-    4 batches at initialization, and the last 6 of the probe's 24 training steps with the user's optimizer and
-    learning rate. A unit (a feature of a linear output, a channel of a feature map) is dead when it is positive
-    on under 1% of the elements it produced; each layer's dead fraction is reported at both moments."""
+    what = """Every rectifier-family activation (ReLU, ReLU6, LeakyReLU, ELU, SELU, CELU, GELU, SiLU, Mish,
+    Hardswish, RReLU), as a module or a functional call (F.relu, torch.relu, x.relu(), relu_), is watched on the
+    shared passes: the {init_batches} batches at initialization, and the last {train_window} of the probe's
+    {train_steps} training steps with the user's optimizer and learning rate. A unit (a feature of a linear
+    output, a channel of a feature map) is dead when it is positive on under {unit_threshold:.0%} of the elements
+    it produced; each layer's dead fraction is reported at both moments. A layer warns above {warn_layer:.0%} dead
+    units and fails above {fail_layer:.0%}, at either moment, and only when that fraction also exceeds what a coin
+    flip per unit gives by chance: 1/2 plus {chance_z:g} binomial standard deviations (0.5/sqrt(units)), capped at
+    all units but 1.5 so that a small layer dead but for one unit is still flagged."""
     why = """A dead ReLU unit outputs zero for every input, so its gradient is zero and it never recovers: the
     layer's capacity is lost. Whole layers die at initialization from a negative bias or a bad init, and during
     training from too high a learning rate (one large update pushes the bias far negative)."""
-    todo = """At init: initialise biases at zero or a small positive value (0.01), use Kaiming (He) init
+    todo = """At init: initialise biases at zero or a small positive value ({bias_fill:g}), use Kaiming (He) init
     (nn.init.kaiming_normal_(w, nonlinearity='relu')), normalize the layer's input (BatchNorm/LayerNorm). Units that
     die during training: lower the learning rate or add warmup, or use LeakyReLU/GELU, which keep a gradient for
     negative inputs."""
@@ -42,6 +73,8 @@ class DeadRelu(Check):
         "A. Karpathy, CS231n 'Commonly used activation functions': as much as 40% of a network can be dead with "
         "too high a learning rate; Kaiming He et al., 'Delving Deep into Rectifiers' (2015) for the init",
     )
+    constants = {"init_batches": INIT_BATCHES, "train_window": TRAIN_WINDOW, "train_steps": TRAIN_STEPS,
+                 "bias_fill": BIAS_FILL}
 
     unit_threshold: float = threshold(0.01, "a unit is dead when positive on fewer than this fraction of the "
                                             "elements it produced over the recorded batches (SageMaker: 1%)")
@@ -58,66 +91,29 @@ class DeadRelu(Check):
                                      "and 61% of 128 units was measured on a healthy 8-layer MLP; capped at all but 1.5 "
                                      "units, so that a small layer dead but for one unit is still flagged")
 
-    def run(self, session):
+    # -- measure ----------------------------------------------------------------------------------------
+    def measure(self, session: "Session") -> DeadReluMeasured:
         init = session.evidence("init_pass").instruments.get("activations")
         trained, train_error = self.activations(session, "train_probe")
-        layers = _rectifiers(init), _rectifiers(trained)
-        if not layers[0] and not layers[1]:
+        at_init, after = of_family(init, RECTIFIER), of_family(trained, RECTIFIER)
+        if not at_init and not after:
             self.skip("no rectifier activation (ReLU family) was seen in the forward" + hidden_clause(init))
-        rows, worst = [], {}
-        names = list(dict.fromkeys([l.name for l in layers[0]] + [l.name for l in layers[1]]))
-        at_init = {l.name: l for l in layers[0]}
-        after = {l.name: l for l in layers[1]}
-        for name in names:
-            a, b = at_init.get(name), after.get(name)
-            fa, fb = self._fraction(a), self._fraction(b)
-            rows.append((name, (a or b).op, (a or b).units, _count(a, self.unit_threshold), fa,
-                         _count(b, self.unit_threshold), fb, _mean_active(a), _mean_active(b),
-                         a.pre_mean if a else None, (a or b).producer))
-            worst[name] = max((self._level(a), fa or 0.0), (self._level(b), fb or 0.0))
-        frac_init = max((self._fraction(l) for l in layers[0]), default=0.0)
-        frac_after = max((self._fraction(l) for l in layers[1]), default=0.0)
-        total_units = sum(l.units for l in layers[0]) or sum(l.units for l in layers[1])
-        dead_init = sum(_count(l, self.unit_threshold) for l in layers[0])
-        dead_after = sum(_count(l, self.unit_threshold) for l in layers[1])
-        worst_name = max(worst, key=worst.get)
-        level, worst_frac = worst[worst_name]
-        metrics = {
-            "layers": len(names), "units": total_units, "dead_units_init": dead_init,
-            "dead_units_trained": dead_after if layers[1] else None,
-            "max_dead_fraction_init": frac_init, "max_dead_fraction_trained": frac_after if layers[1] else None,
-            "worst_layer": worst_name, "worst_dead_fraction": worst_frac,
-            "dead_fraction_by_layer_init": {l.name: self._fraction(l) for l in layers[0]},
-            "dead_fraction_by_layer_trained": {l.name: self._fraction(l) for l in layers[1]},
-            "train_steps_measured": trained.forwards if trained else 0,
-        }
-        status = ("pass", "warn", "fail")[level]
-        when = ("at init" if frac_init >= frac_after else "after training") if status != "pass" else ""
-        if status == "pass":
-            summary = (f"{dead_init} of {total_units} rectifier units dead at init"
-                       + (f", {dead_after} after {TRAIN_STEPS} training steps" if layers[1] else "")
-                       + f"; worst layer {worst_name} {worst_frac:.0%} dead")
-        else:
-            limit = self.fail_layer if status == 'fail' else self.warn_layer
-            summary = f"{worst_frac:.1%} of layer {worst_name}'s units are dead {when} (threshold {limit:.0%})"
-        advice = self._advice(session, layers, status) if status != "pass" else ()
-        table = Table("dead_units", "Dead units per layer (a unit is dead when positive on < "
-                      f"{self.unit_threshold:.0%} of its outputs)",
-                      ("layer", "op", "units", "dead at init", "dead fraction at init", "dead after training",
-                       "dead fraction after training", "mean active fraction at init",
-                       "mean active fraction after training", "pre-activation mean at init", "input from"),
-                      rows)
-        plot = Plot("dead_fraction", "Dead units per layer", "bar",
-                    (Series("at init", names, [self._fraction(at_init.get(n)) or 0.0 for n in names]),
-                     Series("after training", names, [self._fraction(after.get(n)) or 0.0 for n in names])),
-                    x_label="layer (forward order)", y_label="dead fraction",
-                    markers=(Marker(f"warn {self.warn_layer:.0%}", self.warn_layer, axis="y"),
-                             Marker(f"fail {self.fail_layer:.0%}", self.fail_layer, axis="y")))
-        notes = list(visibility_notes(init))
-        if train_error:
-            notes.append(f"after-training statistics unavailable: {train_error}")
-        return self.result(status, summary, metrics=metrics, advice=advice, tables=(table,), plots=(plot,),
-                           notes=tuple(notes))
+        return DeadReluMeasured(
+            init=tuple(at_init), trained=tuple(after), train_forwards=trained.forwards if trained else 0,
+            producers=producers(session.model, at_init), user_lr=session.user_lr,
+            visibility=visibility_notes(init), train_error=train_error)
+
+    # -- judge ------------------------------------------------------------------------------------------
+    def judge(self, measured: DeadReluMeasured) -> Judgment:
+        name, level, frac = self._worst(measured)
+        status = LEVELS[level]
+        if status is Status.PASS:
+            return Judgment(status, f"{self._counts(measured)}; worst layer {name} {fmt.pct(frac)} dead")
+        when = "at init" if self._max_fraction(measured.init) >= self._max_fraction(measured.trained) \
+            else "after training"
+        limit = self.fail_layer if status is Status.FAIL else self.warn_layer
+        summary = f"{fmt.pct(frac, 1)} of layer {name}'s units are dead {when} (threshold {fmt.pct(limit)})"
+        return Judgment(status, summary, self._advice(measured))
 
     def _level(self, layer: Optional[LayerStats]) -> int:
         """0 pass, 1 warn, 2 fail for one layer: its dead fraction above the threshold and above what a coin flip
@@ -134,54 +130,117 @@ class DeadRelu(Check):
         return 2 if frac > self.fail_layer else 1 if frac > self.warn_layer else 0
 
     def _fraction(self, layer: Optional[LayerStats]) -> Optional[float]:
+        """The fraction of a layer's units that are dead (None for a layer not seen at that moment)."""
         if layer is None:
             return None
-        return _count(layer, self.unit_threshold) / max(layer.units, 1)
+        return layer.dead_units(self.unit_threshold) / max(layer.units, 1)
 
-    def _advice(self, session, layers, status) -> tuple[str, ...]:
-        out = []
-        modules = dict(session.model.named_modules())
-        init_bad = [l for l in layers[0] if self._level(l)]
+    def _worst(self, m: DeadReluMeasured) -> tuple[str, int, float]:
+        """The worst layer at either moment: (name, level, dead fraction), the first in forward order on a tie."""
+        at_init, after = {l.name: l for l in m.init}, {l.name: l for l in m.trained}
+        worst = {}
+        for name in m.names:
+            a, b = at_init.get(name), after.get(name)
+            worst[name] = max((self._level(a), self._fraction(a) or 0.0),
+                              (self._level(b), self._fraction(b) or 0.0))
+        name = max(worst, key=worst.get)
+        return (name, *worst[name])
+
+    def _counts(self, m: DeadReluMeasured) -> str:
+        """'5 of 256 rectifier units dead at init, 53 after 24 training steps'."""
+        after = f", {self._dead(m.trained)} after {TRAIN_STEPS} training steps" if m.trained else ""
+        return f"{self._dead(m.init)} of {_units(m)} rectifier units dead at init{after}"
+
+    def _dead(self, layers: tuple[LayerStats, ...]) -> int:
+        return sum(l.dead_units(self.unit_threshold) for l in layers)
+
+    def _max_fraction(self, layers: tuple[LayerStats, ...]) -> float:
+        return max((self._fraction(l) for l in layers), default=0.0)
+
+    def _advice(self, m: DeadReluMeasured) -> tuple[str, ...]:
+        init_bad = [l for l in m.init if self._level(l)]
         init_names = {l.name for l in init_bad}
-        train_bad = [l for l in layers[1] if self._level(l) and l.name not in init_names]
-        for layer in init_bad[:4]:
-            out.append(_init_advice(layer, modules.get(layer.producer), self._fraction(layer)))
+        train_bad = [l for l in m.trained if self._level(l) and l.name not in init_names]
+        out = [_init_advice(l, m.producers.get(l.producer), self._fraction(l)) for l in init_bad[:ADVISED_LAYERS]]
         if train_bad:
-            lr = session.user_lr
-            names = ", ".join(f"{l.name} ({self._fraction(l):.0%})" for l in train_bad[:6])
+            names = ", ".join(f"{l.name} ({fmt.pct(self._fraction(l))})" for l in train_bad[:6])
             out.append(f"Units die during training in {names}: they were alive at init, so the updates kill them. "
-                       f"Lower the learning rate (now {lr:.3g}) or add warmup; LeakyReLU or GELU keep a gradient "
-                       "for negative inputs." if lr else
+                       f"Lower the learning rate (now {fmt.lr(m.user_lr)}) or add warmup; LeakyReLU or GELU keep a "
+                       "gradient for negative inputs." if m.user_lr else
                        f"Units die during training in {names}: lower the learning rate or add warmup; LeakyReLU "
                        "or GELU keep a gradient for negative inputs.")
         return tuple(out)
 
+    # -- present ----------------------------------------------------------------------------------------
+    def present(self, measured: DeadReluMeasured, judgment: Judgment) -> CheckResult:
+        notes = list(measured.visibility)
+        if measured.train_error:
+            notes.append(f"after-training statistics unavailable: {measured.train_error}")
+        return self.result(judgment.status, judgment.summary, metrics=self._metrics(measured),
+                           advice=judgment.advice, tables=(self._table(measured),), plots=(self._plot(measured),),
+                           notes=tuple(notes))
 
-def _rectifiers(result: Optional[ActivationResult]) -> list[LayerStats]:
-    return [l for l in result.family(RECTIFIER) if l.units] if result else []
+    def _metrics(self, m: DeadReluMeasured) -> dict:
+        name, _, frac = self._worst(m)
+        return {
+            "layers": len(m.names), "units": _units(m), "dead_units_init": self._dead(m.init),
+            "dead_units_trained": self._dead(m.trained) if m.trained else None,
+            "max_dead_fraction_init": self._max_fraction(m.init),
+            "max_dead_fraction_trained": self._max_fraction(m.trained) if m.trained else None,
+            "worst_layer": name, "worst_dead_fraction": frac,
+            "dead_fraction_by_layer_init": {l.name: self._fraction(l) for l in m.init},
+            "dead_fraction_by_layer_trained": {l.name: self._fraction(l) for l in m.trained},
+            "train_steps_measured": m.train_forwards,
+        }
+
+    def _table(self, m: DeadReluMeasured) -> Table:
+        at_init, after = {l.name: l for l in m.init}, {l.name: l for l in m.trained}
+        rows = []
+        for name in m.names:
+            a, b = at_init.get(name), after.get(name)
+            rows.append((name, (a or b).op, (a or b).units, self._count(a), self._fraction(a), self._count(b),
+                         self._fraction(b), _mean_active(a), _mean_active(b), a.pre_mean if a else None,
+                         (a or b).producer))
+        return Table("dead_units", "Dead units per layer (a unit is dead when positive on < "
+                     f"{fmt.pct(self.unit_threshold)} of its outputs)",
+                     ("layer", "op", "units", "dead at init", "dead fraction at init", "dead after training",
+                      "dead fraction after training", "mean active fraction at init",
+                      "mean active fraction after training", "pre-activation mean at init", "input from"), rows)
+
+    def _plot(self, m: DeadReluMeasured) -> Plot:
+        names = m.names
+        at_init, after = {l.name: l for l in m.init}, {l.name: l for l in m.trained}
+        return Plot("dead_fraction", "Dead units per layer", "bar",
+                    (Series("at init", names, [self._fraction(at_init.get(n)) or 0.0 for n in names]),
+                     Series("after training", names, [self._fraction(after.get(n)) or 0.0 for n in names])),
+                    x_label="layer (forward order)", y_label="dead fraction",
+                    markers=(Marker(f"warn {fmt.pct(self.warn_layer)}", self.warn_layer, axis="y"),
+                             Marker(f"fail {fmt.pct(self.fail_layer)}", self.fail_layer, axis="y")))
+
+    def _count(self, layer: Optional[LayerStats]) -> Optional[int]:
+        return None if layer is None else layer.dead_units(self.unit_threshold)
 
 
-def _count(layer: Optional[LayerStats], threshold: float) -> Optional[int]:
-    return None if layer is None else layer.dead_units(threshold)
+def _units(m: DeadReluMeasured) -> int:
+    """Rectifier units in the model: as seen at init, or after training when init saw none."""
+    return sum(l.units for l in m.init) or sum(l.units for l in m.trained)
 
 
 def _mean_active(layer: Optional[LayerStats]) -> Optional[float]:
     return None if layer is None or not layer.active else sum(layer.active) / len(layer.active)
 
 
-def _init_advice(layer: LayerStats, producer: Optional[nn.Module], fraction: float) -> str:
+def _init_advice(layer: LayerStats, producer: Optional[Producer], fraction: float) -> str:
     """Say why a layer is dead at init from its input: a negative bias, a shifted pre-activation, the init."""
-    head = f"{layer.name}: {fraction:.0%} of its {layer.units} units are dead at init"
-    pre = (f" (pre-activation mean {layer.pre_mean:.3g}, std {layer.pre_std:.3g})"
-           if layer.pre_mean is not None and layer.pre_std is not None else "")
-    bias = getattr(producer, "bias", None) if producer is not None else None
-    if isinstance(bias, torch.Tensor) and bias.numel():
-        b = bias.detach().float()
-        if float(b.mean()) < 0 and float(b.mean()) < -0.5 * float(b.std() if b.numel() > 1 else 0.0):
-            return (f"{head}{pre}: the bias of {layer.producer} has mean {float(b.mean()):.3g}, which pushes the "
-                    f"inputs below zero. Initialise it at 0 or a small positive value "
-                    f"(nn.init.constant_({ref(layer.producer, 'bias')}, 0.01)).")
-    if layer.pre_mean is not None and layer.pre_std is not None and layer.pre_mean < -layer.pre_std:
+    head = f"{layer.name}: {fmt.pct(fraction)} of its {layer.units} units are dead at init"
+    known = layer.pre_mean is not None and layer.pre_std is not None
+    pre = f" (pre-activation mean {fmt.num(layer.pre_mean, 3)}, std {fmt.num(layer.pre_std, 3)})" if known else ""
+    if producer is not None and producer.bias_mean is not None and producer.bias_mean < 0 \
+            and producer.bias_mean < -0.5 * producer.bias_std:
+        return (f"{head}{pre}: the bias of {layer.producer} has mean {fmt.num(producer.bias_mean, 3)}, which pushes "
+                f"the inputs below zero. Initialise it at 0 or a small positive value "
+                f"(nn.init.constant_({ref(layer.producer, 'bias')}, {BIAS_FILL:g})).")
+    if known and layer.pre_mean < -layer.pre_std:
         return (f"{head}{pre}: its inputs are shifted far below zero. Normalize them (BatchNorm/LayerNorm before "
                 f"the activation), center the input data, and use zero biases.")
     where = f" of {layer.producer}" if layer.producer else ""
