@@ -10,6 +10,8 @@ from torch import nn
 
 import babysitter
 import zoo
+from babysitter.analysis.status import Status
+from babysitter.checklist.initial_loss import InitialLoss, InitMeasured
 
 
 def check(**fields):
@@ -136,3 +138,80 @@ def test_figure_and_zeroed_input_baseline_are_reported():
     assert result.plots and result.plots[0].kind == "hist" and len(result.plots[0].series[0].y) > 100
     assert result.metrics["zeroed_input_loss"] > 0
     assert result.tables[0].rows
+
+
+# -- the judgment alone, on synthetic measurements (no model) ------------------------------------------------
+def measured_ce(observed, chance=1.0, prior=None, **fields):
+    refs = {"chance": chance, "prior": chance if prior is None else prior, "classes": 3,
+            "prior_bias": [-0.1, -2.3, -2.3]}
+    base = dict(observed=observed, refs=refs, family="ce", how="module", classification=True,
+                expected=f"ln 3 = {chance}", scale=1.0, summed=False, output_std=1.0, batches=4)
+    return InitMeasured(**{**base, **fields})
+
+
+def measured_mse(observed, var=1.0, constant=None):
+    refs = {"chance": var, "zero": var, "constant": var if constant is None else constant, "target_mean": 50.0,
+            "target_std": 1.0}
+    return InitMeasured(observed=observed, refs=refs, family="mse", how="module", classification=False,
+                        expected=f"Var(y) = {var}", scale=1.0, summed=False, output_std=0.1, batches=4)
+
+
+def test_judge_warn_and_fail_ratios_on_either_side():
+    judge = InitialLoss().judge
+    assert judge(measured_ce(1.49)).status == Status.PASS
+    assert judge(measured_ce(1.51)).status == Status.WARN
+    assert judge(measured_ce(2.49)).status == Status.WARN
+    fail = judge(measured_ce(2.51))
+    assert fail.status == Status.FAIL and "2.5x chance" in fail.summary and "final layer" in fail.advice[0]
+    assert InitialLoss(warn_ratio=2.0).judge(measured_ce(1.51)).status == Status.PASS
+
+
+def test_judge_below_ratio_of_the_lowest_reference():
+    judge = InitialLoss().judge
+    assert judge(measured_ce(0.51)).status == Status.PASS
+    low = judge(measured_ce(0.49))
+    assert low.status == Status.WARN and "below chance" in low.summary and "log_softmax" in low.advice[0]
+    assert judge(measured_ce(0.39, prior=0.8)).status == Status.WARN  # below half the prior's 0.8
+    assert judge(measured_ce(0.41, prior=0.8)).status == Status.PASS
+
+
+def test_judge_imbalance_ratio_gives_the_prior_bias():
+    judge = InitialLoss().judge
+    assert any("log prior" in a for a in judge(measured_ce(1.0, prior=0.84)).advice)
+    assert not judge(measured_ce(1.0, prior=0.86)).advice
+    assert not any("log prior" in a for a in judge(measured_ce(3.0, prior=0.5)).advice)  # not on a failure
+
+
+def test_judge_summed_and_nonfinite_losses_fail():
+    summed = InitialLoss().judge(measured_ce(281.2, chance=1.0986, summed=True, scale=256.0))
+    assert summed.status == Status.FAIL and "reduction='sum'" in summed.summary and "256 x 1.098" in summed.summary
+    assert InitialLoss().judge(measured_ce(math.nan)).status == Status.FAIL
+
+
+def test_judge_regression_against_var_and_an_offset():
+    judge = InitialLoss().judge
+    assert judge(measured_mse(1.49)).status == Status.PASS
+    assert judge(measured_mse(1.51)).status == Status.WARN
+    assert judge(measured_mse(2.51)).status == Status.FAIL
+    # outputs offset from the targets (the loss of their mean is 50 Var(y)): only the spread's excess counts
+    offset = judge(measured_mse(50.4, constant=50.0))
+    assert offset.status == Status.PASS and "standardize" in offset.advice[0] and "50" in offset.advice[0]
+    assert judge(measured_mse(51.6, constant=50.0)).status == Status.FAIL  # 1 + 1.6 = 2.6x Var(y)
+
+
+class RefusesZeros(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        if not bool(x.any()):
+            raise ValueError("all-zero input")
+        return self.fc(x)
+
+
+def test_zeroed_input_loss_that_fails_is_a_note_not_an_error():
+    torch.manual_seed(0)
+    result = check(model=RefusesZeros(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss())
+    assert result.status == "pass" and "zeroed_input_loss" not in result.metrics
+    assert any(n.startswith("zeroed-input loss unavailable: ValueError: all-zero input") for n in result.notes)

@@ -11,8 +11,9 @@ from torch import nn
 
 import babysitter
 import zoo
-from babysitter.analysis.lr_curve import ReadingRules, SweepRun, SweepSettings, analyse_run
-from babysitter.checklist.lr_range import LrRange
+from babysitter.analysis.lr_curve import LrSweep, ReadingRules, SweepRun, SweepSettings, analyse_run, read_sweep
+from babysitter.analysis.status import Status
+from babysitter.checklist.lr_range import LrRange, SweepMeasured
 from babysitter.passes.lr_sweep import lr_sweep, sweep_once
 from babysitter.session import Session
 from babysitter.target import Target
@@ -191,3 +192,66 @@ def test_adam_far_below_the_descent_warns_common_lrs_do_not(lr, expected):
     result = check(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
                    optimizer=lambda p: torch.optim.Adam(p, lr=lr))
     assert result.status in expected, result.summary
+
+
+# -- the judgment alone, on a synthetic sweep (no model) -----------------------------------------------------
+LRS = np.logspace(-7, 1, 100)
+# falls between 1e-4 and 1e-2, bottoms out near 3e-2 and rises beyond 0.1
+CURVE = 1.0 - 0.9 / (1 + np.exp(-(np.log10(LRS) + 3) * 3)) + 0.05 * np.maximum(0, np.log10(LRS) + 1.5) ** 3
+
+
+def judged(user_lr, curve=CURVE, stop_at=None, **rules):
+    """lr_range's judgment of ``user_lr`` on three repeats of ``curve`` (cut where the sweep diverged), read under
+    ``rules`` as the ``lr_reading`` evidence reads it under the options given to lr_range."""
+    n = stop_at or len(LRS)
+    runs = tuple(SweepRun(i, tuple(LRS[:n].tolist()), tuple(curve[:n].tolist()), (),
+                          "diverged" if stop_at else "end", float(LRS[n - 1]) if stop_at else None) for i in range(3))
+    reading = read_sweep(LrSweep(runs, user_lr, (1.0,), "SGD", 3 * n, 0.0), ReadingRules(**rules))
+    measured = SweepMeasured(reading=reading, repeats=3, steps=3 * n, optimizer="SGD", seconds=0.0)
+    return LrRange().judge(measured), reading
+
+
+def test_judge_passes_inside_the_range_and_warns_above_it():
+    inside, r = judged(1e-2)
+    assert inside.status == Status.PASS and r.lr_low < 1e-2 < r.lr_high and not inside.advice
+    above, r = judged(1.2 * r.lr_high)
+    assert above.status == Status.WARN and "above the good range" in above.summary
+
+
+def test_judge_fail_above_the_divergence_point():
+    _, r = judged(None, stop_at=90)
+    diverged = r.diverged_at
+    assert judged(1.01 * diverged, stop_at=90)[0].status == Status.FAIL
+    assert judged(0.99 * diverged, stop_at=90)[0].status == Status.WARN  # above the range, below divergence
+    assert judged(1.01 * diverged, stop_at=90, fail_above=2.0)[0].status == Status.WARN
+
+
+def test_judge_fail_below_the_ranges_low_end():
+    low = judged(None)[1].lr_low
+    assert judged(0.9 * low)[0].status == Status.WARN
+    edge = ReadingRules().fail_below * low
+    assert judged(1.05 * edge)[0].status == Status.WARN
+    fail = judged(0.95 * edge)[0]
+    assert fail.status == Status.FAIL and "does not move" in fail.summary and "Raise the LR" in fail.advice[0]
+
+
+def test_judge_band_sets_the_top_of_the_range():
+    narrow, wide = judged(None, band=0.1)[1], judged(None, band=0.5)[1]
+    assert wide.lr_high > narrow.lr_high
+    between = (narrow.lr_high * wide.lr_high) ** 0.5
+    assert judged(between, band=0.1)[0].status == Status.WARN and judged(between, band=0.5)[0].status == Status.PASS
+
+
+def test_judge_min_drop_decides_whether_a_flat_curve_gives_a_suggestion():
+    shallow = 1.0 - 0.08 / (1 + np.exp(-(np.log10(LRS) + 3) * 3))  # falls 8%
+    skip, r = judged(1e-2, curve=shallow)
+    assert skip.status == Status.SKIP and r.suggested_lr is None and "never fell by 10%" in skip.summary
+    assert judged(1e-2, curve=shallow, min_drop=0.05)[1].suggested_lr is not None
+    measured = SweepMeasured(reading=r, repeats=3, steps=300, optimizer="SGD", seconds=0.0)
+    assert LrRange().present(measured, skip).tables == ()  # no readings table without a suggestion
+
+
+def test_doc_states_the_suggestion_rule_and_the_defaults():
+    doc = " ".join(LrRange.doc().split())
+    assert "median of three readings" not in doc and "minimum / 10" in doc
+    assert "1e-07 to 10 over 100 steps" in doc and "30x below the range's low end" in doc

@@ -9,7 +9,10 @@ from torch import nn
 
 import babysitter
 import zoo
-from babysitter.checklist.overfit_batch import regularization_off
+from babysitter.analysis.lr_curve import LrReading
+from babysitter.analysis.status import Status
+from babysitter.checklist.overfit_batch import (SAME_OUTPUT_SPREAD, Attempt, OutputFacts, OverfitBatch,
+                                                OverfitMeasured, regularization_off)
 
 
 def check(options=None, **fields):
@@ -182,3 +185,98 @@ def test_slow_but_learning_autoencoder_passes_past_the_budget():
     result = check(**fields)
     assert result.status == "pass", result.summary
     assert check(options={"extend_to": 200}, **fields).status == "fail"
+
+
+def test_lr_range_options_reach_overfit_batchs_reading():
+    # the LR sweep and its reading are evidence read under lr_range's options: a wider band moves the top of the
+    # range, so the suggestion (for SGD, between the minimum and that top), and overfit_batch retries there
+    def run(band):
+        fields = zoo.mlp_target()
+        fields["optimizer"] = lambda p: torch.optim.SGD(p, lr=1e-5)  # too slow: overfit_batch retries
+        report = babysitter.check(**fields, select=["lr_range", "overfit_batch"],
+                                  options={"lr_range": {"steps": 60, "repeats": 2, "band": band}})
+        return report["lr_range"].metrics, report["overfit_batch"].metrics
+
+    (narrow, fit_narrow), (wide, fit_wide) = run(0.1), run(0.5)
+    assert wide["lr_high"] > narrow["lr_high"] and wide["suggested_lr"] != narrow["suggested_lr"]
+    assert fit_narrow["lr"] == narrow["suggested_lr"] and fit_wide["lr"] == wide["suggested_lr"]
+    assert "lr_range's suggestion" in fit_wide["lr_source"]
+
+
+# -- the judgment alone, on synthetic attempts (no model) ----------------------------------------------------
+SPREAD_OUT = OutputFacts(per_example=3, classes=3, in_unit=False, sums_to_one=False, spread=0.8)
+
+
+def attempt(best, passed=False, lr=1e-2, start=1.1, floor=0.0, outputs=SPREAD_OUT, losses=None, **fields):
+    losses = losses or (start, best)
+    return Attempt(lr=lr, why_lr=f"your LR {lr}", losses=tuple(losses), best=best, start=start,
+                   reduction=(best - floor) / (start - floor), accuracy=1.0 if passed else 0.5, passed=passed,
+                   steps=len(losses), floor=floor, reference=start, family=fields.pop("family", "ce"),
+                   outputs=outputs, **fields)
+
+
+def measured(*attempts, reading=None, parameters=10_000):
+    return OverfitMeasured(examples=32, attempts=attempts, parameters=parameters, reading=reading)
+
+
+def reading(low=1e-3, high=1e-1):
+    return LrReading(analyses=(), user_lr=None, status=Status.PASS, summary="", suggested_lr=1e-2, lr_low=low,
+                     lr_high=high)
+
+
+def test_judge_passes_the_attempt_that_passed_and_says_when_a_retry_did():
+    first = attempt(0.05, passed=True)
+    j = OverfitBatch().judge(measured(first))
+    assert j.status == Status.PASS and not j.advice and "fell from 1.1 to 0.05 (4.5% of its start 1.1)" in j.summary
+    retried = OverfitBatch().judge(measured(attempt(0.9, lr=1e-5), attempt(0.05, passed=True, lr=0.3)))
+    assert retried.status == Status.PASS and "your LR is slow" in retried.advice[0] and "at 0.3 it was" in \
+        retried.advice[0]
+
+
+def test_judge_fails_on_the_attempt_that_got_furthest():
+    m = measured(attempt(1.0, lr=1e-5), attempt(0.5, lr=1e-2), attempt(0.8, lr=1e-1))
+    j = OverfitBatch().judge(m)
+    assert m.final.lr == 1e-2 and j.status == Status.FAIL
+    assert "best loss 0.5 is 45% of its start 1.1, accuracy 50% after 2 steps; likely:" in j.summary
+
+
+def test_judge_names_a_softmax_before_cross_entropy_first():
+    probs = OutputFacts(per_example=3, classes=3, in_unit=True, sums_to_one=True, spread=0.5)
+    j = OverfitBatch().judge(measured(attempt(0.7, outputs=probs)))
+    assert j.causes[0].cause == "softmax fed into CrossEntropyLoss" and j.causes[0].score == 1.0
+    assert "ln(1 + (C-1)/e) = 0.551" in j.advice[0]
+    logits_in_unit = OutputFacts(per_example=3, classes=3, in_unit=True, sums_to_one=False, spread=0.5)
+    assert OverfitBatch().judge(measured(attempt(0.7, outputs=logits_in_unit))).causes[0].cause != \
+        "softmax fed into CrossEntropyLoss"
+    sig = OverfitBatch().judge(measured(attempt(0.6, family="bce_logits", outputs=logits_in_unit)))
+    assert sig.causes[0].cause == "sigmoid fed into BCEWithLogitsLoss"
+
+
+def test_judge_same_output_for_every_example_below_the_spread_edge():
+    def first_cause(spread):
+        facts = OutputFacts(per_example=3, classes=3, spread=spread)
+        return OverfitBatch().judge(measured(attempt(1.0, outputs=facts))).causes[0].cause
+
+    assert first_cause(0.9 * SAME_OUTPUT_SPREAD) == "the output ignores the input"
+    assert first_cause(1.1 * SAME_OUTPUT_SPREAD) != "the output ignores the input"
+
+
+def test_judge_ranks_learning_rate_causes_from_lr_ranges_reading():
+    def top(a, r=reading()):
+        c = OverfitBatch().judge(measured(a, reading=r)).causes[0]
+        return c.cause, c.score
+
+    assert top(attempt(1.05, lr=1e-5)) == ("learning rate too low", 0.7)  # kept 95% of its excess: barely moved
+    assert top(attempt(0.5, lr=1e-5)) == ("learning rate too low", 0.4)
+    assert top(attempt(0.5, lr=1.0)) == ("learning rate too high", 0.5)  # above the range's top
+    assert top(attempt(0.5, lr=1e-2, losses=(1.1, 0.5, 1.7))) == ("learning rate too high", 0.8)  # rose 1.5x
+    assert top(attempt(0.5, lr=1e-2, losses=(1.1, 0.5, 1.6))) == ("too little capacity", 0.2)
+    assert top(attempt(0.5, lr=1e-2, losses=(1.1, 0.5, 1.7)), None) == ("learning rate too high", 0.8)
+
+
+def test_judge_too_little_capacity_for_the_values_to_fit():
+    def capacity(parameters):
+        causes = OverfitBatch().judge(measured(attempt(0.5), parameters=parameters)).causes
+        return next(c.score for c in causes if c.cause == "too little capacity")
+
+    assert capacity(32 * 3 - 1) == 0.6 and capacity(32 * 3) == 0.2

@@ -1,21 +1,45 @@
-"""overfit_batch: with regularization off, can the model drive the loss on a tiny subset to about zero?"""
+"""overfit_batch: with regularization off, can the model drive the loss on a tiny subset to about zero?
+
+measure trains on the subset (the user's LR, then lr_range's suggestion when that failed) and keeps plain data of
+each attempt: its losses, the reference and floor they are measured against, and what the last outputs show (in
+[0, 1], summing to one, the same for every example); judge reads those attempts and ranks the likely causes
+without touching the model.
+"""
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..analysis import fmt
 from ..analysis.batches import batch_size_of, concat_batches, slice_batch, to_device
-from ..analysis.loss import accuracy, constant_loss, loss_floor
+from ..analysis.loss import LossModel, accuracy, constant_loss, loss_floor
+from ..analysis.lr_curve import LrReading
+from ..analysis.status import Status
 from ..optim import group_scales, set_lr, zero_decay
-from ..report import Marker, Plot, Series, Table
-from .base import Check, threshold
+from ..report import CheckResult, Marker, Plot, Series, Table
+from .base import Check, Judgment, threshold
+
+if TYPE_CHECKING:
+    from ..session import Session
+
+#: outputs that differ from the first example's by less than this fraction of their largest magnitude are the
+#: same for every example: the output ignores the input
+SAME_OUTPUT_SPREAD = 1e-5
+#: outputs whose sum over dimension 1 is within this of 1 for every example are probabilities
+SUMS_TO_ONE = 1e-3
+#: a loss that ends above this multiple of its start diverged
+DIVERGED_RISE = 1.5
+#: an attempt whose best loss kept more than this fraction of its excess barely moved
+BARELY_MOVED = 0.9
+#: without a suggestion from lr_range, the user's LR times these is tried (when its loss did not blow up)
+RETRY_MULTIPLES = (10, 100)
 
 _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
              torch.dropout, torch.alpha_dropout, torch.feature_dropout, torch.feature_alpha_dropout}
@@ -56,7 +80,7 @@ def regularization_off(model: nn.Module):
 
 
 # -- the subset and what can be said of its outputs --------------------------------------------------
-def tiny_subset(session, examples: int) -> tuple[Any, int]:
+def tiny_subset(session: "Session", examples: int) -> tuple[Any, int]:
     """The first ``examples`` examples of the pool as one batch (on the session's device), and their number."""
     taken, n = [], 0
     for b in session.pool:
@@ -72,11 +96,39 @@ def tiny_subset(session, examples: int) -> tuple[Any, int]:
     return to_device(batch, session.device), n
 
 
-@dataclass
+@dataclass(frozen=True)
+class OutputFacts:
+    """What the ranked causes need to know of the outputs of an attempt's last step."""
+
+    per_example: int = 1  # values per example
+    classes: Optional[int] = None  # the size of dimension 1 (None below two dimensions)
+    in_unit: bool = False  # every output in [0, 1] (two or more dimensions)
+    sums_to_one: bool = False  # every example's outputs sum to 1 over dimension 1 (two or more dimensions)
+    spread: Optional[float] = None  # largest |output - first example's| over the largest |output| (2+ examples)
+
+
+def output_facts(outputs: Any) -> Optional[OutputFacts]:
+    """The facts of a tensor of outputs (None when the outputs are not one tensor)."""
+    if not isinstance(outputs, torch.Tensor):
+        return None
+    o = outputs.detach().float()
+    facts: dict[str, Any] = {"per_example": o[0].numel() if o.ndim >= 1 else 1}
+    if o.ndim >= 2:
+        facts.update(classes=int(o.shape[1]), in_unit=bool(((o >= 0) & (o <= 1)).all()),
+                     sums_to_one=bool(((o.sum(1) - 1).abs() < SUMS_TO_ONE).all()))
+    if o.ndim >= 1 and o.shape[0] > 1:
+        flat = o.reshape(o.shape[0], -1)
+        facts["spread"] = float((flat - flat[:1]).abs().max()) / max(float(flat.abs().max()), 1e-12)
+    return OutputFacts(**facts)
+
+
+@dataclass(frozen=True)
 class Attempt:
+    """One training run on the subset at one LR, as plain data."""
+
     lr: Optional[float]
     why_lr: str
-    losses: list[float]
+    losses: tuple[float, ...]
     best: float
     start: float
     reduction: float  # (best - floor) / (reference - floor)
@@ -86,8 +138,60 @@ class Attempt:
     floor: float = 0.0
     reference: float = math.nan  # the loss reductions are measured from: min(start, constant prediction's loss)
     family: Optional[str] = None
-    decay: tuple = ()
-    outputs: Any = None
+    decay: tuple[str, ...] = ()
+    outputs: Optional[OutputFacts] = None  # of the last step's outputs
+
+    @property
+    def diverged(self) -> bool:
+        """A non-finite loss, or one that ended well above its start."""
+        return not math.isfinite(self.best) or any(not math.isfinite(v) for v in self.losses) or \
+            self.losses[-1] > DIVERGED_RISE * self.start
+
+
+@dataclass(frozen=True)
+class OverfitMeasured:
+    """The attempts on the subset, in the order they were run, and what the judgment reads beside them."""
+
+    examples: int
+    attempts: tuple[Attempt, ...]
+    parameters: int  # trainable parameters
+    reading: Optional[LrReading] = None  # lr_range's reading, read when the user's LR failed
+    notes: tuple[str, ...] = ()
+
+    @property
+    def final(self) -> Attempt:
+        """The attempt that passed, or else the one that got furthest."""
+        return next((x for x in self.attempts if x.passed), None) or min(
+            self.attempts, key=lambda x: x.reduction if math.isfinite(x.reduction) else math.inf)
+
+
+class Cause(NamedTuple):
+    """A likely cause of a failure, with a score in [0, 1] from the evidence."""
+
+    score: float
+    cause: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class OverfitJudgment(Judgment):
+    """The judgment with the likely causes, ranked (on failure)."""
+
+    causes: tuple[Cause, ...] = ()
+
+
+@dataclass
+class _Progress:
+    """One attempt's training so far (device losses until the end)."""
+
+    losses: list = field(default_factory=list)
+    accuracy: Any = None  # at the last read of the loss
+    family: Optional[str] = None
+    floor: float = 0.0
+    reference: float = math.nan
+    passed: bool = False
+    steps: int = 0
+    outputs: Optional[OutputFacts] = None
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -95,14 +199,18 @@ class Attempt:
 class OverfitBatch(Check):
     id = "overfit_batch"
     title = "Overfit a tiny subset"
-    what = """Trains on a tiny fixed subset (the first 32 examples by default) with regularization off (dropout
-    inactive, including functional, attention and recurrent dropout, while BatchNorm keeps training statistics;
-    weight decay set to zero), with the user's optimizer class and LR, for 200 full-subset steps (continued up to 800 while the loss is
-    still falling by 20% per 100 steps). When
-    that does not get there, lr_range's verdict is read: its suggestion (which replaces an LR it judged unusable)
-    and then the top of its good range are tried with the same budget, and the report says which LR was used
-    and why. Passes when the loss falls to 10% of its starting excess over the lowest reachable loss (zero, or
-    the entropy left by label smoothing or soft labels) and, for classification, every example of the subset is
+    what = """Trains on a tiny fixed subset (the first {examples} examples by default) with regularization off
+    (dropout inactive, including functional, attention and recurrent dropout, while BatchNorm keeps training
+    statistics; weight decay set to zero), with the user's optimizer class and LR, for {max_steps} full-subset
+    steps (continued up to {extend_to} while the loss's excess over its floor still falls by {extend_progress:.0%}
+    per {extend_window} steps), stopping early once it passes. When that does not get there, lr_range's reading
+    is used: its suggestion (which replaces an LR it judged unusable) and then the top of its good range are
+    tried with the same budget, or, when the sweep gives no suggestion, {retry_low}x and {retry_high}x the user's
+    LR (unless its loss blew up); each only while no attempt has passed and only if it differs from every LR
+    tried by more than {retry_factor:g}x. The report says which LR was used and why. Passes when the loss falls to
+    {pass_fraction:.0%} of its excess over the lowest reachable loss (zero, or the entropy left by label smoothing
+    or soft labels), measured from the start or, when lower, from the loss of the best prediction that ignores the
+    input (the class frequencies, the target mean), and, for classification, every example of the subset is
     classified right. On failure the likely causes are ranked by the evidence."""
     why = """A network that cannot memorise a few dozen examples will not learn the data set: the bug is in the
     model, the loss or the optimizer, and no amount of training fixes it. It is the cheapest test that the whole
@@ -111,6 +219,7 @@ class OverfitBatch(Check):
     todo = """Follow the ranked causes: remove a softmax/sigmoid before CrossEntropyLoss/BCEWithLogitsLoss (they
     take raw logits); check that the input reaches the output (a detached tensor, a constant, a wrong variable);
     use an LR inside lr_range's range; make the model larger if it is very small."""
+    constants = {"retry_low": RETRY_MULTIPLES[0], "retry_high": RETRY_MULTIPLES[1]}
     sources = (
         "A. Karpathy, 'A Recipe for Training Neural Networks' (2019): overfit one batch, verify that you can reach "
         "the lowest achievable loss (e.g. zero)",
@@ -140,140 +249,126 @@ class OverfitBatch(Check):
     retry_factor: float = threshold(3.0, "when the user's LR failed, retry at lr_range's suggestion and at the top of "
                                          "its range, each only if it differs from every LR tried by this factor")
 
-    def run(self, session):
+    # -- measure: the attempts ---------------------------------------------------------------------
+    def measure(self, session: "Session") -> OverfitMeasured:
         params = [p for p in session.model.parameters() if p.requires_grad]
         if not params:
             self.skip("the model has no trainable parameter")
         subset, n = tiny_subset(session, self.examples)
         user_lr = session.user_lr
-        notes = []
-        # the user's LR first; lr_range's sweep is read only when that fails (in a full checklist it is computed
-        # once anyway), and its suggestion is tried when it differs enough
-        attempts = [self._attempt(session, subset, user_lr,
-                                  f"your LR {user_lr:.3g}" if user_lr is not None else "the optimizer's own LR")]
-        verdict = None
+        why = f"your LR {fmt.lr(user_lr)}" if user_lr is not None else "the optimizer's own LR"
+        attempts = [self._attempt(session, subset, user_lr, why)]
+        reading, notes = None, ()
+        # lr_range's reading is needed only when the user's LR failed (in a full checklist it is computed once
+        # anyway); its suggestion is tried when it differs enough
         if not attempts[0].passed:
-            verdict = self._lr_verdict(session)
-            for lr, why in self._retry_lrs(verdict, attempts[0]):
-                if any(x.passed for x in attempts):
-                    break
-                tried = [x.lr for x in attempts if x.lr]
-                if all(abs(math.log(lr / t)) > math.log(self.retry_factor) for t in tried):
-                    attempts.append(self._attempt(session, subset, lr, why))
-        # the attempt that passed, or else the one that got furthest
-        final = next((x for x in attempts if x.passed), None) or min(
-            attempts, key=lambda x: x.reduction if math.isfinite(x.reduction) else math.inf)
-        metrics = {"examples": n, "start_loss": final.start, "best_loss": final.best, "floor": final.floor,
-                   "reduction": final.reduction, "accuracy": final.accuracy, "steps": final.steps, "lr": final.lr,
-                   "lr_source": final.why_lr, "attempts": len(attempts)}
-        if final.decay:
-            notes.append("weight decay set to zero for the probe: " + ", ".join(final.decay))
-        notes.append("dropout switched off (modules, F.dropout calls, attention and recurrent dropout); "
-                     "BatchNorm kept in training mode")
-        plots = (self._plot(attempts, final.floor + self.pass_fraction * (final.reference - final.floor)),)
-        table = Table("attempts", "Attempts", ("lr", "lr source", "steps", "start loss", "best loss", "reduction",
-                                               "accuracy", "passed"),
-                      [(x.lr, x.why_lr, x.steps, x.start, x.best, x.reduction, x.accuracy, x.passed) for x in attempts])
-        acc = f", accuracy {final.accuracy:.0%}" if final.accuracy is not None else ""
-        if final.passed:
-            summary = (f"loss on {n} examples fell from {final.start:.4g} to {final.best:.4g} "
-                       f"({max(final.reduction, 0.0):.1%} of its {self._ref_name(final)}){acc} in {final.steps} steps at {final.why_lr}")
-            advice = []
-            if final is not attempts[0]:
-                a0 = attempts[0]
-                advice.append(f"At {a0.why_lr} the subset was not fit in {a0.steps} steps (loss {a0.best:.4g}, "
-                              f"{a0.reduction:.0%} of its start); at {final.lr:.3g} it was: your LR is slow for "
-                              f"this, see lr_range.")
-            return self.result("pass", summary, metrics=metrics, advice=tuple(advice), tables=(table,), plots=plots,
-                               notes=tuple(notes))
-        causes = self._causes(session, final, attempts, verdict, n, subset)
-        metrics["likely_cause"] = causes[0][1] if causes else None
-        summary = (f"could not overfit {n} examples: best loss {final.best:.4g} is {final.reduction:.0%} of its "
-                   f"{self._ref_name(final)}{acc} after {final.steps} steps")
-        if causes:
-            summary += f"; likely: {causes[0][1]}"
-        causes_table = Table("causes", "Likely causes, ranked", ("score", "cause", "evidence"), causes)
-        return self.result("fail", summary, metrics=metrics, advice=tuple(c[2] for c in causes),
-                           tables=(table, causes_table), plots=plots, notes=tuple(notes))
-
-    # -- the probe --------------------------------------------------------------------------------
-    @staticmethod
-    def _retry_lrs(verdict, first: Attempt) -> list[tuple[float, str]]:
-        """LRs to retry at when the user's failed: lr_range's suggestion, then the top of its good range (the
-        largest LR at which the sweep's loss was still at its lowest: memorising a few examples wants a large
-        step). Without a suggestion (a flat sweep), 10x and 100x the user's LR when its loss did not blow up."""
-        if verdict is None or not verdict.suggested_lr:
-            blew_up = not all(math.isfinite(v) for v in first.losses) or first.losses[-1] > first.start
-            if first.lr and not blew_up:
-                return [(first.lr * k, f"{k}x your LR ({first.lr * k:.3g}; lr_range has no suggestion)")
-                        for k in (10, 100)]
-            return []
-        unusable = f" (it judged your LR unusable: {verdict.summary})" if verdict.status == "fail" else ""
-        out = [(verdict.suggested_lr, f"lr_range's suggestion {verdict.suggested_lr:.3g}{unusable}")]
-        if verdict.lr_high:
-            out.append((verdict.lr_high, f"the top of lr_range's good range {verdict.lr_high:.3g}"))
-        return out
+            reading, notes = self._lr_reading(session)
+            self._retry(session, subset, reading, attempts)
+        return OverfitMeasured(examples=n, attempts=tuple(attempts), parameters=sum(p.numel() for p in params),
+                               reading=reading, notes=notes)
 
     @staticmethod
-    def _lr_verdict(session):
+    def _lr_reading(session: "Session") -> tuple[Optional[LrReading], tuple[str, ...]]:
+        """lr_range's reading (None when its sweep was skipped), or None with a note saying why it is missing."""
         try:
             sweep = session.evidence("lr_sweep")
-            return None if sweep.skipped else session.evidence("lr_reading")
-        except Exception:
-            return None
+            return (None if sweep.skipped else session.evidence("lr_reading")), ()
+        except Exception as exc:  # the sweep's own error is lr_range's to report; here it only means no retry
+            return None, (f"lr_range's reading unavailable, so no retry at its suggestion: "
+                          f"{type(exc).__name__}: {exc}",)
 
-    def _attempt(self, session, subset, lr: Optional[float], why: str) -> Attempt:
+    def _retry(self, session: "Session", subset: Any, reading: Optional[LrReading], attempts: list[Attempt]) -> None:
+        """Retry at lr_range's LRs until one passes, skipping an LR within ``retry_factor`` of one tried."""
+        for lr, why in self._retry_lrs(reading, attempts[0]):
+            if any(x.passed for x in attempts):
+                break
+            tried = [x.lr for x in attempts if x.lr]
+            if all(abs(math.log(lr / t)) > math.log(self.retry_factor) for t in tried):
+                attempts.append(self._attempt(session, subset, lr, why))
+
+    @staticmethod
+    def _retry_lrs(reading: Optional[LrReading], first: Attempt) -> list[tuple[float, str]]:
+        """LRs to retry at when the user's failed: lr_range's suggestion, then the top of its good range (the
+        largest LR at which the sweep's loss was still at its lowest: memorising a few examples wants a large
+        step). Without a suggestion (a flat sweep), RETRY_MULTIPLES times the user's LR when its loss did not
+        blow up."""
+        if reading is None or not reading.suggested_lr:
+            blew_up = not all(math.isfinite(v) for v in first.losses) or first.losses[-1] > first.start
+            if first.lr and not blew_up:
+                return [(first.lr * k, f"{k}x your LR ({fmt.lr(first.lr * k)}; lr_range has no suggestion)")
+                        for k in RETRY_MULTIPLES]
+            return []
+        unusable = f" (it judged your LR unusable: {reading.summary})" if reading.status == Status.FAIL else ""
+        out = [(reading.suggested_lr, f"lr_range's suggestion {fmt.lr(reading.suggested_lr)}{unusable}")]
+        if reading.lr_high:
+            out.append((reading.lr_high, f"the top of lr_range's good range {fmt.lr(reading.lr_high)}"))
+        return out
+
+    def _attempt(self, session: "Session", subset: Any, lr: Optional[float], why: str) -> Attempt:
+        """Train from the user's state on the subset at ``lr`` (the optimizer's own when None), regularization off."""
         loss_model = session.evidence("loss_facts").model  # before training: computing it resets the model
         session.reset()
         model = session.model
         model.train()
-        losses, checks = [], []
         with regularization_off(model):
             optimizer = session.make_optimizer()
-            decay = zero_decay(optimizer)
+            decay = tuple(zero_decay(optimizer))
             if lr is not None:
                 ref, scales = group_scales(optimizer)
                 if ref and ref > 0:
                     set_lr(optimizer, lr, scales)
-            family = floor = ref = None
-            passed, steps = False, 0
-            for step in range(max(self.max_steps, self.extend_to)):
-                optimizer.zero_grad(set_to_none=True)
-                loss, outputs, targets = session.forward_loss(subset)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach().float())
-                steps = step + 1
-                if family is None:
-                    family, floor, constant = self._understand(session, loss_model, outputs, targets)
-                    ref = self._reference(float(losses[0]), floor, constant)
-                if steps % self.check_every and steps != self.max_steps:
-                    continue
-                acc = accuracy(family, outputs.detach(), targets, getattr(session.loss_fn, "ignore_index", -100)) \
-                    if isinstance(outputs, torch.Tensor) else None
-                now = float(losses[-1])
-                checks.append(acc)
-                red = (now - floor) / (ref - floor) if ref > floor else math.inf
-                if not math.isfinite(now):
-                    break
-                if red <= self.pass_fraction and (acc is None or float(acc) >= 1.0):
-                    passed = True
-                    break
-                if steps >= self.max_steps and not self._still_falling(losses, floor):
-                    break
-        host = torch.stack(losses).cpu().tolist()
-        start = host[0]
+            run = self._train(session, subset, optimizer, loss_model)
+        return self._finish(run, lr, why, decay)
+
+    def _train(self, session: "Session", subset: Any, optimizer: torch.optim.Optimizer,
+               loss_model: Optional[LossModel]) -> _Progress:
+        """Full-subset steps, the loss read on the host every ``check_every`` steps, until a pass, a non-finite
+        loss, or the budget (extended while the loss still falls)."""
+        run, outputs = _Progress(), None
+        for step in range(max(self.max_steps, self.extend_to)):
+            optimizer.zero_grad(set_to_none=True)
+            loss, outputs, targets = session.forward_loss(subset)
+            loss.backward()
+            optimizer.step()
+            run.losses.append(loss.detach().float())
+            run.steps = step + 1
+            if step == 0:
+                run.family, run.floor, constant = self._understand(session, loss_model, outputs, targets)
+                run.reference = self._reference(float(run.losses[0]), run.floor, constant)
+            if run.steps % self.check_every and run.steps != self.max_steps:
+                continue
+            if self._stop(session, run, outputs, targets):
+                break
+        run.outputs = output_facts(outputs)
+        return run
+
+    def _stop(self, session: "Session", run: _Progress, outputs: Any, targets: Any) -> bool:
+        """At a read of the loss: note the accuracy; stop on a non-finite loss, on a pass, or past max_steps once
+        the loss no longer falls."""
+        run.accuracy = accuracy(run.family, outputs.detach(), targets, getattr(session.loss_fn, "ignore_index", -100)) \
+            if isinstance(outputs, torch.Tensor) else None
+        now = float(run.losses[-1])
+        if not math.isfinite(now):
+            return True
+        red = (now - run.floor) / (run.reference - run.floor) if run.reference > run.floor else math.inf
+        if red <= self.pass_fraction and (run.accuracy is None or float(run.accuracy) >= 1.0):
+            run.passed = True
+            return True
+        return run.steps >= self.max_steps and not self._still_falling(run.losses, run.floor)
+
+    @staticmethod
+    def _finish(run: _Progress, lr: Optional[float], why: str, decay: tuple[str, ...]) -> Attempt:
+        host = torch.stack(run.losses).cpu().tolist()
         finite = [v for v in host if math.isfinite(v)]
         best = min(finite) if finite else math.nan
-        ref = self._reference(start, floor, math.nan) if ref is None else ref
+        ref, floor = run.reference, run.floor
         reduction = (best - floor) / (ref - floor) if ref > floor and finite else math.inf
-        last_acc = checks[-1] if checks else None
-        return Attempt(lr=lr, why_lr=why, losses=host, best=best, start=start, reduction=reduction,
-                       accuracy=None if last_acc is None else float(last_acc), passed=passed, steps=steps,
-                       floor=floor, reference=ref, family=family, decay=tuple(decay),
-                       outputs=outputs.detach() if isinstance(outputs, torch.Tensor) else None)
+        return Attempt(lr=lr, why_lr=why, losses=tuple(host), best=best, start=host[0], reduction=reduction,
+                       accuracy=None if run.accuracy is None else float(run.accuracy), passed=run.passed,
+                       steps=run.steps, floor=floor, reference=ref, family=run.family, decay=decay,
+                       outputs=run.outputs)
 
-    def _still_falling(self, losses, floor) -> bool:
+    def _still_falling(self, losses: list, floor: float) -> bool:
         """Past the budget: did the excess loss (best of the last few steps) fall by extend_progress over the last
         extend_window steps?"""
         w, k = self.extend_window, self.check_every
@@ -284,7 +379,9 @@ class OverfitBatch(Check):
         return math.isfinite(now) and before > 0 and now <= (1 - self.extend_progress) * before
 
     @staticmethod
-    def _understand(session, model, outputs, targets) -> tuple[Optional[str], float, float]:
+    def _understand(session: "Session", model: Optional[LossModel], outputs: Any, targets: Any
+                    ) -> tuple[Optional[str], float, float]:
+        """The loss family, the floor and the best constant prediction's loss on the subset."""
         if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
             return None, 0.0, math.nan
         out = outputs.detach()
@@ -292,76 +389,148 @@ class OverfitBatch(Check):
         return family, loss_floor(session.loss_fn, family, out, targets), constant_loss(session.loss_fn, model, out,
                                                                                         targets)
 
-    @staticmethod
-    def _ref_name(a: Attempt) -> str:
-        if math.isfinite(a.reference) and a.reference < a.start:
-            return f"reference {a.reference:.4g} (the loss of the best constant prediction, below the start {a.start:.4g})"
-        return f"start {a.start:.4g}"
-
     def _reference(self, start: float, floor: float, constant: float) -> float:
         """What reductions are measured from: the start, or the loss of the best input-ignoring prediction when
         lower (uncentred regression targets, a class prior): learning the offset or the prior alone is no
         evidence that the input reaches the output. A subset that a constant already fits nearly to the floor
         keeps the start."""
-        if math.isfinite(constant) and constant < start and constant - floor > self.min_constant_excess * (start - floor):
+        if math.isfinite(constant) and constant < start and \
+                constant - floor > self.min_constant_excess * (start - floor):
             return constant
         return start
 
-    # -- diagnosis --------------------------------------------------------------------------------
-    def _causes(self, session, final: Attempt, attempts, verdict, n: int, subset) -> list[tuple]:
-        """Likely causes with a score in [0, 1] from the evidence, best first."""
-        out, family = final.outputs, final.family
-        causes = []
-        if out is not None and out.ndim >= 2 and family in ("ce", "bce_logits"):
-            o = out.float()
-            in_unit = bool(((o >= 0) & (o <= 1)).all())
-            sums_to_one = family == "ce" and bool(((o.sum(1) - 1).abs() < 1e-3).all())
-            if family == "ce" and in_unit and sums_to_one:
-                causes.append((1.0, "softmax fed into CrossEntropyLoss",
-                               "The outputs are probabilities (non-negative, summing to 1 per example), but "
-                               "CrossEntropyLoss applies log_softmax itself: remove the softmax from the model's "
-                               "forward (keep it for inference only). The loss cannot fall below "
-                               f"ln(1 + (C-1)/e) = {math.log(1 + (o.shape[1] - 1) / math.e):.3g}."))
-            elif family == "bce_logits" and in_unit:
-                causes.append((0.9, "sigmoid fed into BCEWithLogitsLoss",
-                               "The outputs all lie in [0, 1]: BCEWithLogitsLoss applies the sigmoid itself; "
-                               "remove the model's final sigmoid."))
-        if out is not None and out.ndim >= 1 and out.shape[0] > 1:
-            o = out.float().reshape(out.shape[0], -1)
-            spread = float((o - o[:1]).abs().max()) / max(float(o.abs().max()), 1e-12)
-            if spread < 1e-5:
-                causes.append((0.95, "the output ignores the input",
-                               f"All {n} examples get the same output (relative spread {spread:.1e}) after training: "
-                               "the input does not reach the output (a detached or constant tensor, a wrong "
-                               "variable in forward, a layer whose output is overwritten)."))
-        lr = final.lr
-        diverged = not math.isfinite(final.best) or any(not math.isfinite(v) for v in final.losses) or \
-            final.losses[-1] > 1.5 * final.start
-        if verdict is not None and lr:
-            if diverged or (verdict.lr_high and lr > verdict.lr_high):
-                causes.append((0.8 if diverged else 0.5, "learning rate too high",
-                               f"At LR {lr:.3g} the loss " + ("diverged" if diverged else "did not settle") +
-                               (f"; lr_range's good range is [{verdict.lr_low:.3g}, {verdict.lr_high:.3g}]"
-                                if verdict.lr_low else "") + ": lower the LR."))
-            elif verdict.lr_low and lr < verdict.lr_low:
-                causes.append((0.7 if final.reduction > 0.9 else 0.4, "learning rate too low",
-                               f"At LR {lr:.3g} the loss barely moved; lr_range's good range starts at "
-                               f"{verdict.lr_low:.3g}: raise the LR."))
-        elif diverged:
-            causes.append((0.8, "learning rate too high", f"The loss diverged at LR {lr}: lower the LR."))
-        params = sum(p.numel() for p in session.model.parameters() if p.requires_grad)
-        outputs = out[0].numel() if out is not None and out.ndim >= 1 else 1
-        small = params < n * outputs
-        causes.append((0.6 if small else 0.2, "too little capacity",
-                       f"The model has {params} trainable parameters for {n} examples x {outputs} outputs"
-                       + (": fewer than the values to fit; make it wider or deeper." if small else
-                          "; if none of the causes above applies, try a wider or deeper model.")))
-        causes.sort(key=lambda c: -c[0])
-        return [(round(s, 2), c, e) for s, c, e in causes]
+    # -- judge: pure, from the attempts ------------------------------------------------------------
+    def judge(self, measured: OverfitMeasured) -> OverfitJudgment:
+        final = measured.final
+        if final.passed:
+            return OverfitJudgment(Status.PASS, self._passed_summary(measured, final),
+                                   self._slow_lr_advice(measured, final))
+        causes = self.causes(measured)
+        summary = self._failed_summary(measured, final)
+        if causes:
+            summary += f"; likely: {causes[0].cause}"
+        return OverfitJudgment(Status.FAIL, summary, tuple(c.evidence for c in causes), causes=causes)
 
     @staticmethod
-    def _plot(attempts, target: float) -> Plot:
-        series = tuple(Series(f"LR {a.lr:.3g}" if a.lr else "LR (optimizer's)", tuple(range(1, len(a.losses) + 1)),
+    def _accuracy_text(a: Attempt) -> str:
+        return f", accuracy {fmt.pct(a.accuracy)}" if a.accuracy is not None else ""
+
+    def _passed_summary(self, m: OverfitMeasured, final: Attempt) -> str:
+        return (f"loss on {m.examples} examples fell from {fmt.num(final.start)} to {fmt.num(final.best)} "
+                f"({fmt.pct(max(final.reduction, 0.0), 1)} of its {self._ref_name(final)})"
+                f"{self._accuracy_text(final)} in {final.steps} steps at {final.why_lr}")
+
+    def _failed_summary(self, m: OverfitMeasured, final: Attempt) -> str:
+        return (f"could not overfit {m.examples} examples: best loss {fmt.num(final.best)} is "
+                f"{fmt.pct(final.reduction)} of its {self._ref_name(final)}{self._accuracy_text(final)} after "
+                f"{final.steps} steps")
+
+    @staticmethod
+    def _slow_lr_advice(m: OverfitMeasured, final: Attempt) -> tuple[str, ...]:
+        """When a retry passed where the user's LR did not."""
+        first = m.attempts[0]
+        if final is first:
+            return ()
+        return (f"At {first.why_lr} the subset was not fit in {first.steps} steps (loss {fmt.num(first.best)}, "
+                f"{fmt.pct(first.reduction)} of its start); at {fmt.lr(final.lr)} it was: your LR is slow for "
+                f"this, see lr_range.",)
+
+    @staticmethod
+    def _ref_name(a: Attempt) -> str:
+        if math.isfinite(a.reference) and a.reference < a.start:
+            return (f"reference {fmt.num(a.reference)} (the loss of the best constant prediction, below the start "
+                    f"{fmt.num(a.start)})")
+        return f"start {fmt.num(a.start)}"
+
+    def causes(self, measured: OverfitMeasured) -> tuple[Cause, ...]:
+        """The likely causes of the final attempt's failure, best first."""
+        final = measured.final
+        found = [*self._output_causes(final, measured.examples), *self._lr_causes(final, measured.reading),
+                 self._capacity_cause(final, measured)]
+        found.sort(key=lambda c: -c.score)
+        return tuple(Cause(round(c.score, 2), c.cause, c.evidence) for c in found)
+
+    @staticmethod
+    def _output_causes(final: Attempt, n: int) -> list[Cause]:
+        """Probabilities fed to a loss that wants logits; the same output for every example."""
+        o, family, out = final.outputs, final.family, []
+        if o is None:
+            return out
+        if o.classes is not None and family == "ce" and o.in_unit and o.sums_to_one:
+            out.append(Cause(1.0, "softmax fed into CrossEntropyLoss",
+                             "The outputs are probabilities (non-negative, summing to 1 per example), but "
+                             "CrossEntropyLoss applies log_softmax itself: remove the softmax from the model's "
+                             "forward (keep it for inference only). The loss cannot fall below "
+                             f"ln(1 + (C-1)/e) = {fmt.num(math.log(1 + (o.classes - 1) / math.e), 3)}."))
+        elif o.classes is not None and family == "bce_logits" and o.in_unit:
+            out.append(Cause(0.9, "sigmoid fed into BCEWithLogitsLoss",
+                             "The outputs all lie in [0, 1]: BCEWithLogitsLoss applies the sigmoid itself; "
+                             "remove the model's final sigmoid."))
+        if o.spread is not None and o.spread < SAME_OUTPUT_SPREAD:
+            out.append(Cause(0.95, "the output ignores the input",
+                             f"All {n} examples get the same output (relative spread {fmt.small(o.spread)}) after "
+                             "training: the input does not reach the output (a detached or constant tensor, a wrong "
+                             "variable in forward, a layer whose output is overwritten)."))
+        return out
+
+    @staticmethod
+    def _lr_causes(final: Attempt, reading: Optional[LrReading]) -> list[Cause]:
+        """An LR above lr_range's good range or one that diverged, an LR below it."""
+        lr, diverged = final.lr, final.diverged
+        if reading is None or not lr:
+            return [Cause(0.8, "learning rate too high", f"The loss diverged at LR {fmt.lr(lr)}: lower the LR.")] \
+                if diverged else []
+        low, high = reading.lr_low, reading.lr_high
+        if diverged or (high and lr > high):
+            within = f"; lr_range's good range is [{fmt.lr(low)}, {fmt.lr(high)}]" if low else ""
+            return [Cause(0.8 if diverged else 0.5, "learning rate too high",
+                          f"At LR {fmt.lr(lr)} the loss {'diverged' if diverged else 'did not settle'}{within}: "
+                          f"lower the LR.")]
+        if low and lr < low:
+            return [Cause(0.7 if final.reduction > BARELY_MOVED else 0.4, "learning rate too low",
+                          f"At LR {fmt.lr(lr)} the loss barely moved; lr_range's good range starts at "
+                          f"{fmt.lr(low)}: raise the LR.")]
+        return []
+
+    @staticmethod
+    def _capacity_cause(final: Attempt, m: OverfitMeasured) -> Cause:
+        outputs = final.outputs.per_example if final.outputs is not None else 1
+        small = m.parameters < m.examples * outputs
+        return Cause(0.6 if small else 0.2, "too little capacity",
+                     f"The model has {m.parameters} trainable parameters for {m.examples} examples x {outputs} "
+                     "outputs" + (": fewer than the values to fit; make it wider or deeper." if small else
+                                  "; if none of the causes above applies, try a wider or deeper model."))
+
+    # -- present ------------------------------------------------------------------------------------
+    def present(self, measured: OverfitMeasured, judgment: OverfitJudgment) -> CheckResult:
+        final, attempts = measured.final, measured.attempts
+        metrics = {"examples": measured.examples, "start_loss": final.start, "best_loss": final.best,
+                   "floor": final.floor, "reduction": final.reduction, "accuracy": final.accuracy,
+                   "steps": final.steps, "lr": final.lr, "lr_source": final.why_lr, "attempts": len(attempts)}
+        tables = (self._attempts_table(attempts),)
+        if judgment.status == Status.FAIL:
+            metrics["likely_cause"] = judgment.causes[0].cause if judgment.causes else None
+            tables += (Table("causes", "Likely causes, ranked", ("score", "cause", "evidence"), judgment.causes),)
+        plots = (self._plot(attempts, final.floor + self.pass_fraction * (final.reference - final.floor)),)
+        return self.result(judgment.status, judgment.summary, metrics=metrics, advice=judgment.advice,
+                           tables=tables, plots=plots, notes=self._notes(measured, final))
+
+    @staticmethod
+    def _notes(m: OverfitMeasured, final: Attempt) -> tuple[str, ...]:
+        notes = ["weight decay set to zero for the probe: " + ", ".join(final.decay)] if final.decay else []
+        notes.append("dropout switched off (modules, F.dropout calls, attention and recurrent dropout); "
+                     "BatchNorm kept in training mode")
+        return tuple(notes) + m.notes
+
+    @staticmethod
+    def _attempts_table(attempts: tuple[Attempt, ...]) -> Table:
+        return Table("attempts", "Attempts", ("lr", "lr source", "steps", "start loss", "best loss", "reduction",
+                                              "accuracy", "passed"),
+                     [(x.lr, x.why_lr, x.steps, x.start, x.best, x.reduction, x.accuracy, x.passed) for x in attempts])
+
+    @staticmethod
+    def _plot(attempts: tuple[Attempt, ...], target: float) -> Plot:
+        series = tuple(Series(f"LR {fmt.lr(a.lr)}" if a.lr else "LR (optimizer's)", tuple(range(1, len(a.losses) + 1)),
                               a.losses) for a in attempts)
         start = attempts[0].start
         markers = ()
