@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 from ..analysis.activations import ActivationResult
 from ..analysis.status import Status
@@ -51,6 +51,8 @@ class Check:
     todo: ClassVar[str]
     #: where the thresholds come from
     sources: ClassVar[tuple[str, ...]] = ()
+    #: constants (of the passes, the instruments) that the prose names as ``{placeholders}``, beside the thresholds
+    constants: ClassVar[Mapping[str, Any]] = {}
 
     def run(self, session) -> CheckResult:
         """Measure, judge, present."""
@@ -88,11 +90,18 @@ class Check:
         return [(f.name, f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]
 
     @classmethod
+    def prose(cls, text: str) -> str:
+        """A documentation text with its ``{placeholders}`` filled from the thresholds' defaults and ``constants``:
+        the numbers that ``babysit explain`` states are the ones the code uses."""
+        values = {**cls.constants, **{name: default for name, default, _ in cls.thresholds()}}
+        return " ".join(text.split()).format(**values)
+
+    @classmethod
     def doc(cls) -> str:
         """The check's documentation as plain text (``babysit explain ID``)."""
         out = [f"{cls.id}: {cls.title}", ""]
         for head, body in (("What it checks", cls.what), ("Why it matters", cls.why), ("What to do", cls.todo)):
-            out += [head, textwrap.indent(textwrap.fill(" ".join(body.split()), 96), "  "), ""]
+            out += [head, textwrap.indent(textwrap.fill(cls.prose(body), 96), "  "), ""]
         rows = cls.thresholds()
         if rows:
             out.append("Thresholds (keyword arguments; babysitter.check(..., options={id: {name: value}}))")
