@@ -332,3 +332,62 @@ def test_batch_first_tensors_fed_to_a_sequence_first_lstm_still_fail():
     result = check(model=WordLanguageModel(), data=((x[..., 0].abs() * 10).long() % 50, x[:, :, 0].long() % 50),
                    loss_fn=lambda out, t: CE(out, t.reshape(-1)))
     assert result.status == "fail", result.summary
+
+
+# -- judge on synthetic probes, without a model ------------------------------------------------------------
+from babysitter.checklist.batch_independence import (  # noqa: E402
+    BatchIndependence, BatchIndependenceMeasured, Probe)
+
+
+def probe(leaks, example=0, own=1.0, records=None):
+    """A probe of ``example`` whose gradient on the other examples is ``leaks`` (relative to the largest)."""
+    relative = list(leaks)
+    relative.insert(example, own)
+    return Probe(example, tuple(relative), max(leaks), records or {})
+
+
+def measured(*probes, n=None, **fields):
+    return BatchIndependenceMeasured(probes=probes, n=n or len(probes[0].relative), gradient_at=("x",), **fields)
+
+
+@pytest.mark.parametrize("leak, status", [(0.0, "pass"), (1e-6, "pass"), (1.1e-6, "warn"), (1e-3, "warn"),
+                                          (1.1e-3, "fail")])
+def test_judge_leak_against_pass_leak_and_fail_leak(leak, status):
+    j = BatchIndependence().judge(measured(probe([0.0, leak, 0.0])))
+    assert j.status == status, j.summary
+    if status == "pass":
+        assert j.summary.startswith("no gradient crosses examples") and "(gradient at x)" in j.summary
+    else:
+        assert "depend on 1 of 3 other examples" in j.summary and j.advice
+
+
+def test_judge_reads_the_worst_probe():
+    j = BatchIndependence().judge(measured(probe([0.0, 0.0, 0.0]), probe([0.0, 0.5, 0.0], example=3)))
+    assert j.status == "fail" and j.summary.startswith("example 3's outputs")
+
+
+def test_judge_locates_the_mixing_between_two_traced_modules():
+    modules = (("fc1", "Linear"), ("flat", "Flatten"), ("fc2", "Linear"))
+    bi = BatchIndependence()
+    m = measured(probe([0.2, 0.0, 0.0], records={"fc1": 0.3, "flat": 0.1, "fc2": 0.0}), modules=modules)
+    assert "mixed after `flat` (Flatten) and at or before `fc2` (Linear)" in bi.judge(m).summary
+    m = measured(probe([0.2, 0.0, 0.0], records={"fc1": 0.0, "fc2": 0.0}), modules=modules)
+    assert "mixed between the model's input and `fc1` (Linear)" in bi.judge(m).summary
+    assert (bi.reading(m).after, bi.reading(m).before) == ("the model's input", "fc1")
+
+
+def test_judge_advice_tells_a_batch_statistic_from_a_reshape():
+    bi = BatchIndependence()
+    everyone = bi.judge(measured(probe([0.5] * 9), sequence_modules=("encoder.layers.0.self_attn",)))
+    assert "statistic over the batch" in everyone.advice[0] and "batch_first=True" in everyone.advice[0]
+    some = bi.judge(measured(probe([0.5] * 8 + [0.0])))  # 8 of 9 others: below 90%
+    assert "view/reshape" in some.advice[0]
+    norm = bi.judge(measured(probe([0.5] * 9, records={"0": 0.5, "1": 0.0}), modules=(("0", "Linear"),
+                                                                                  ("1", "BatchNorm1d")),
+                             batch_norms=("1",)))
+    assert "track_running_stats=False" in norm.advice[0]
+
+
+def test_judge_says_when_the_examples_own_input_does_not_reach_its_outputs():
+    j = BatchIndependence().judge(measured(probe([1.0, 0.0, 0.0], own=0.0)))
+    assert j.status == "fail" and j.summary.endswith("its own input does not reach them")

@@ -206,3 +206,82 @@ def test_model_is_left_untouched():
     before = {k: v.clone() for k, v in fields["model"].state_dict().items()}
     check(**fields)
     assert all(torch.equal(before[k], v) for k, v in fields["model"].state_dict().items())
+
+
+# -- judge on synthetic statistics, without a model ---------------------------------------------------------
+from babysitter.checklist.input_scale import FeatureStats, InputScale, InputScaleMeasured  # noqa: E402
+
+
+def feature_stats(mean, std, name="x", shape=None, integer=False, lo=None, hi=None, nonfinite=0) -> FeatureStats:
+    """Per-feature statistics of a table (N, F), with ranges of +-3 std unless given."""
+    mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    lo = mean - 3 * std if lo is None else torch.tensor(lo, dtype=torch.float64)
+    hi = mean + 3 * std if hi is None else torch.tensor(hi, dtype=torch.float64)
+    f = len(mean)
+    shape = shape or (64, f)
+    return FeatureStats(name, shape, 1, "feature" if len(shape) <= 2 else "channel", 512, mean, std, lo, hi,
+                        torch.full((f,), integer), torch.zeros(f, dtype=torch.bool), nonfinite)
+
+
+def judged(*stats, **thresholds):
+    return InputScale(**thresholds).judge(InputScaleMeasured(stats))
+
+
+def test_judge_unit_scale_passes():
+    j = judged(feature_stats([0.0] * 4, [1.0] * 4))
+    assert j.status == "pass" and "of unit scale" in j.summary and not j.advice
+
+
+@pytest.mark.parametrize("std, status", [(4.9, "pass"), (5.1, "warn"), (19.9, "warn"), (20.1, "fail")])
+def test_judge_rms_against_warn_scale_and_fail_scale(std, status):
+    j = judged(feature_stats([0.0] * 4, [std] * 4))
+    assert j.status == status, j.summary
+    if status != "pass":
+        assert "too large" in j.summary and "x = (x - mean) / std" in j.advice[0]
+
+
+@pytest.mark.parametrize("small, status", [(0.101, "pass"), (0.099, "warn"), (0.0101, "warn"), (0.0099, "fail")])
+def test_judge_scale_ratio_against_warn_ratio_and_fail_ratio(small, status):
+    j = judged(feature_stats([0.0] * 4, [1.0, 1.0, 1.0, small]))
+    assert j.status == status, j.summary
+    if status != "pass":
+        assert "differ by" in j.summary and "feature 3" in j.summary
+
+
+@pytest.mark.parametrize("mean, std, status", [(2.9, 1.0, "pass"), (3.1, 1.0, "warn"), (0.9, 0.1, "pass"),
+                                               (1.1, 0.1, "warn")])
+def test_judge_offset_needs_both_offset_sigmas_and_offset_floor(mean, std, status):
+    j = judged(feature_stats([0.0, 0.0, 0.0, mean], [std] * 4))
+    assert j.status == status, j.summary
+    if status == "warn":
+        assert "feature 3 of x is not centred" in j.summary
+
+
+@pytest.mark.parametrize("std, status", [(0.0101, "pass"), (0.0099, "warn")])
+def test_judge_tiny_inputs_against_small_scale(std, status):
+    j = judged(feature_stats([0.0] * 4, [std] * 4))
+    assert j.status == status and (status == "pass" or "tiny" in j.summary)
+
+
+@pytest.mark.parametrize("top, status", [(255.0, "fail"), (31.0, "pass")])
+def test_judge_raw_pixels_need_integer_images_reaching_the_pixel_maximum(top, status):
+    # [0, top] images, mean top/2, std top/4: raw pixels from 32 on; below, a scale judged as any other
+    s = feature_stats([top / 2], [top / 4], shape=(64, 1, 16, 16), integer=True, lo=[0.0], hi=[top])
+    j = judged(s, warn_scale=50.0, fail_scale=100.0, offset_sigmas=5.0)
+    assert j.status == status, j.summary
+    if status == "fail":
+        assert "raw 0-255 pixel" in j.summary and "/ 255" in j.advice[0]
+
+
+def test_judge_non_finite_values_fail_first():
+    assert judged(feature_stats([0.0] * 4, [1.0] * 4, nonfinite=2)).status == "fail"
+
+
+def test_judge_takes_the_worst_input_and_the_advice_of_each():
+    healthy, offset, large = (feature_stats([0.0] * 2, [1.0] * 2, name="a"),
+                              feature_stats([0.0, 4.0], [1.0] * 2, name="b"),
+                              feature_stats([0.0] * 2, [30.0] * 2, name="c"))
+    j = judged(healthy, offset, large)
+    assert j.status == "fail" and j.summary.startswith("feature 0 of c") and len(j.advice) == 2
+    assert InputScale().worst(InputScaleMeasured((healthy, offset)),
+                              InputScale().verdicts(InputScaleMeasured((healthy, offset)))).name == "b"

@@ -195,3 +195,96 @@ def test_float16_gradient_overflow_is_skipped_like_a_grad_scaler_not_failed():
     assert result.status == "warn", result.summary  # skipped steps, never a failure
     assert result.metrics["skipped_steps"] == result.metrics["steps"]
     assert any("GradScaler" in n for n in result.notes)
+
+
+# -- the replay's op watch ---------------------------------------------------------------------------------
+def test_the_op_watch_sees_each_op_once():
+    from babysitter.checklist.nonfinite import watch_forward
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    x = torch.randn(2, 4)
+    watch, out = watch_forward(model, lambda: torch.sum(model(x)))
+    assert watch.ops == 3  # F.linear, F.relu, torch.sum: one each (a mode entered twice saw 6)
+    assert sorted(op for op, _ in watch.nodes.values()) == ["F.linear", "F.relu", "torch.sum"]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_op_watch_names_the_op_and_module_of_the_first_nan():
+    from babysitter.checklist.nonfinite import watch_forward
+
+    model = nn.Sequential(nn.Linear(4, 4), Log())
+    with torch.no_grad():
+        model[0].bias.fill_(-10.0)
+    x = torch.zeros(2, 4)
+    watch, _ = watch_forward(model, lambda: model(x))
+    found = watch.culprit()
+    assert (found["op"], found["where"], found["inputs_finite"], found["index"]) == ("torch.log", "model.1", True, 1)
+
+
+# -- judge on synthetic measurements ----------------------------------------------------------------------
+from babysitter.checklist.nonfinite import (  # noqa: E402
+    BadField, NonFinite, NonFiniteMeasured, Origin, ProbeFacts, growth_advice, masked_targets)
+
+
+def probe_facts(steps=24, skipped=(), losses=None, norms=None, lr=0.1):
+    return ProbeFacts(steps=steps, lr=lr, losses=tuple(losses or [1.0] * steps),
+                      grad_norm=tuple(norms or [1.0] * steps), skipped_steps=tuple(skipped))
+
+
+def nan_field(batch=0, path="batch[1]", target=True):
+    return BadField(batch, path, {"shape": [4], "min": 0.0, "max": 1.0, "nan": 2, "inf": 0, "zeros": 0, "numel": 4},
+                    target)
+
+
+def test_judge_finite_probe_passes():
+    j = NonFinite().judge(NonFiniteMeasured(probe_facts(), None))
+    assert j.status == "pass" and "24 probe steps" in j.summary
+
+
+@pytest.mark.parametrize("skipped, status", [(12, "pass"), (13, "warn")])
+def test_judge_float16_skipped_steps_warn_only_above_the_fraction(skipped, status):
+    j = NonFinite(skipped_warn=0.5).judge(NonFiniteMeasured(probe_facts(skipped=range(skipped)), None))
+    assert j.status == status and str(skipped) in j.summary
+
+
+def test_judge_nan_in_the_inputs_fails_as_data():
+    j = NonFinite().judge(NonFiniteMeasured(probe_facts(), None, (nan_field(3, "batch[0]", target=False),), 8))
+    assert j.status == "fail" and "batch 3 inputs batch[0] (2 NaN, 0 Inf)" in j.summary
+
+
+def test_judge_nan_targets_pass_only_when_the_probe_trained_on_them_finitely():
+    seen = NonFiniteMeasured(probe_facts(steps=4), None, (nan_field(batch=2),), pool_size=8)
+    unseen = NonFiniteMeasured(probe_facts(steps=4), None, (nan_field(batch=5),), pool_size=8)
+    diverged = NonFiniteMeasured(probe_facts(steps=4), (1, "loss"), (nan_field(batch=2),), pool_size=8)
+    assert masked_targets(seen) and NonFinite().judge(seen).status == "pass"
+    assert not masked_targets(unseen) and NonFinite().judge(unseen).status == "fail"
+    assert not masked_targets(diverged) and NonFinite().judge(diverged).status == "fail"
+
+
+def test_judge_a_forward_op_from_finite_inputs_fails_with_a_guard():
+    origin = Origin("forward", 0, "model.squash", "torch.log", 1,
+                    (("arg 0", {"shape": [4], "min": -2.0, "max": 1.0, "nan": 0, "inf": 0, "zeros": 0}),))
+    j = NonFinite().judge(NonFiniteMeasured(probe_facts(), (0, "loss"), origin=origin))
+    assert j.status == "fail" and j.summary.endswith("torch.log in model.squash (call 1), from finite inputs")
+    assert "Guard it" in j.advice[-1] and "min -2" in j.advice[-1]
+
+
+def test_judge_the_loss_and_the_update_phases():
+    loss = Origin("loss", 2, "loss_fn", "torch.log", None, (), False)
+    j = NonFinite().judge(NonFiniteMeasured(probe_facts(), (2, "loss"), origin=loss))
+    assert "in the loss" in j.summary and "received non-finite inputs" in j.summary
+    update = Origin("update", 3, "fc.weight", detail="finite gradients made these parameters non-finite")
+    j = NonFinite().judge(NonFiniteMeasured(probe_facts(lr=1e6), (3, "parameters"), origin=update))
+    assert j.status == "fail" and "after the optimizer step" in j.summary and "(1e+06)" in j.advice[0]
+
+
+def test_judge_a_step_the_replay_does_not_reproduce_still_fails():
+    j = NonFinite().judge(NonFiniteMeasured(probe_facts(), (5, "gradient"), origin=None))
+    assert j.status == "fail" and "did not reproduce" in j.summary
+
+
+@pytest.mark.parametrize("last_loss, diverged", [(9.9, False), (10.1, True)])
+def test_growth_before_the_step_says_training_diverged_first(last_loss, diverged):
+    probe = probe_facts(losses=[1.0, 2.0, last_loss] + [float("nan")] * 21)
+    assert bool(growth_advice(probe, 3)) is diverged
+    assert growth_advice(probe, 0) == ""

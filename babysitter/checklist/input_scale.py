@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from ..report import Plot, Series, Table
+from ..analysis import fmt
+from ..analysis.status import Status, level
+from ..report import CheckResult, Plot, Series, Table
 from ..usercode import ModelInputs
-from .base import Check, threshold
+from .base import Check, Judgment, threshold
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 
 # -- per-feature statistics ------------------------------------------------------------------------------
@@ -37,7 +42,7 @@ def feature_dim(x: torch.Tensor, model: nn.Module) -> int:
     return 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureStats:
     """Per-feature statistics of one input over several batches (host tensors of length F)."""
 
@@ -77,8 +82,8 @@ class _Accumulator:
     """Streams per-feature sums on the device, shifted by the first batch's means (no cancellation for features
     such as a year, mean 2000 and std 10); one small host transfer per batch."""
 
-    def __init__(self):
-        self.shift = None
+    def __init__(self) -> None:
+        self.shift: Optional[torch.Tensor] = None
         self.parts: list[torch.Tensor] = []
 
     def update(self, rows: torch.Tensor) -> None:  # rows: (S, F)
@@ -107,7 +112,7 @@ class _Accumulator:
                             nonfinite=int(p[:, 7].sum()))
 
 
-def input_stats(session, batches: int) -> tuple[list[FeatureStats], Optional[ModelInputs]]:
+def input_stats(session: "Session", batches: int) -> tuple[list[FeatureStats], Optional[ModelInputs]]:
     """Per-feature (tables, sequences) or per-channel (images) statistics of every float input of the model."""
     accs: dict[str, tuple[_Accumulator, tuple, int]] = {}
     first = None
@@ -130,7 +135,7 @@ def input_stats(session, batches: int) -> tuple[list[FeatureStats], Optional[Mod
     return out, first
 
 
-# -- the check -------------------------------------------------------------------------------------------
+# -- reading the statistics ------------------------------------------------------------------------------
 #: a feature-scale ratio compares the largest range with the smallest one; from this many features on (flattened
 #: images, spectra) with the 10% quantile of the ranges instead, so that faint edge pixels do not count
 _MANY_FEATURES, _SPREAD_QUANTILE = 64, 0.1
@@ -141,29 +146,105 @@ _ADVICE_FEATURES = 16
 #: at most this many rows per table, bars per plot
 _TABLE_ROWS, _PLOT_BARS = 512, 64
 
-_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+def _nums(values) -> str:
+    return "[" + ", ".join(fmt.num(float(v)) for v in values) + "]"
+
+
+def _spread(rng: torch.Tensor) -> tuple[float, int, int]:
+    """Largest range over a low quantile of the ranges: (ratio, index of the low one, index of the high one)."""
+    if rng.numel() < 2:
+        return 1.0, 0, 0
+    order = rng.argsort()
+    q = _SPREAD_QUANTILE if rng.numel() >= _MANY_FEATURES else 0.0
+    lo = int(order[int(math.floor(q * (rng.numel() - 1)))])
+    hi = int(order[-1])
+    return float(rng[hi] / rng[lo].clamp_min(1e-30)), lo, hi
+
+
+def uneven(rng: torch.Tensor, std: torch.Tensor) -> tuple[float, int, int, bool]:
+    """How unevenly the features are scaled: the smaller of the range ratio and the std ratio, with the index
+    of the low and the high feature and whether the std ratio was the smaller.
+
+    Each statistic alone misreads common healthy inputs: sparse raw features (MNIST's rarely inked edge
+    pixels in [0, 1]) have full ranges but tiny stds; sparse or skewed features that were standardized
+    (StandardScaler on MNIST, a log-normal income) have unit std but long ranges. Features really on different
+    scales (one in metres, one in millimetres) differ in both.
+    """
+    by_range, by_std = _spread(rng), _spread(std)
+    if by_std[0] < by_range[0]:
+        return (*by_std, True)
+    return (*by_range, False)
 
 
 @dataclass(frozen=True)
-class _Verdict:
-    status: str
-    summary: str
-    advice: tuple[str, ...] = ()
+class _Continuous:
+    """The continuous features of one input (indices into its features) and their statistics."""
+
+    idx: torch.Tensor
+    rms: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    rng: torch.Tensor
+
+    @classmethod
+    def of(cls, s: FeatureStats) -> "_Continuous":
+        idx = s.continuous.nonzero().flatten()
+        return cls(idx, s.rms[idx], s.mean[idx], s.std[idx], (s.max - s.min)[idx])
+
+    def label(self, s: FeatureStats, k: int) -> str:
+        """'feature 3 of x' for the k-th continuous feature."""
+        return f"{s.layout} {int(self.idx[k])} of {s.name}"
 
 
-def _fmt(values, digits: int = 4) -> str:
-    return "[" + ", ".join(f"{float(v):.{digits}g}" for v in values) + "]"
+def raw_pixels(s: FeatureStats) -> bool:
+    """Integer values in [0, 255] reaching ``_RAW_PIXEL_MAX``, in an image or in many features: 8-bit pixels."""
+    return ((len(s.shape) >= 3 or s.features >= _MANY_FEATURES) and bool(s.integer.all()) and float(s.min.min()) >= 0
+            and _RAW_PIXEL_MAX <= float(s.max.max()) <= 255)
 
 
+def norm_constants(s: FeatureStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardizing constants; binary and constant features keep mean 0 and std 1 (left as they are)."""
+    keep = s.continuous
+    std = torch.where(keep, s.std.clamp_min(1e-8), torch.ones_like(s.std))
+    mean = torch.where(keep & (s.mean.abs() > 1e-4 * std), s.mean, torch.zeros_like(s.mean))  # no 1e-9 noise
+    return mean, std
+
+
+def table_id(s: FeatureStats) -> str:
+    return "".join(c if c.isalnum() else "_" for c in f"stats_{s.name}").strip("_")
+
+
+@dataclass(frozen=True)
+class InputScaleMeasured:
+    """Per-feature statistics of every float input the model receives (host tensors)."""
+
+    stats: tuple[FeatureStats, ...]
+
+    @property
+    def judged(self) -> tuple[FeatureStats, ...]:
+        """The inputs with a scale to judge: some continuous feature, or non-finite values."""
+        return tuple(s for s in self.stats if bool(s.continuous.any()) or s.nonfinite)
+
+
+# -- the check -------------------------------------------------------------------------------------------
 @dataclass
 class InputScale(Check):
     id = "input_scale"
     title = "Input scale"
-    what = """Per-feature (tables (N, F), sequences (N, L, F)) or per-channel (images (N, C, H, W)) mean, std, min
-    and max of the float tensors that the forward passes to the model, over several batches of the user's data.
-    Flags raw 0-255 pixels, features far from unit scale (means around 100, a year, an income), features whose
-    scales differ by orders of magnitude, inputs that are all tiny, and non-finite values. Constant and binary
-    features (flags, one-hot codes, masks) are listed but not judged; integer inputs (token ids) are skipped."""
+    constants = {"raw_pixel_max": _RAW_PIXEL_MAX, "many_features": _MANY_FEATURES,
+                 "spread_quantile": _SPREAD_QUANTILE}
+    what = """Per-feature (tables (N, F), sequences (N, L, F)) or per-channel (images (N, C, H, W), signals fed to a
+    Conv1d (N, C, L)) mean, std, min and max of the float tensors that the forward passes to the model, over up to
+    {batches} batches of the user's data. Fails on non-finite values, on raw 0-255 pixels (integer values in [0, 255]
+    whose maximum reaches {raw_pixel_max}, in images or in {many_features} or more features), on a
+    feature whose RMS sqrt(mean^2 + std^2) exceeds {fail_scale:g} (warns above {warn_scale:g}: means around 100,
+    a year, an income) and on feature scales that differ by more than {fail_ratio:g}x in range and in std (warns
+    above {warn_ratio:g}x; the largest against the smallest, or against the {spread_quantile:.0%} quantile from
+    {many_features} features on). Warns on features that are not centred (|mean| above {offset_floor:g} and
+    above {offset_sigmas:g} std) and on inputs that are all tiny (median RMS below {small_scale:g}). Constant and
+    binary features (flags, one-hot codes, masks) are listed but not judged; integer inputs (token ids) are
+    skipped."""
     why = """A linear layer's loss surface has the curvature E[x x^T] of its inputs: a large mean or one feature
     much larger than the others makes it ill-conditioned, so the learning rate that is safe for the largest
     direction crawls along the others (LeCun et al., Efficient BackProp). Large inputs also blow up the first
@@ -192,173 +273,169 @@ class InputScale(Check):
                                           "and also exceeds `offset_floor` (not centred)")
     offset_floor: float = threshold(1.0, "means below this in absolute value are fine whatever the std ([0, 1] "
                                          "data has mean/std ~1.7)")
-    warn_ratio: float = threshold(10.0, "warn when the largest feature range is this many times a small one "
-                                        "(the 10% quantile; the smallest with up to 10 features), and the largest "
-                                        "std this many times a small one too")
+    warn_ratio: float = threshold(10.0, f"warn when the largest feature range is this many times a small one "
+                                        f"(the smallest; the {_SPREAD_QUANTILE:.0%} quantile from {_MANY_FEATURES} "
+                                        f"features on), and the largest std this many times a small one too")
     fail_ratio: float = threshold(100.0, "fail when feature ranges and stds both differ by this factor (two orders "
                                          "of magnitude)")
     small_scale: float = threshold(0.01, "warn when the median feature RMS is below this (inputs divided twice, "
                                          "units far too large)")
 
-    def run(self, session):
+    # -- measure ------------------------------------------------------------------------------------------
+    def measure(self, session: "Session") -> InputScaleMeasured:
         stats, seen = input_stats(session, self.batches)
         if seen is None:
             self.skip("the forward never calls the model (it calls model.forward or submodules directly), so the "
                       "inputs it passes cannot be seen; call model(...) in forward")
-        judged = [s for s in stats if bool(s.continuous.any()) or s.nonfinite]
-        if not judged:
-            ints = seen.integers()
-            if ints:
-                names = ", ".join(f"{n} ({str(t.dtype).replace('torch.', '')})" for n, t in ints[:4])
-                self.skip(f"the model's inputs are integers ({names}): token ids or indices into an embedding "
-                          f"have no scale to normalize" + (f"; float inputs {', '.join(s.name for s in stats)} "
-                                                           f"are binary or constant (masks)" if stats else ""))
-            if stats:
-                self.skip(f"every float input is binary or constant ({', '.join(s.name for s in stats)}: masks, "
-                          f"one-hot codes); there is no scale to judge")
-            self.skip("the model receives no float tensor inputs")
-        verdicts = {s.name: self._judge(s) for s in judged}
-        worst = max(judged, key=lambda s: _ORDER[verdicts[s.name].status])
-        verdict = verdicts[worst.name]
-        advice = [a for s in judged for a in verdicts[s.name].advice]
-        notes = [self._note(s) for s in stats if self._note(s)]
-        if verdict.status != "pass" and not advice:
-            advice.append(self._constants(worst))
-        return self.result(verdict.status, verdict.summary, metrics=self._metrics(worst, stats),
-                           advice=tuple(dict.fromkeys(advice)), notes=tuple(notes),
-                           tables=tuple(self._table(s) for s in stats),
-                           plots=tuple(self._plot(s) for s in judged))
+        measured = InputScaleMeasured(tuple(stats))
+        if not measured.judged:
+            self.skip(self._nothing_to_judge(measured.stats, seen))
+        return measured
 
-    # -- verdicts -----------------------------------------------------------------------------------------
-    def _judge(self, s: FeatureStats) -> _Verdict:
+    @staticmethod
+    def _nothing_to_judge(stats: tuple[FeatureStats, ...], seen: ModelInputs) -> str:
+        names = ", ".join(s.name for s in stats)
+        ints = seen.integers()
+        if ints:
+            dtypes = ", ".join(f"{n} ({str(t.dtype).replace('torch.', '')})" for n, t in ints[:4])
+            return (f"the model's inputs are integers ({dtypes}): token ids or indices into an embedding have no "
+                    f"scale to normalize" + (f"; float inputs {names} are binary or constant (masks)" if stats else ""))
+        if stats:
+            return (f"every float input is binary or constant ({names}: masks, one-hot codes); there is no scale "
+                    f"to judge")
+        return "the model receives no float tensor inputs"
+
+    # -- judge --------------------------------------------------------------------------------------------
+    def judge(self, m: InputScaleMeasured) -> Judgment:
+        """The worst input's verdict, with the advice of every input."""
+        verdicts = self.verdicts(m)
+        worst = self.worst(m, verdicts)
+        verdict = verdicts[worst.name]
+        advice = [a for s in m.judged for a in verdicts[s.name].advice]
+        if verdict.status != Status.PASS and not advice:
+            advice.append(self._constants(worst))
+        return Judgment(verdict.status, verdict.summary, tuple(dict.fromkeys(advice)))
+
+    def verdicts(self, m: InputScaleMeasured) -> dict[str, Judgment]:
+        return {s.name: self.judge_input(s) for s in m.judged}
+
+    @staticmethod
+    def worst(m: InputScaleMeasured, verdicts: dict[str, Judgment]) -> FeatureStats:
+        """The first of the judged inputs with the worst verdict."""
+        return max(m.judged, key=lambda s: level(verdicts[s.name].status))
+
+    def judge_input(self, s: FeatureStats) -> Judgment:
         """The worst problem of one input: non-finite values, raw pixels, too large, uneven, not centred, tiny."""
-        label = f"{s.layout} {{}} of {s.name}"
         if s.nonfinite:
-            return _Verdict("fail", f"{s.name} holds {s.nonfinite} non-finite values (NaN/Inf)",
+            return Judgment(Status.FAIL, f"{s.name} holds {s.nonfinite} non-finite values (NaN/Inf)",
                             (f"Find where NaN/Inf enter {s.name} (missing values, log(0), division by zero) and "
                              f"impute or drop them before training.",))
-        cont = s.continuous
-        idx = cont.nonzero().flatten()
-        rms, mean, std, rng = s.rms[idx], s.mean[idx], s.std[idx], (s.max - s.min)[idx]
-        if self._raw_pixels(s):
-            return _Verdict("fail", f"{s.name} holds raw 0-255 pixel values (max {float(s.max.max()):.0f}, mean "
-                                    f"{float(s.mean.mean()):.4g}, std {float(s.std.mean()):.4g})",
+        if raw_pixels(s):
+            return Judgment(Status.FAIL, f"{s.name} holds raw 0-255 pixel values (max {fmt.num(s.max.max())}, mean "
+                                         f"{fmt.num(s.mean.mean())}, std {fmt.num(s.std.mean())})",
                             (self._pixel_advice(s),))
-        k = int(rms.argmax())
-        top = rms[k]
-        big = (f"{label.format(int(idx[k]))} has mean {float(mean[k]):.4g} and std {float(std[k]):.4g} (RMS "
-               f"{float(top):.4g} > {{:g}}): " + ("off-centre" if mean[k].abs() > std[k] else "too large"))
-        if top > self.fail_scale:
-            return _Verdict("fail", big.format(self.fail_scale) + ", far from unit scale", (self._constants(s),))
-        ratio, lo, hi, by_std = self._uneven(rng, std)
-        spread = std if by_std else rng
-        if ratio > self.fail_ratio:
-            return _Verdict("fail", self._spread_text(s, idx, spread, ratio, lo, hi, by_std), (self._constants(s),))
-        if top > self.warn_scale:
-            return _Verdict("warn", big.format(self.warn_scale) + " for unit-scale inputs", (self._constants(s),))
-        if ratio > self.warn_ratio:
-            return _Verdict("warn", self._spread_text(s, idx, spread, ratio, lo, hi, by_std), (self._constants(s),))
-        offset = mean.abs() / std.clamp_min(1e-12)
-        off = (mean.abs() > self.offset_floor) & (offset > self.offset_sigmas)
-        if off.any():
-            j = int(torch.where(off, offset, torch.zeros_like(offset)).argmax())
-            return _Verdict("warn", f"{label.format(int(idx[j]))} is not centred: mean {float(mean[j]):.4g} is "
-                                    f"{float(offset[j]):.1f} std ({float(std[j]):.4g}); {int(off.sum())} such",
-                            (self._constants(s),))
-        median = float(rms.median())
-        if median < self.small_scale:
-            return _Verdict("warn", f"{s.name} is tiny: median {s.layout} RMS {median:.3g} < {self.small_scale:g} "
-                                    f"(divided twice?)", (self._constants(s),))
-        return _Verdict("pass", f"{s.name} is of unit scale: {s.layout} RMS {float(rms.min()):#.3g} to "
-                                f"{float(top):#.3g}, |mean| <= {float(mean.abs().max()):#.3g}, scales (range, std) within "
-                                f"{ratio:#.3g}x over {int(cont.sum())} {s.layout}s")
+        c = _Continuous.of(s)
+        fail, warn = Status.FAIL, Status.WARN
+        return (self._too_large(s, c, self.fail_scale, fail) or self._uneven(s, c, self.fail_ratio, fail)
+                or self._too_large(s, c, self.warn_scale, warn) or self._uneven(s, c, self.warn_ratio, warn)
+                or self._off_centre(s, c) or self._tiny(s, c) or self._unit_scale(s, c))
 
-    def _raw_pixels(self, s: FeatureStats) -> bool:
-        return ((len(s.shape) >= 3 or s.features >= _MANY_FEATURES) and bool(s.integer.all()) and float(s.min.min()) >= 0
-                and _RAW_PIXEL_MAX <= float(s.max.max()) <= 255)
+    def _too_large(self, s: FeatureStats, c: _Continuous, limit: float, status: Status) -> Optional[Judgment]:
+        k = int(c.rms.argmax())
+        top = float(c.rms[k])
+        if not top > limit:
+            return None
+        kind = "off-centre" if c.mean[k].abs() > c.std[k] else "too large"
+        tail = ", far from unit scale" if status == Status.FAIL else " for unit-scale inputs"
+        return Judgment(status, f"{c.label(s, k)} has mean {fmt.num(c.mean[k])} and std {fmt.num(c.std[k])} (RMS "
+                                f"{fmt.num(top)} > {fmt.num(limit)}): {kind}{tail}", (self._constants(s),))
 
-    @staticmethod
-    def _spread(rng: torch.Tensor) -> tuple[float, int, int]:
-        """Largest range over a low quantile of the ranges: (ratio, index of the low one, index of the high one)."""
-        if rng.numel() < 2:
-            return 1.0, 0, 0
-        order = rng.argsort()
-        q = _SPREAD_QUANTILE if rng.numel() >= _MANY_FEATURES else 0.0
-        lo = int(order[int(math.floor(q * (rng.numel() - 1)))])
-        hi = int(order[-1])
-        return float(rng[hi] / rng[lo].clamp_min(1e-30)), lo, hi
+    def _uneven(self, s: FeatureStats, c: _Continuous, limit: float, status: Status) -> Optional[Judgment]:
+        ratio, lo, hi, by_std = uneven(c.rng, c.std)
+        if not ratio > limit:
+            return None
+        spread, verb = (c.std, "has std") if by_std else (c.rng, "spans")
+        return Judgment(status, f"{s.layout} scales of {s.name} differ by {fmt.ratio(ratio)} (in range and in std): "
+                                f"{s.layout} {int(c.idx[hi])} {verb} {fmt.num(spread[hi])}, {s.layout} "
+                                f"{int(c.idx[lo])} {verb} {fmt.num(spread[lo])}", (self._constants(s),))
 
-    @classmethod
-    def _uneven(cls, rng: torch.Tensor, std: torch.Tensor) -> tuple[float, int, int, bool]:
-        """How unevenly the features are scaled: the smaller of the range ratio and the std ratio, with the index
-        of the low and the high feature and whether the std ratio was the smaller.
+    def _off_centre(self, s: FeatureStats, c: _Continuous) -> Optional[Judgment]:
+        offset = c.mean.abs() / c.std.clamp_min(1e-12)
+        off = (c.mean.abs() > self.offset_floor) & (offset > self.offset_sigmas)
+        if not off.any():
+            return None
+        j = int(torch.where(off, offset, torch.zeros_like(offset)).argmax())
+        return Judgment(Status.WARN, f"{c.label(s, j)} is not centred: mean {fmt.num(c.mean[j])} is "
+                                     f"{fmt.num(offset[j], 3)} std ({fmt.num(c.std[j])}); {int(off.sum())} such",
+                        (self._constants(s),))
 
-        Each statistic alone misreads common healthy inputs: sparse raw features (MNIST's rarely inked edge
-        pixels in [0, 1]) have full ranges but tiny stds; sparse or skewed features that were standardized
-        (StandardScaler on MNIST, a log-normal income) have unit std but long ranges. Features really on different
-        scales (one in metres, one in millimetres) differ in both.
-        """
-        by_range, by_std = cls._spread(rng), cls._spread(std)
-        if by_std[0] < by_range[0]:
-            return (*by_std, True)
-        return (*by_range, False)
+    def _tiny(self, s: FeatureStats, c: _Continuous) -> Optional[Judgment]:
+        median = float(c.rms.median())
+        if not median < self.small_scale:
+            return None
+        return Judgment(Status.WARN, f"{s.name} is tiny: median {s.layout} RMS {fmt.num(median)} < "
+                                     f"{fmt.num(self.small_scale)} (divided twice?)", (self._constants(s),))
 
     @staticmethod
-    def _spread_text(s, idx, spread, ratio, lo, hi, by_std: bool = False) -> str:
-        verb = "has std" if by_std else "spans"
-        return (f"{s.layout} scales of {s.name} differ by {ratio:.3g}x (in range and in std): {s.layout} "
-                f"{int(idx[hi])} {verb} {float(spread[hi]):.4g}, {s.layout} {int(idx[lo])} {verb} "
-                f"{float(spread[lo]):.4g}")
+    def _unit_scale(s: FeatureStats, c: _Continuous) -> Judgment:
+        ratio = uneven(c.rng, c.std)[0]
+        return Judgment(Status.PASS, f"{s.name} is of unit scale: {s.layout} RMS {fmt.num(c.rms.min(), 3)} to "
+                                     f"{fmt.num(c.rms.max(), 3)}, |mean| <= {fmt.num(c.mean.abs().max(), 3)}, scales "
+                                     f"(range, std) within {fmt.ratio(ratio)} over {fmt.plural(len(c.idx), s.layout)}")
 
     # -- advice ---------------------------------------------------------------------------------------------
     @staticmethod
-    def _norm_constants(s: FeatureStats) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardizing constants; binary and constant features keep mean 0 and std 1 (left as they are)."""
-        keep = s.continuous
-        std = torch.where(keep, s.std.clamp_min(1e-8), torch.ones_like(s.std))
-        mean = torch.where(keep & (s.mean.abs() > 1e-4 * std), s.mean, torch.zeros_like(s.mean))  # no 1e-9 noise
-        return mean, std
-
-    def _constants(self, s: FeatureStats) -> str:
-        mean, std = self._norm_constants(s)
+    def _constants(s: FeatureStats) -> str:
+        mean, std = norm_constants(s)
         trail = len(s.shape) - 1 - s.dim  # dimensions after the feature one: the constants broadcast over them
         view = "[:, " + ", ".join(["None"] * trail) + "]" if trail else ""
         if s.layout == "channel" and len(s.shape) >= 4 and s.dim == 1:
             return (f"Normalize each channel of {s.name} with constants from your data: "
-                    f"transforms.Normalize(mean={_fmt(mean)}, std={_fmt(std)}) (or (x - mean{view}) / std{view} "
+                    f"transforms.Normalize(mean={_nums(mean)}, std={_nums(std)}) (or (x - mean{view}) / std{view} "
                     f"on tensors).")
         if s.layout == "channel" or s.features <= _ADVICE_FEATURES:
             skip = int((~s.continuous).sum())
             return (f"Standardize each {s.layout} of {s.name} with constants from your data: mean = "
-                    f"torch.tensor({_fmt(mean)}){view}; std = torch.tensor({_fmt(std)}){view}; x = (x - mean) / std"
+                    f"torch.tensor({_nums(mean)}){view}; std = torch.tensor({_nums(std)}){view}; x = (x - mean) / std"
                     + (f" ({skip} binary/constant features keep mean 0, std 1)" if skip else "") + ".")
         return (f"Standardize the {s.features} features of {s.name}: mean = X_train.mean(0), "
                 f"std = X_train.std(0).clamp_min(1e-8), x = (x - mean) / std (or sklearn StandardScaler); the "
-                f"per-feature constants measured on your data are in the table '{self._table_id(s)}'.")
+                f"per-feature constants measured on your data are in the table '{table_id(s)}'.")
 
-    def _pixel_advice(self, s: FeatureStats) -> str:
+    @staticmethod
+    def _pixel_advice(s: FeatureStats) -> str:
         if s.layout == "feature":  # flattened images: one mean and std for every pixel
             m = float(s.mean.mean())
             sd = float(((s.std ** 2 + s.mean ** 2).mean() - m ** 2).clamp_min(0).sqrt())
             return (f"Scale the pixels of {s.name} to [0, 1] and standardize them with constants from your data: "
-                    f"x = (x / 255 - {m / 255:.4g}) / {sd / 255:.4g}.")
-        mean, std = self._norm_constants(s)
+                    f"x = (x / 255 - {fmt.num(m / 255)}) / {fmt.num(sd / 255)}.")
+        mean, std = norm_constants(s)
         return (f"Scale the pixels of {s.name} to [0, 1] (x.float() / 255, or transforms.ToTensor() on uint8 "
-                f"images), then normalize per channel: transforms.Normalize(mean={_fmt(mean / 255)}, "
-                f"std={_fmt(std / 255)}); in one step on the raw values: (x - {_fmt(mean)}) / {_fmt(std)} per channel.")
+                f"images), then normalize per channel: transforms.Normalize(mean={_nums(mean / 255)}, "
+                f"std={_nums(std / 255)}); in one step on the raw values: (x - {_nums(mean)}) / {_nums(std)} per "
+                f"channel.")
 
-    def _note(self, s: FeatureStats) -> str:
-        notes = []
+    # -- present ----------------------------------------------------------------------------------------------
+    def present(self, m: InputScaleMeasured, judgment: Judgment) -> CheckResult:
+        worst = self.worst(m, self.verdicts(m))
+        notes = tuple(n for n in (self._note(s) for s in m.stats) if n)
+        return self.result(judgment.status, judgment.summary, metrics=self._metrics(worst, m.stats),
+                           advice=judgment.advice, notes=notes, tables=tuple(self._table(s) for s in m.stats),
+                           plots=tuple(self._plot(s) for s in m.judged))
+
+    @staticmethod
+    def _note(s: FeatureStats) -> str:
         cont = s.continuous
-        if cont.any() and len(s.shape) >= 3 and float(s.min.min()) >= 0 and float(s.max.max()) <= 1 \
-                and float(s.mean[cont].mean()) > 0.1:
-            mean, std = self._norm_constants(s)
-            notes.append(f"{s.name} is in [0, 1] (mean {float(s.mean.mean()):.3g}, std {float(s.std.mean()):.3g}): "
-                         f"fine; the usual practice normalizes per {s.layout}: Normalize(mean={_fmt(mean)}, "
-                         f"std={_fmt(std)})")
-        n_const, n_bin = int(s.constant.sum()), int((s.binary & ~s.constant).sum())
         if not cont.any():
             return f"{s.name} is all 0/1 or constant (a mask, flags): not judged"
+        notes = []
+        if len(s.shape) >= 3 and float(s.min.min()) >= 0 and float(s.max.max()) <= 1 \
+                and float(s.mean[cont].mean()) > 0.1:
+            mean, std = norm_constants(s)
+            notes.append(f"{s.name} is in [0, 1] (mean {fmt.num(s.mean.mean(), 3)}, std {fmt.num(s.std.mean(), 3)}): "
+                         f"fine; the usual practice normalizes per {s.layout}: Normalize(mean={_nums(mean)}, "
+                         f"std={_nums(std)})")
+        n_const, n_bin = int(s.constant.sum()), int((s.binary & ~s.constant).sum())
         if n_const:
             notes.append(f"{n_const} of {s.features} {s.layout}s of {s.name} are constant over {s.count} rows "
                          f"(they carry no information; drop them unless they vary in other batches)")
@@ -366,20 +443,18 @@ class InputScale(Check):
             notes.append(f"{n_bin} {s.layout}s of {s.name} are binary (0/1: flags, one-hot codes, masks): not judged")
         return "; ".join(notes)
 
-    # -- evidence -----------------------------------------------------------------------------------------
     @staticmethod
-    def _metrics(s: FeatureStats, stats: list[FeatureStats]) -> dict:
-        idx = s.continuous.nonzero().flatten()
-        rms, rng = s.rms[idx], (s.max - s.min)[idx]
-        ratio = InputScale._uneven(rng, s.std[idx])[0] if idx.numel() else None
-        offset = (s.mean[idx].abs() / s.std[idx].clamp_min(1e-12)) if idx.numel() else torch.zeros(0)
+    def _metrics(s: FeatureStats, stats: tuple[FeatureStats, ...]) -> dict:
+        c = _Continuous.of(s)
+        some = c.idx.numel() > 0
+        offset = c.mean.abs() / c.std.clamp_min(1e-12)
         return {
             "input": s.name, "inputs": [x.name for x in stats], "layout": s.layout, "features": s.features,
-            "rows": s.count, "max_rms": float(rms.max()) if idx.numel() else None,
-            "median_rms": float(rms.median()) if idx.numel() else None,
-            "min_rms": float(rms.min()) if idx.numel() else None,
-            "max_abs_mean": float(s.mean[idx].abs().max()) if idx.numel() else None,
-            "max_offset_sigmas": float(offset.max()) if idx.numel() else None, "scale_ratio": ratio,
+            "rows": s.count, "max_rms": float(c.rms.max()) if some else None,
+            "median_rms": float(c.rms.median()) if some else None, "min_rms": float(c.rms.min()) if some else None,
+            "max_abs_mean": float(c.mean.abs().max()) if some else None,
+            "max_offset_sigmas": float(offset.max()) if some else None,
+            "scale_ratio": uneven(c.rng, c.std)[0] if some else None,
             "overall_min": float(s.min.min()), "overall_max": float(s.max.max()),
             "constant_features": int(s.constant.sum()), "binary_features": int((s.binary & ~s.constant).sum()),
             "nonfinite_values": s.nonfinite,
@@ -388,22 +463,19 @@ class InputScale(Check):
         }
 
     @staticmethod
-    def _table_id(s: FeatureStats) -> str:
-        return "".join(c if c.isalnum() else "_" for c in f"stats_{s.name}").strip("_")
-
-    def _table(self, s: FeatureStats) -> Table:
+    def _table(s: FeatureStats) -> Table:
         kind = ["constant" if c else "binary" if b else "continuous" for c, b in
                 zip(s.constant.tolist(), s.binary.tolist())]
         rows = [(i, kind[i], float(s.mean[i]), float(s.std[i]), float(s.min[i]), float(s.max[i]), float(s.rms[i]))
                 for i in range(min(s.features, _TABLE_ROWS))]
         more = f" (first {_TABLE_ROWS} of {s.features})" if s.features > _TABLE_ROWS else ""
-        return Table(self._table_id(s), f"Per-{s.layout} statistics of {s.name} {tuple(s.shape)}{more}",
+        return Table(table_id(s), f"Per-{s.layout} statistics of {s.name} {tuple(s.shape)}{more}",
                      (s.layout, "kind", "mean", "std", "min", "max", "rms"), rows)
 
     @staticmethod
     def _plot(s: FeatureStats) -> Plot:
         n = min(s.features, _PLOT_BARS)
         xs = [str(i) for i in range(n)]
-        return Plot(f"scale_{InputScale._table_id(s)}", f"Per-{s.layout} |mean| and std of {s.name}", "bar",
+        return Plot(f"scale_{table_id(s)}", f"Per-{s.layout} |mean| and std of {s.name}", "bar",
                     (Series("|mean|", xs, s.mean[:n].abs().tolist()), Series("std", xs, s.std[:n].tolist())),
                     x_label=s.layout, y_label="value (log)", log_y=True)
