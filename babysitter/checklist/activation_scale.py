@@ -96,14 +96,6 @@ class ActivationScale(Check):
         "MLPs and CNNs, while a 10-layer net with weights of std 0.01 loses more than 10^6",
     )
 
-    warn_ratio: float = threshold(100.0, "warn when the std of the last hidden activation differs from the first's "
-                                         "by more than this factor (either way)")
-    fail_ratio: float = threshold(1000.0, "fail when it differs by more than this factor")
-    preact_warn: float = threshold(2.5, "warn when the input of a tanh layer has a std above this (twice this for "
-                                        "sigmoid): most units then start in the flat region (|tanh(2.5)| = 0.987)")
-    preact_fail: float = threshold(5.0, "fail when the input of a tanh layer has a std above this (twice this for "
-                                        "sigmoid)")
-
     constants = {"init_batches": INIT_BATCHES}
 
     warn_ratio: float = threshold(100.0, "warn when the std of the last hidden activation differs from the first's "

@@ -106,8 +106,9 @@ class LrRange(Check):
     fail_above: float = threshold(ReadingRules.fail_above, "fail when the user's LR exceeds the divergence point "
                                                            "times this")
     fail_below: float = threshold(ReadingRules.fail_below, "fail when the user's LR is below this times the range's "
-                                                           "low end (that is 1000x below where the sweep first moved "
-                                                           "the loss: ~5000 steps to get as far as the sweep's 5)")
+                                                           "low end (with low_margin 30, that is 900x below where the "
+                                                           "sweep first moved the loss: ~4500 steps to get as far as "
+                                                           "the sweep's 5)")
 
     def measure(self, session: "Session") -> SweepMeasured:
         sweep = session.evidence("lr_sweep")
