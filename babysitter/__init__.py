@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 from .api import Sitter, check, wrap  # noqa: E402
 from .errors import ExitCode, TargetError, UsageError  # noqa: E402
 from .report import CheckResult, Report  # noqa: E402
+from .step import Step  # noqa: E402
 from .target import Target  # noqa: E402
 
-__all__ = ["check", "wrap", "Sitter", "Target", "Report", "CheckResult", "ExitCode", "TargetError",
+__all__ = ["check", "wrap", "Sitter", "Target", "Step", "Report", "CheckResult", "ExitCode", "TargetError",
            "UsageError", "__version__"]

@@ -27,18 +27,18 @@ class Sitter:
 
 def wrap(model: nn.Module, data: Any = None, *, loss_fn: Callable, optimizer: Any = None,
          forward: Optional[Callable] = None, batch_size: Optional[int] = None,
-         name: Optional[str] = None) -> Sitter:
+         name: Optional[str] = None, step: Any = None) -> Sitter:
     """Wrap a model with the target fields (see :class:`babysitter.Target`)."""
     return Sitter(Target(model=model, data=data, loss_fn=loss_fn, optimizer=optimizer, forward=forward,
-                         batch_size=batch_size, name=name or type(model).__name__))
+                         batch_size=batch_size, name=name or type(model).__name__, step=step))
 
 
 def check(model: nn.Module, data: Any = None, *, loss_fn: Callable, optimizer: Any = None,
           forward: Optional[Callable] = None, batch_size: Optional[int] = None, name: Optional[str] = None,
           device: str = "auto", seed: int = 0, select: Optional[Iterable[str]] = None,
           ignore: Optional[Iterable[str]] = None, options: Optional[Mapping[str, Mapping]] = None,
-          max_batches: Optional[int] = None) -> Report:
+          max_batches: Optional[int] = None, step: Any = None) -> Report:
     """Run the checklist on a model with its data, loss and optimizer settings; returns the :class:`Report`."""
     return wrap(model, data, loss_fn=loss_fn, optimizer=optimizer, forward=forward, batch_size=batch_size,
-                name=name).check(device=device, seed=seed, select=select, ignore=ignore, options=options,
+                name=name, step=step).check(device=device, seed=seed, select=select, ignore=ignore, options=options,
                                  max_batches=max_batches)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -70,3 +70,40 @@ def zero_decay(optimizer: torch.optim.Optimizer) -> list[str]:
 def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
     """Adam-like optimizers normalise each step by a running gradient scale; SGD-like ones do not."""
     return any(k in optimizer.param_groups[0] for k in _ADAPTIVE_KEYS) or type(optimizer).__name__ in _ADAPTIVE_NAMES
+
+
+class OptimizerGroup:
+    """Several optimizers (a GAN's generator and discriminator) seen as one: their param groups together, so that
+    an LR set through them scales every optimizer alike; ``user_view`` is what the target's factory returned,
+    handed to the target's own step function as it is."""
+
+    def __init__(self, optimizers: list, user_view: Any):
+        self.optimizers, self.user_view = list(optimizers), user_view
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for opt in self.optimizers for k, v in opt.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
+def as_optimizer(value: Any) -> Any:
+    """What a target's optimizer factory returned, as one optimizer: a torch optimizer as it is, a list, tuple or
+    dict of them as an :class:`OptimizerGroup`; anything else unchanged (the caller reports it)."""
+    if isinstance(value, torch.optim.Optimizer):
+        return value
+    items = list(value.values()) if isinstance(value, dict) else list(value) if isinstance(value, (list, tuple)) \
+        else None
+    if items and all(isinstance(o, torch.optim.Optimizer) for o in items):
+        return OptimizerGroup(items, value)
+    return value

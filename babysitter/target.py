@@ -30,7 +30,7 @@ DEFAULT_FUNCTION = "babysit"
 #: the folder discovered when ``babysit check`` gets no path
 DEFAULT_DIR = "checks"
 
-FIELDS = ("model", "data", "loss_fn", "optimizer", "forward", "batch_size", "name")
+FIELDS = ("model", "data", "loss_fn", "optimizer", "forward", "batch_size", "name", "step")
 REQUIRED = ("model", "data", "loss_fn")
 
 
@@ -51,6 +51,10 @@ class Target:
             HuggingFace models).
         batch_size: only for tuple data.
         name: the name used for the report folder; defaults to the file's stem.
+        step: how the user trains, when it is not a plain ``zero_grad, backward, step``: a
+            :class:`babysitter.Step` (or a dict of its fields: gradient clipping, accumulation, autocast, a
+            GradScaler, an LR scheduler, a closure), or a function ``step(model, batch, optimizer) -> loss`` doing
+            the whole step (several optimizers: the factory may then return a list, tuple or dict of them).
     """
 
     model: nn.Module
@@ -60,6 +64,7 @@ class Target:
     forward: Optional[Callable] = None
     batch_size: Optional[int] = None
     name: Optional[str] = None
+    step: Optional[Any] = None
 
     def __post_init__(self):
         validate(self)
@@ -92,6 +97,7 @@ def validate(target: Target, where: str | None = None) -> None:
     if target.forward is not None and not callable(target.forward):
         raise TargetError(f"expected a callable forward(model, batch) -> (outputs, targets), got "
                           f"{_type_name(target.forward)}: {_short(target.forward)}", where=where, field="forward")
+    _validate_step(target, where)
     if target.batch_size is not None and (not isinstance(target.batch_size, int) or isinstance(target.batch_size, bool)
                                           or target.batch_size < 1):
         raise TargetError(f"expected a positive int, got {_short(target.batch_size)}", where=where, field="batch_size")
@@ -113,6 +119,19 @@ def _validate_data(data: Any, where: Optional[str]) -> None:
     elif isinstance(data, (str, bytes, torch.Tensor)) or not _is_iterable(data):
         raise TargetError(f"expected a DataLoader, an iterable of batches or a tuple (X, y) of tensors, got "
                           f"{_type_name(data)}: {_short(data)}", where=where, field="data")
+
+
+def _validate_step(target: Target, where: Optional[str]) -> None:
+    from .step import Step, coerce_step
+
+    try:
+        target.step = coerce_step(target.step)
+    except (TypeError, ValueError) as exc:
+        raise TargetError(f"{exc}, got {_type_name(target.step)}: {_short(target.step)}", where=where,
+                          field="step") from exc
+    if isinstance(target.step, Step):
+        for name, value, wanted in target.step.problems():
+            raise TargetError(f"{name} must be {wanted}, got {_short(value)}", where=where, field="step")
 
 
 def _is_iterable(value: Any) -> bool:
@@ -347,16 +366,29 @@ def _first_loss(code, outputs: Any, targets: Any, where: Optional[str]) -> None:
                           where=where, field="loss_fn", hint="reduce it with .mean() (or reduction='mean')")
 
 
-def _first_optimizer(make: Callable[[], Any], where: Optional[str]) -> torch.optim.Optimizer:
+def _first_optimizer(make: Callable[[], Any], where: Optional[str], custom_step: bool) -> torch.optim.Optimizer:
     try:
         optimizer = make()
     except Exception as exc:  # any failure of the user's factory is a target error
         raise TargetError(f"calling the optimizer factory raised {type(exc).__name__}: {exc}",
                           where=where, field="optimizer") from exc
-    if not isinstance(optimizer, torch.optim.Optimizer):
+    from .optim import OptimizerGroup
+
+    if isinstance(optimizer, OptimizerGroup) and not custom_step:
+        raise TargetError(f"the optimizer factory returned {len(optimizer.optimizers)} optimizers: several "
+                          f"optimizers need a step function that says how each is used", where=where,
+                          field="optimizer", hint="add step=lambda model, batch, optimizers: ... (it returns the "
+                                                  "loss), or return one optimizer")
+    if not isinstance(optimizer, (torch.optim.Optimizer, OptimizerGroup)):
         raise TargetError(f"the optimizer factory must return a torch.optim.Optimizer, it returned "
                           f"{_type_name(optimizer)}: {_short(optimizer)}", where=where, field="optimizer")
     return optimizer
+
+
+def _is_step(value: Any) -> bool:
+    from .step import Step
+
+    return isinstance(value, Step)
 
 
 def validate_first_batch(code, batch: Any, make_optimizer: Callable[[], Any], where: Optional[str]
@@ -366,4 +398,4 @@ def validate_first_batch(code, batch: Any, make_optimizer: Callable[[], Any], wh
     _check_batch_shape(code.target, batch, where)
     outputs, targets = _first_forward(code, batch, where)
     _first_loss(code, outputs, targets, where)
-    return _first_optimizer(make_optimizer, where)
+    return _first_optimizer(make_optimizer, where, callable(code.step) and not _is_step(code.step))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .analysis.batches import named_tensors
-from .optim import default_optimizer, rebuilder
+from .optim import as_optimizer, default_optimizer, rebuilder
 from .target import Target
 
 
@@ -57,8 +57,11 @@ class UserCode:
         #: the user's own optimizer instance (restored by the sandbox), None for a factory or the default
         self.instance: Optional[torch.optim.Optimizer] = opt if isinstance(opt, torch.optim.Optimizer) else None
         self.optimizer_source = "default" if opt is None else "instance" if self.instance is not None else "factory"
-        self.optimizer_factory: Callable[..., torch.optim.Optimizer] = (
-            default_optimizer if opt is None else rebuilder(opt) if self.instance is not None else opt)
+        factory = default_optimizer if opt is None else rebuilder(opt) if self.instance is not None else opt
+        #: ``params -> optimizer`` (several optimizers returned by the factory come as one OptimizerGroup)
+        self.optimizer_factory: Callable[..., Any] = lambda params: as_optimizer(factory(params))
+        #: the user's step: a Step, a function step(model, batch, optimizer) -> loss, or None (a plain step)
+        self.step = target.step
 
     def forward(self, batch: Any) -> tuple[Any, Any]:
         """``(outputs, targets)`` for one batch, through the target's ``forward`` or ``model(*inputs)``."""

@@ -13,6 +13,7 @@ import torch
 
 from ..analysis.lr_curve import LrSweep, SweepRun, SweepSettings
 from ..optim import group_scales, is_adaptive, lr_of, set_lr
+from .stepper import Stepper
 
 
 def _order(session, order_seed: int) -> list[int]:
@@ -50,26 +51,26 @@ class _Divergence:
 
 
 def sweep_once(session, settings: SweepSettings, order_seed: int = 0) -> SweepRun:
-    """One exponential sweep from the session's current (user's) state, in a seeded batch order."""
+    """One exponential sweep from the session's current (user's) state, in a seeded batch order. Each step is the
+    user's kind of step (clipping, accumulation, autocast, a closure or their step function) at the sweep's LR; a
+    scheduler is left out, since the sweep sets the LR."""
     model = session.model
     model.train()
     optimizer = session.make_optimizer()
+    stepper = Stepper(session, optimizer, scheduler=False)
     _, scales = group_scales(optimizer)
     order = _order(session, order_seed)
     torch.manual_seed(session.seed * 1000 + order_seed)  # dropout masks differ per repeat too
-    s = settings
+    s, k = settings, stepper.accumulate
     factor = (s.end_lr / s.start_lr) ** (1.0 / max(s.steps - 1, 1))
     lrs, pending, test, stop = [], [], _Divergence(s), "end"
     for i in range(s.steps):
         lrs.append(s.start_lr * factor ** i)
         set_lr(optimizer, lrs[-1], scales)
-        optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = session.forward_loss(session.batch(order[i % len(order)]))
-        if not loss.requires_grad:
+        out = stepper.step([session.batch(order[(i * k + j) % len(order)]) for j in range(k)])
+        if not out.trained:
             return SweepRun(order_seed=order_seed, lrs=(), losses=(), ema=(), stop="no_grad", stopped_at=None)
-        loss.backward()
-        optimizer.step()
-        pending.append(loss.detach())
+        pending.append(out.loss)
         if len(pending) == s.sync_every or i == s.steps - 1:
             stop = test.feed(torch.stack(pending).float().cpu().tolist())
             pending = []
@@ -84,7 +85,7 @@ def _why_not(session, optimizer) -> str | None:
     if not any(p.requires_grad for p in session.model.parameters()):
         return "the model has no trainable parameter"
     if isinstance(optimizer, torch.optim.LBFGS):
-        return "LBFGS takes a closure and searches its own step size; an LR range test does not apply"
+        return "LBFGS searches its own step size (its lr scales a line search); an LR range test does not apply"
     return None
 
 

@@ -12,6 +12,7 @@ import torch
 from ..analysis.batches import named_tensors
 from ..instruments.hooks import attached
 from ..optim import lr_of
+from .stepper import Stepper
 
 #: optimizer steps in the shared training probe
 TRAIN_STEPS = 24
@@ -38,6 +39,7 @@ class TrainProbe:
     skipped_steps: tuple[int, ...] = ()  # optimizer steps skipped as GradScaler would
     precision: str = "float32"  # "float16 (autocast)", "float16 parameters", "bfloat16", ...
     instruments: Mapping[str, Any] = field(default_factory=dict)
+    step: tuple[str, ...] = ()  # the parts of the user's step the probe ran (clipping, accumulation, ...)
 
     def first_nonfinite(self) -> Optional[tuple[int, str]]:
         """The first step at which the probe saw a non-finite value, and where: loss, gradient or parameters.
@@ -69,23 +71,36 @@ class _Recorder:
 
     def __init__(self, params: list, device: torch.device):
         self.params, self.device = params, device
+        self.index = {id(p): i for i, p in enumerate(params)}
         self.zero = torch.zeros((), device=device)
         self.losses, self.totals, self.per_param, self.masks, self.finite = [], [], [], [], []
         self.ratios, self.norms = [], []
         self.got_grad = [False] * len(params)
+        self.row: list = []
 
-    def gradients(self, loss: torch.Tensor) -> torch.Tensor:
-        """Record the step's loss and gradient norms; returns the total norm (NaN when a gradient is NaN)."""
-        has = [p.grad is not None for p in self.params]
-        norms = torch.stack([p.grad.detach().float().norm() if h else self.zero for p, h in zip(self.params, has)]) \
-            if self.params else self.zero.new_zeros(0)
+    def begin(self) -> None:
+        self.row = [None] * len(self.params)
+
+    def read(self, params: list) -> torch.Tensor:
+        """The gradient norms of ``params`` (final for this step); returns the step's total norm so far (NaN when
+        a gradient is NaN)."""
+        for p in params:
+            i = self.index.get(id(p))
+            if i is not None and p.grad is not None:
+                self.row[i] = p.grad.detach().float().norm()
+        norms = [v for v in self.row if v is not None]
+        return torch.stack(norms).pow(2).sum().sqrt() if norms else self.zero
+
+    def end(self, loss: torch.Tensor) -> None:
+        """Close the step: its loss and gradient norms (a parameter never read got no gradient)."""
+        has = [v is not None for v in self.row]
+        norms = torch.stack([v if h else self.zero for v, h in zip(self.row, has)]) if self.params \
+            else self.zero.new_zeros(0)
         self.got_grad = [g or h for g, h in zip(self.got_grad, has)]
         self.masks.append(has)
-        self.losses.append(loss.detach().float())
-        total = norms.pow(2).sum().sqrt()
-        self.totals.append(total)
+        self.losses.append(loss.detach().float().reshape(()))
+        self.totals.append(norms.pow(2).sum().sqrt())
         self.per_param.append(norms)
-        return total
 
     def after_step(self, before: Optional[list]) -> None:
         """Record the parameters' finiteness, and the update ratios when ``before`` holds their old values."""
@@ -103,37 +118,63 @@ class _Recorder:
             tuple(torch.stack(xs).cpu().tolist()) if xs else ()
 
 
+def _precision(outputs: Any, params: list, stepper: Stepper) -> str:
+    """float16 under autocast (declared in the step, or done by the user's forward: the outputs at init were
+    float16), or the parameters' own precision."""
+    if stepper.autocast is torch.float16:
+        return AUTOCAST_FP16
+    precision = param_precision(params)
+    if precision == "float32" and any(t.dtype == torch.float16 for _, t in named_tensors(outputs)):
+        return AUTOCAST_FP16
+    return precision
+
+
 def train_probe(session, instruments: Mapping, steps: int = TRAIN_STEPS,
                 measure_every: Optional[int] = None) -> TrainProbe:
-    """``steps`` training steps with the user's optimizer, ``instruments`` attached."""
+    """``steps`` training steps the way the user trains (their Step or step function, their scheduler), with
+    ``instruments`` attached."""
+    init_outputs = session.evidence("init_pass").outputs[0]  # before anything here changes the model
     model = session.model
-    model.train()
     named = list(model.named_parameters())
     trainable = [(n, p) for n, p in named if p.requires_grad]
-    optimizer = session.make_optimizer()
     rec = _Recorder([p for _, p in trainable], session.device)
+    optimizer = session.make_optimizer()
+    stepper = Stepper(session, optimizer)
+    precision = _precision(init_outputs, rec.params, stepper)
     measure_every = measure_every or max(1, steps // 6)
-    skipped, precision = [], param_precision(rec.params)
+    skipped: list[int] = []
+    model.train()
     with attached(instruments, model) as active:
         for step in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss, outputs, _ = session.forward_loss(session.batch(step))
-            if step == 0 and precision == "float32" and any(t.dtype == torch.float16
-                                                            for _, t in named_tensors(outputs)):
-                precision = AUTOCAST_FP16
-            if loss.requires_grad:
-                loss.backward()
-            total = rec.gradients(loss)
             measure = step % measure_every == 0 or step == steps - 1
-            before = [p.detach().clone() for p in rec.params] if measure else None
-            if _overflowed(precision, loss, total):
+            out, before = _step(session, stepper, rec, step, measure, precision)
+            if out.skipped:
                 skipped.append(step)
-            else:
-                optimizer.step()
             rec.after_step(before)
         results = {name: inst.result() for name, inst in active.items()}
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    return _probe(rec, steps, lr_of(optimizer), trainable, named, in_opt, skipped, precision, results)
+    return _probe(rec, steps, lr_of(optimizer), trainable, named, in_opt, skipped, precision, results,
+                  stepper.kept())
+
+
+def _step(session, stepper: Stepper, rec: _Recorder, step: int, measure: bool, precision: str):
+    """One probe step: the gradients read where the user's step would clip them, the weights copied before the
+    update on measured steps."""
+    k = stepper.accumulate
+    rec.begin()
+    before: list = []
+
+    def on_grads(loss, params) -> bool:
+        total = rec.read(params)
+        if measure and not before:
+            before.extend(p.detach().clone() for p in rec.params)
+        return stepper.scaler is None and loss is not None and _overflowed(precision, loss, total)
+
+    out = stepper.step([session.batch(step * k + j) for j in range(k)], on_grads)
+    rec.end(out.loss)
+    if measure and not before:  # a step function whose optimizers never stepped: nothing moved
+        before.extend(p.detach().clone() for p in rec.params)
+    return out, (before if measure else None)
 
 
 def _overflowed(precision: str, loss: torch.Tensor, total: torch.Tensor) -> bool:
@@ -142,7 +183,7 @@ def _overflowed(precision: str, loss: torch.Tensor, total: torch.Tensor) -> bool
     return precision == AUTOCAST_FP16 and bool(torch.isfinite(loss.detach())) and not bool(torch.isfinite(total))
 
 
-def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precision, results) -> TrainProbe:
+def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precision, results, kept) -> TrainProbe:
     """Everything recorded on the device to the host, in one transfer per series."""
     names = tuple(n for n, _ in trainable)
     per_param = rec.host(rec.per_param)
@@ -154,4 +195,4 @@ def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precisi
         param_finite=rec.host(rec.finite), no_grad=tuple(n for n, g in zip(names, rec.got_grad) if not g),
         not_in_optimizer=tuple(n for n, p in trainable if id(p) not in in_opt),
         frozen=tuple(n for n, p in named if not p.requires_grad), skipped_steps=tuple(skipped),
-        precision=precision, instruments=results)
+        precision=precision, instruments=results, step=tuple(kept))

@@ -1,0 +1,176 @@
+"""One training step the way the user trains, for every pass that trains (the probe, the LR sweep, the overfit
+probe, the NaN replay).
+
+A declared :class:`~babysitter.step.Step` is run with every part in its place: micro-batches under autocast,
+the (scaled) backward, unscaling, the gradients read (before clipping: the gradient checks and the suggested clip
+are about raw norms), clipping, ``optimizer.step`` (with a closure for LBFGS), the scaler's update and the
+scheduler. A user's own step function is called as it is; its gradients are read as each optimizer receives
+them (a step pre-hook), so after the user's own clipping, and a step whose optimizer never stepped is known as
+skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..step import AUTOCAST_DTYPES, Step
+
+#: called with the step's loss (None inside a user's step function) and the parameters whose gradients are final
+#: for this step (unscaled, before clipping); returns True to skip the optimizer step (float16 overflow)
+GradReader = Callable[[Optional[torch.Tensor], list], Optional[bool]]
+
+
+@dataclass
+class Outcome:
+    """What one step produced: the loss (mean over micro-batches, unscaled, on the device), the last micro-batch's
+    outputs and targets, and whether the optimizer step was skipped (None when that is not known without a host
+    read: a plain step is never skipped)."""
+
+    loss: torch.Tensor
+    outputs: Any
+    targets: Any
+    skipped: Optional[bool] = None
+    trained: bool = True  # False when the loss did not require grad: nothing could be trained
+
+
+def closure_optimizer(optimizer: Any) -> bool:
+    """Optimizers whose ``step`` needs a closure that re-evaluates the loss."""
+    return isinstance(optimizer, torch.optim.LBFGS)
+
+
+class Stepper:
+    """Steps of the user's kind on ``optimizer`` (a torch optimizer, or an OptimizerGroup of several)."""
+
+    def __init__(self, session, optimizer: Any, *, scheduler: bool = True, clip: bool = True):
+        self.session, self.optimizer = session, optimizer
+        custom = session.code.step
+        self.custom: Optional[Callable] = custom if callable(custom) and not isinstance(custom, Step) else None
+        self.spec: Step = custom if isinstance(custom, Step) else Step()
+        self.clip = clip
+        device = session.device.type
+        self.autocast = AUTOCAST_DTYPES.get(self.spec.autocast) if self.spec.autocast else None
+        self.device_type = device
+        self.scaler = torch.amp.GradScaler(device) if self.spec.grad_scaler and self.custom is None else None
+        closure = self.spec.closure
+        self.closure = closure_optimizer(optimizer) if closure is None else bool(closure)
+        make = self.spec.scheduler
+        self.scheduler = make(optimizer) if scheduler and make is not None and self.custom is None else None
+        self.accumulate = 1 if self.custom is not None or self.closure else self.spec.accumulate
+
+    # -- what the report says about it -------------------------------------------------------------------------
+    def kept(self) -> list[str]:
+        """The parts of the user's step this stepper runs (for notes)."""
+        if self.custom is not None:
+            return ["your step function"]
+        parts = [p for p in self.spec.parts() if not p.startswith("scheduler") or self.scheduler is not None]
+        if self.closure and "closure" not in " ".join(parts):
+            parts.append("closure")
+        if not self.clip:
+            parts = [p for p in parts if not p.startswith("clip")]
+        return parts
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    def step(self, batches: Sequence[Any], on_grads: Optional[GradReader] = None) -> Outcome:
+        """One optimizer step over ``batches`` (the micro-batches: ``accumulate`` of them, or one)."""
+        if self.custom is not None:
+            return self._custom(batches[0], on_grads)
+        if self.closure:
+            return self._closure(batches[0], on_grads)
+        return self._plain(batches, on_grads)
+
+    def _forward(self, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        if self.autocast is None:
+            return self.session.forward_loss(batch)
+        with torch.autocast(self.device_type, dtype=self.autocast):
+            return self.session.forward_loss(batch)
+
+    def _params(self) -> list:
+        """The model's trainable parameters: what the user's ``clip_grad_norm_(model.parameters(), ...)`` clips,
+        and what the gradient checks read (a parameter the optimizer leaves out included)."""
+        return [p for p in self.session.model.parameters() if p.requires_grad]
+
+    def _clip(self) -> None:
+        if not self.clip:
+            return
+        params = self._params()
+        if self.spec.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.spec.clip_grad_norm)
+        if self.spec.clip_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(params, self.spec.clip_grad_value)
+
+    def _plain(self, batches: Sequence[Any], on_grads: Optional[GradReader]) -> Outcome:
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, outputs, targets, trained = [], None, None, False
+        for batch in batches:
+            loss, outputs, targets = self._forward(batch)
+            trained = trained or loss.requires_grad
+            if loss.requires_grad:
+                scaled = loss / len(batches) if len(batches) > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            losses.append(loss.detach().float())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if on_grads is not None and on_grads(loss, self._params()):
+            return Outcome(loss, outputs, targets, True, trained)  # skipped as a GradScaler would: float16 overflow
+        self._clip()
+        skipped = self._optimizer_step()
+        return Outcome(loss, outputs, targets, skipped, trained)
+
+    def _optimizer_step(self) -> Optional[bool]:
+        skipped = None
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            before = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < before  # the scaler backs off only when it skipped the step
+        if self.scheduler is not None and not skipped:
+            self.scheduler.step()
+        return skipped
+
+    def _closure(self, batch: Any, on_grads: Optional[GradReader]) -> Outcome:
+        first: dict = {}
+
+        def closure():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, outputs, targets = self._forward(batch)
+            if loss.requires_grad:
+                loss.backward()
+            if not first:
+                first.update(loss=loss.detach().float(), outputs=outputs, targets=targets, trained=loss.requires_grad)
+                if on_grads is not None:
+                    on_grads(first["loss"], self._params())
+            self._clip()
+            return loss
+
+        self.optimizer.step(closure)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return Outcome(first["loss"], first["outputs"], first["targets"], None, first["trained"])
+
+    def _custom(self, batch: Any, on_grads: Optional[GradReader]) -> Outcome:
+        """The user's own step; gradients read as each optimizer is about to step."""
+        stepped, handles = [], []
+        for opt in getattr(self.optimizer, "optimizers", (self.optimizer,)):
+            params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+
+            def hook(optimizer, args, kwargs, params=params):
+                stepped.append(optimizer)
+                if on_grads is not None:
+                    on_grads(None, params)
+
+            handles.append(opt.register_step_pre_hook(hook))
+        try:
+            loss = self.custom(self.session.model, batch, getattr(self.optimizer, "user_view", self.optimizer))
+        finally:
+            for h in handles:
+                h.remove()
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"the target's step(model, batch, optimizer) must return the loss as a tensor, it "
+                            f"returned {type(loss).__name__}")
+        return Outcome(loss.detach().float(), None, None, skipped=not stepped,
+                       trained=bool(stepped) or loss.requires_grad)
