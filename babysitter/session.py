@@ -43,6 +43,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+def _step_fact(step: Any) -> Optional[str]:
+    """The user's step as the report states it: None for a plain step."""
+    from .step import Step
+
+    if step is None:
+        return None
+    if isinstance(step, Step):
+        return ", ".join(step.parts()) or None
+    return f"step function {getattr(step, '__qualname__', type(step).__name__)}"
+
+
 class Session:
     """Lifecycle: ``with Session(target) as s:`` moves and snapshots the model, seeds, draws and validates the
     first batch; ``s.reset()`` returns to the user's state between checks; leaving restores everything.
@@ -128,7 +139,7 @@ class Session:
                     parameters=sum(p.numel() for p in params),
                     trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
                     loss_fn=getattr(self.loss_fn, "__qualname__", None) or type(self.loss_fn).__name__,
-                    model=type(self.model).__name__)
+                    model=type(self.model).__name__, step=_step_fact(self.code.step))
 
     # -- the parts, as checks use them ----------------------------------------------------------------------
     def batch(self, i: int) -> Any:

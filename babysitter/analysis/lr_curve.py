@@ -59,6 +59,8 @@ class LrSweep:
     seconds: float
     skipped: Optional[str] = None  # why no sweep could be run
     adaptive: bool = False  # a per-parameter adaptive optimizer (Adam family, RMSprop, Adagrad, Adadelta)
+    step: tuple[str, ...] = ()  # the parts of the user's step each sweep step kept (clipping, accumulation, ...)
+    scheduler_left_out: bool = False  # the user's scheduler was not run: the sweep sets the LR
 
 
 # -- reading one curve --------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class GradMeasured:
     lr: Optional[float] = None
     batch_factor: int = 1  # N when the loss is summed over a batch of N examples
     skipped_steps: tuple[int, ...] = ()  # float16 steps skipped as a GradScaler would
+    step: tuple[str, ...] = ()  # the parts of the user's step the probe ran (clipping, accumulation, ...)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class GradNorms(Check):
         batch_factor = session.evidence("loss_facts").batch_factor
         order = {name: i for i, name in enumerate(session.evidence("call_order"))}
         return GradMeasured(totals=totals, layers=self._weight_layers(session.model, probe, order), lr=probe.lr,
-                            batch_factor=batch_factor, skipped_steps=tuple(probe.skipped_steps))
+                            batch_factor=batch_factor, skipped_steps=tuple(probe.skipped_steps), step=probe.step)
 
     @staticmethod
     def _weight_layers(model: "nn.Module", probe: TrainProbe, order: dict[str, int]) -> tuple[Layer, ...]:
@@ -368,7 +369,21 @@ class GradNorms(Check):
         if m.skipped_steps:
             notes.append(f"steps {m.skipped_steps} had non-finite gradients in float16 and were skipped, as "
                          f"a GradScaler skips them")
+        notes += self._step_notes(m.step)
         return tuple(notes)
+
+    @staticmethod
+    def _step_notes(step: tuple[str, ...]) -> list[str]:
+        """Where the gradients were read in the user's step."""
+        if "your step function" in step:
+            return ["the probe ran your step function; gradients were read as each optimizer received them "
+                    "(after any clipping your step does)"]
+        if not step:
+            return []
+        clip = [p for p in step if p.startswith("clip")]
+        return [f"the probe trained with your step ({', '.join(step)})"
+                + ("; gradient norms are read before your clipping, so the suggested clip is about raw norms"
+                   if clip else "")]
 
     @staticmethod
     def _table(m: GradMeasured, s: NormStats) -> Table:

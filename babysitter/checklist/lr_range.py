@@ -33,6 +33,8 @@ class SweepMeasured:
     optimizer: str
     seconds: float
     group_scales: tuple[float, ...] = (1.0,)
+    step: tuple[str, ...] = ()  # the parts of the user's step each sweep step kept
+    scheduler_left_out: bool = False
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -115,7 +117,8 @@ class LrRange(Check):
         if sweep.skipped:
             self.skip(sweep.skipped)
         return SweepMeasured(reading=session.evidence("lr_reading"), repeats=len(sweep.runs), steps=sweep.steps,
-                             optimizer=sweep.optimizer, seconds=sweep.seconds, group_scales=tuple(sweep.group_scales))
+                             optimizer=sweep.optimizer, seconds=sweep.seconds, group_scales=tuple(sweep.group_scales),
+                             step=sweep.step, scheduler_left_out=sweep.scheduler_left_out)
 
     def judge(self, measured: SweepMeasured) -> Judgment:
         """The reading's verdict: ``read_sweep`` judged the user's LR under this check's rules (the options given
@@ -142,6 +145,10 @@ class LrRange(Check):
                          f"{[round(s, 4) for s in scales]}); LRs are the first group's.")
         if measured.reading.reason and measured.reading.suggested_lr is not None:
             notes.append(f"some repeats supported no suggestion: {measured.reading.reason}")
+        if measured.step:
+            notes.append(f"each sweep step was your step: {', '.join(measured.step)}")
+        if measured.scheduler_left_out:
+            notes.append("your LR scheduler was left out of the sweep: the sweep sets the LR itself")
         return tuple(notes)
 
     @staticmethod

@@ -103,6 +103,8 @@ def lr_sweep(session, settings: SweepSettings = SweepSettings()) -> LrSweep:
                 skipped, runs = "the loss does not require grad: nothing can be trained", []
                 break
     session.reset()
+    stepper = Stepper(session, optimizer, scheduler=False)
     return LrSweep(runs=tuple(runs), user_lr=user_lr if user_lr is not None else lr_of(optimizer),
                    group_scales=tuple(scales), optimizer=type(optimizer).__name__, steps=sum(r.taken for r in runs),
-                   seconds=time.perf_counter() - t0, skipped=skipped, adaptive=is_adaptive(optimizer))
+                   seconds=time.perf_counter() - t0, skipped=skipped, adaptive=is_adaptive(optimizer),
+                   step=tuple(stepper.kept()), scheduler_left_out=stepper.scheduler_declared)

@@ -56,7 +56,9 @@ class Stepper:
         closure = self.spec.closure
         self.closure = closure_optimizer(optimizer) if closure is None else bool(closure)
         make = self.spec.scheduler
-        self.scheduler = make(optimizer) if scheduler and make is not None and self.custom is None else None
+        #: the user declared a scheduler (run only when ``scheduler`` is True)
+        self.scheduler_declared = make is not None and self.custom is None
+        self.scheduler = make(optimizer) if scheduler and self.scheduler_declared else None
         self.accumulate = 1 if self.custom is not None or self.closure else self.spec.accumulate
 
     # -- what the report says about it -------------------------------------------------------------------------

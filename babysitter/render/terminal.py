@@ -55,8 +55,8 @@ def render(report: Report, console: Console, *, saved_to: Optional[str] = None, 
     facts = report.run
     sub = (f"{facts.get('model', '?')} ({_count(facts.get('parameters'))} params) · "
            f"{facts.get('optimizer', '?')}{' (default)' if facts.get('optimizer_source') == 'default' else ''} "
-           f"lr={facts.get('user_lr', '?')} · {facts.get('device', '?')} · seed {facts.get('seed', '?')} · "
-           f"{facts.get('duration_s', 0):.1f}s")
+           f"lr={facts.get('user_lr', '?')}{' (' + facts['step'] + ')' if facts.get('step') else ''} · "
+           f"{facts.get('device', '?')} · seed {facts.get('seed', '?')} · {facts.get('duration_s', 0):.1f}s")
     console.print(head)
     console.print(Text(sub, style="dim"))
     console.print(checks_table(report))
