@@ -120,7 +120,9 @@ class Session:
         t0 = time.perf_counter()
         try:
             batches = draw(self.target.data, batch_size=self.target.batch_size, seed=self.seed,
-                           max_batches=self.max_batches)
+                           max_batches=self.max_batches, where=self.where)
+        except TargetError:
+            raise
         except Exception as exc:  # any failure of the user's data is a target error
             raise TargetError(f"iterating it raised {type(exc).__name__}: {exc}", where=self.where,
                               field="data") from exc

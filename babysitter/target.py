@@ -1,16 +1,20 @@
 """Targets: what a user hands babysitter, how they are found, loaded and validated.
 
 A target is a function with no arguments returning a :class:`Target` or a plain dict with the same
-fields. ``babysit check`` discovers ``checks/*.py`` (each file's ``babysit()``), or takes ``FILE.py``,
-``FILE.py:func``, ``package.module:func`` or a directory.
+fields. ``babysit check`` discovers ``checks/*.py`` (each file's ``babysit()``; files that define none are helper
+modules, skipped with a note), or takes ``FILE.py``, ``FILE.py:func``, ``package.module:func`` or a directory.
+While a target is imported, called and checked, its own folder and the project's root are importable, as pytest
+makes them for tests; every RNG is seeded first, so that an unseeded target builds the same model each time.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import itertools
+import numbers
 import sys
 import traceback
 from dataclasses import dataclass
@@ -23,12 +27,15 @@ from torch import nn
 from .analysis.batches import describe, short_repr, type_name
 from .errors import NoTargetsError, TargetError
 from .optim import default_optimizer  # noqa: F401  (re-exported: the optimizer of targets that give none)
-from .pool import DEFAULT_BATCH_SIZE  # noqa: F401  (re-exported)
+from .pool import DEFAULT_BATCH_SIZE, is_map_dataset  # noqa: F401  (DEFAULT_BATCH_SIZE re-exported)
 
 #: the function ``babysit check`` looks for in a file when none is named
 DEFAULT_FUNCTION = "babysit"
 #: the folder discovered when ``babysit check`` gets no path
 DEFAULT_DIR = "checks"
+
+#: what ``data`` may be, as messages say it
+DATA_KINDS = "a DataLoader, an iterable of batches, a map-style Dataset or a tuple (X, y) of tensors"
 
 FIELDS = ("model", "data", "loss_fn", "optimizer", "forward", "batch_size", "name", "step")
 REQUIRED = ("model", "data", "loss_fn")
@@ -40,16 +47,17 @@ class Target:
 
     Attributes:
         model: the ``nn.Module`` about to be trained.
-        data: a DataLoader or any iterable of batches, or a tuple ``(X, y)`` of tensors (split into
-            batches of ``batch_size`` for you). A batch is ``(inputs, targets)`` (or ``(*inputs, targets)``)
-            unless ``forward`` says otherwise.
+        data: a DataLoader or any iterable of batches, a map-style ``torch.utils.data.Dataset`` of examples, or
+            a tuple ``(X, y)`` of tensors (the last two shuffled with the session's seed and split into batches of
+            ``batch_size`` for you, as a DataLoader would). A batch is ``(inputs, targets)`` (or
+            ``(*inputs, targets)``) unless ``forward`` says otherwise.
         loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
         optimizer: the user's real optimizer settings: a factory ``params -> torch.optim.Optimizer``, or an
             optimizer instance over the model's parameters (its state is restored afterwards). When absent,
             babysitter uses Adam(lr=1e-3), PyTorch's default Adam, and says so in the report.
         forward: ``forward(model, batch) -> (outputs, targets)`` for batches of any other shape (dicts,
             HuggingFace models).
-        batch_size: only for tuple data.
+        batch_size: for tuple data and a map-style Dataset (default 64).
         name: the name used for the report folder; defaults to the file's stem.
         step: how the user trains, when it is not a plain ``zero_grad, backward, step``: a
             :class:`babysitter.Step` (or a dict of its fields: gradient clipping, accumulation, autocast, a
@@ -105,8 +113,11 @@ def validate(target: Target, where: str | None = None) -> None:
 
 def _validate_data(data: Any, where: Optional[str]) -> None:
     if data is None:
-        raise TargetError("is missing (None): give a DataLoader, an iterable of batches, or a tuple (X, y) of tensors",
-                          where=where, field="data")
+        raise TargetError(f"is missing (None): give {DATA_KINDS}", where=where, field="data")
+    if is_map_dataset(data) and not hasattr(data, "__len__"):
+        raise TargetError(f"{_type_name(data)} is a map-style Dataset without __len__(), so it cannot be shuffled "
+                          f"and batched as a DataLoader would", where=where, field="data",
+                          hint="define __len__(), or give a DataLoader (or an IterableDataset that yields batches)")
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
@@ -117,8 +128,7 @@ def _validate_data(data: Any, where: Optional[str]) -> None:
             raise TargetError("tuple (X, y) holds no examples (X has shape "
                               f"{tuple(x.shape)})", where=where, field="data")
     elif isinstance(data, (str, bytes, torch.Tensor)) or not _is_iterable(data):
-        raise TargetError(f"expected a DataLoader, an iterable of batches or a tuple (X, y) of tensors, got "
-                          f"{_type_name(data)}: {_short(data)}", where=where, field="data")
+        raise TargetError(f"expected {DATA_KINDS}, got {_type_name(data)}: {_short(data)}", where=where, field="data")
 
 
 def _validate_step(target: Target, where: Optional[str]) -> None:
@@ -186,8 +196,34 @@ class TargetRef:
         return f"{self.source}:{self.function}"
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A file of a discovered folder that is not a target: a helper module the targets import."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} skipped: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Collection:
+    """What discovery found: the target references, and the files of discovered folders it skipped."""
+
+    refs: tuple[TargetRef, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+
 def discover(specs: Iterable[str] = (), root: Path | None = None) -> list[TargetRef]:
     """Resolve command-line specs into target references; no specs means ``checks/*.py``."""
+    return list(collect(specs, root).refs)
+
+
+def collect(specs: Iterable[str] = (), root: Path | None = None) -> Collection:
+    """Resolve command-line specs into target references, with the helper modules skipped in discovered folders
+    (files that define no ``babysit()``); no specs means ``checks/*.py``. A file named explicitly is never
+    skipped: one without the function is a target error when it is loaded."""
     root = Path.cwd() if root is None else root
     specs = list(specs)
     if not specs:
@@ -195,22 +231,68 @@ def discover(specs: Iterable[str] = (), root: Path | None = None) -> list[Target
         if not folder.is_dir():
             raise NoTargetsError(f"no targets: there is no '{DEFAULT_DIR}/' folder in {root}; write "
                                  f"{DEFAULT_DIR}/my_model.py with a function {DEFAULT_FUNCTION}(), or pass FILE.py[:func]")
-        refs = _discover_dir(folder)
-        if not refs:
-            raise NoTargetsError(f"no targets: {folder} holds no .py file (files starting with '_' are skipped)")
-        return refs
-    refs: list[TargetRef] = []
-    for spec in specs:
-        refs.extend(_resolve(spec, root))
-    return refs
+        return _discover_dir(folder, f"{DEFAULT_DIR}/")
+    found = [_resolve(spec, root) for spec in specs]
+    return Collection(tuple(r for c in found for r in c.refs), tuple(s for c in found for s in c.skipped))
 
 
-def _discover_dir(folder: Path) -> list[TargetRef]:
-    return [TargetRef(str(p), DEFAULT_FUNCTION, True)
-            for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+def _discover_dir(folder: Path, shown: str) -> Collection:
+    """Every ``*.py`` of the folder not starting with '_' that defines ``babysit()``; the others are skipped."""
+    refs, skipped = [], []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        if defines_function(path, DEFAULT_FUNCTION):
+            refs.append(TargetRef(str(path), DEFAULT_FUNCTION, True))
+        else:
+            skipped.append(Skipped(_shown_path(path), f"defines no {DEFAULT_FUNCTION}() (a helper module: targets "
+                                                      f"can import it)"))
+    if not refs:
+        helpers = f"; skipped, since none defines {DEFAULT_FUNCTION}(): {', '.join(Path(s.path).name for s in skipped)}"
+        raise NoTargetsError(f"no targets: {shown} holds no .py file that defines {DEFAULT_FUNCTION}() (files "
+                             f"starting with '_' are skipped){helpers if skipped else ''}")
+    return Collection(tuple(refs), tuple(skipped))
 
 
-def _resolve(spec: str, root: Path) -> list[TargetRef]:
+def _shown_path(path: Path) -> str:
+    """The path as people read it: relative to the current folder when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def defines_function(path: Path, name: str) -> bool:
+    """Whether the file's module level binds ``name`` (a def, a class, an assignment or an import), read without
+    importing it. A file that cannot be parsed, or has a ``from ... import *``, counts as defining it, so that
+    loading it says what is wrong."""
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return True
+    names = _module_level_names(tree)
+    return name in names or "*" in names
+
+
+def _module_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)  # their bodies are another scope
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Lambda):
+            continue
+        else:
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _resolve(spec: str, root: Path) -> Collection:
     path_part, _, func = spec.partition(":")
     if len(path_part) == 1 and func and ("\\" in func or "/" in func):  # a Windows drive letter, C:\...
         path_part, _, func = spec.rpartition(":") if spec.count(":") > 1 else (spec, "", "")
@@ -221,32 +303,67 @@ def _resolve(spec: str, root: Path) -> list[TargetRef]:
     if path.is_dir():
         if func:
             raise TargetError(f"'{spec}' names a folder and a function; name a file: FOLDER/FILE.py:{func}")
-        refs = _discover_dir(path)
-        if not refs:
-            raise NoTargetsError(f"no targets: {path_part} holds no .py file")
-        return refs
+        return _discover_dir(path, path_part)
     if looks_like_file:
         if not path.is_file():
             raise TargetError(f"file not found: {path_part}", where=spec,
                               hint="give FILE.py, FILE.py:function or package.module:function")
-        return [TargetRef(str(path), func or DEFAULT_FUNCTION, True)]
+        return Collection((TargetRef(str(path), func or DEFAULT_FUNCTION, True),))
     if not func:
         raise TargetError(f"'{spec}' is neither a file nor a folder; for a module name the function too: "
                           f"package.module:function")
-    return [TargetRef(path_part, func, False)]
+    return Collection((TargetRef(path_part, func, False),))
+
+
+#: files that mark a project's root folder, looked for upward from the target's folder (as pytest finds its rootdir)
+ROOT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg")
+
+
+def rootdir(start: Path, cwd: Path | None = None) -> Path:
+    """The project's root: the nearest folder at or above ``start`` that holds one of ``ROOT_MARKERS``, else
+    ``cwd`` (the folder babysit runs from)."""
+    start = Path(start).resolve()
+    for folder in (start, *start.parents):
+        if any((folder / marker).is_file() for marker in ROOT_MARKERS):
+            return folder
+    return Path.cwd().resolve() if cwd is None else Path(cwd).resolve()
+
+
+def import_paths(ref: TargetRef) -> list[str]:
+    """The folders a target imports from, first first: the target's own folder (for a file), the project's root
+    (see :func:`rootdir`) and the folder babysit runs from."""
+    cwd = Path.cwd().resolve()
+    folder = Path(ref.source).resolve().parent if ref.is_file else cwd
+    paths = [str(p) for p in (folder, rootdir(folder, cwd), cwd)]
+    return list(dict.fromkeys(paths))
 
 
 @contextlib.contextmanager
-def _on_sys_path(folder: str):
-    """Put the target's folder first on sys.path while it is imported and called (sibling imports work)."""
-    sys.path.insert(0, folder)
+def importable(ref: TargetRef):
+    """Put the target's :func:`import_paths` first on ``sys.path`` (those not there yet) while the target is
+    imported, called and checked, so that it imports the user's own modules; only they are removed after."""
+    added = [p for p in import_paths(ref) if p not in sys.path]
+    sys.path[:0] = added
     try:
         yield
     finally:
-        try:
-            sys.path.remove(folder)
-        except ValueError:
-            pass
+        for p in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(p)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Every RNG (torch and CUDA, numpy, ``random``) seeded with ``seed`` inside; their states restored after."""
+    from .sandbox import RngState
+    from .session import seed_everything
+
+    saved = RngState.capture()
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        saved.restore()
 
 
 def _user_frames_message(exc: BaseException) -> str:
@@ -302,10 +419,13 @@ def _target_function(ref: TargetRef, module: Any) -> Callable:
     return fn
 
 
-def load(ref: TargetRef) -> Target:
-    """Import the file or module and call its target function; every failure becomes a TargetError."""
-    folder = str(Path(ref.source).resolve().parent) if ref.is_file else str(Path.cwd())
-    with _on_sys_path(folder):
+def load(ref: TargetRef, *, seed: int = 0) -> Target:
+    """Import the file or module and call its target function; every failure becomes a TargetError.
+
+    The user's own modules are importable (see :func:`importable`), and every RNG is seeded with ``seed`` first
+    (see :func:`seeded`), so that a target that seeds nothing builds the same model and data each time.
+    """
+    with importable(ref), seeded(seed):
         fn = _target_function(ref, _import(ref))
         try:
             value = fn()
@@ -330,6 +450,19 @@ def _check_batch_shape(target: Target, batch: Any, where: Optional[str]) -> None
             f"a batch must be (inputs, targets) unless a 'forward' is given; the first batch is "
             f"{_type_name(batch)}: {_short(batch)}", where=where, field="data",
             hint="add forward=lambda model, batch: (model(batch['x']), batch['y']) for other shapes")
+    if target.forward is None:
+        _check_not_an_example(target.data, batch[-1], "its targets are", where)
+
+
+def _check_not_an_example(data: Any, targets: Any, said: str, where: Optional[str]) -> None:
+    """Targets with no batch dimension (a number, a 0-d tensor) mean that the data yields single examples: checks
+    run on them would measure the wrong unit, so this is a target error."""
+    if isinstance(targets, numbers.Number) or (isinstance(targets, torch.Tensor) and targets.ndim == 0):
+        raise TargetError(
+            f"{_type_name(data)} yields single examples, not batches: the first batch looks like one example, "
+            f"{said} {_type_name(targets)}: {_short(targets)}, with no batch dimension", where=where, field="data",
+            hint="give batches: data=DataLoader(examples, batch_size=64), or the map-style Dataset itself with "
+                 "batch_size=..., which babysitter batches as a DataLoader would")
 
 
 def _first_forward(code, batch: Any, where: Optional[str]) -> tuple[Any, Any]:
@@ -397,5 +530,7 @@ def validate_first_batch(code, batch: Any, make_optimizer: Callable[[], Any], wh
     into a :class:`TargetError` that names the field; returns the optimizer the factory built."""
     _check_batch_shape(code.target, batch, where)
     outputs, targets = _first_forward(code, batch, where)
+    if code.target.forward is not None:
+        _check_not_an_example(code.target.data, targets, "forward(model, batch) returned targets", where)
     _first_loss(code, outputs, targets, where)
     return _first_optimizer(make_optimizer, where, callable(code.step) and not _is_step(code.step))
