@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -14,19 +15,59 @@ from rich.table import Table as RichTable
 
 from . import __version__
 from .analysis.status import failing
-from .errors import BabysitterError, ExitCode, TargetError
+from .errors import BabysitterError, ExitCode, TargetError, UsageError
 
 DEFAULT_OUT = "reports"
+#: device types ``--device`` accepts besides ``auto`` (with an index, ``cuda:1``)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+class CommandLineError(UsageError):
+    """A command line argparse rejects: exit 4, as pytest maps its own usage errors (argparse's 2 is ours for
+    'interrupted')."""
+
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints and exits 2 here; we raise, and main maps it to 4
+        raise CommandLineError(f"{self.prog}: error: {message}", self.format_usage())
+
+
+class _Console(Console):
+    """A console that reports a closed pipe (``babysit check | head``) as BrokenPipeError for main() to end quietly
+    with its own exit code (rich's default exits 1, which reads as 'a check failed')."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def _device(value: str) -> str:
+    """``--device``: auto, or a device type this tool runs on, checked before anything is loaded."""
+    if value == "auto":
+        return value
+    import torch
+
+    try:
+        kind = torch.device(value).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="babysit", description="Pre-flight checks for a PyTorch training run.")
+    p = _Parser(prog="babysit", description="Pre-flight checks for a PyTorch training run.")
     p.add_argument("--version", action="version", version=f"babysitter {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     c = sub.add_parser("check", help="run the checklist on targets (default: checks/*.py)")
     c.add_argument("targets", nargs="*", metavar="TARGET",
                    help="FILE.py, FILE.py:func, package.module:func or a folder (default: checks/)")
-    c.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    c.add_argument("--device", default="auto", type=_device, help="auto (CUDA when available), cpu, cuda or cuda:N")
     c.add_argument("--seed", type=int, default=0, help="seed for every random choice of the checks (default 0)")
     c.add_argument("--select", action="append", default=[], metavar="IDS", help="only these check ids (comma list)")
     c.add_argument("--ignore", action="append", default=[], metavar="IDS", help="skip these check ids (comma list)")
@@ -42,9 +83,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None, console: Optional[Console] = None) -> int:
-    console = console or Console(highlight=False)
-    err = Console(stderr=True, highlight=False) if console.file is sys.stdout else console
-    args = _parser().parse_args(argv)
+    """The ``babysit`` command; returns its exit code."""
+    own = console is None
+    console = console or _Console(highlight=False)
+    err = _Console(stderr=True, highlight=False) if console.file is sys.stdout else console
+    try:
+        return _run(argv, console, err)
+    except BrokenPipeError:  # the reader went away (`| head`): stop at once, quietly, as for Ctrl-C
+        if own:
+            _silence_stdout()
+        return int(ExitCode.INTERRUPTED)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not fail again and print."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (an embedding, a test's capture)
+        pass
+
+
+def _run(argv: Optional[Sequence[str]], console: Console, err: Console) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except CommandLineError as exc:
+        err.print(exc.usage.rstrip(), markup=False, highlight=False, style="dim")
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return int(exc.exit_code)
     try:
         if args.command == "list":
             return _list(console)
@@ -84,7 +150,7 @@ def _explain(console: Console, check_id: str) -> int:
         cls = by_id(check_id)
     except KeyError:
         raise UsageError(f"unknown check id {check_id!r}; the checks are: {', '.join(c.id for c in CHECKLIST)}")
-    console.print(cls.doc(), markup=False, highlight=False)
+    console.print(cls.doc(width=max(console.width, 40)), markup=False, highlight=False)  # filled to the console
     return int(ExitCode.OK)
 
 
@@ -120,7 +186,7 @@ def _check_one(ref, args, console: Console, err: Console) -> ExitCode:
     except TargetError as exc:
         _target_error(err, exc, args.verbose)
         return ExitCode.USAGE_ERROR
-    except (BabysitterError, KeyboardInterrupt):
+    except (BabysitterError, KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception:  # a bug of ours: reported with its traceback, and the other targets still run
         err.print(f"[bold magenta]internal error[/] while checking {escape(str(ref))}:")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -146,3 +147,63 @@ def test_python_m_entry_point(tmp_path):
 
     proc = subprocess.run([sys.executable, "-m", "babysitter", "list"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0 and "initial_loss" in proc.stdout
+
+
+# -- issue 13: exit codes, broken pipes, explain's width, progress ----------------------------------------------
+
+
+def test_unknown_device_is_a_usage_error_in_one_line(tmp_path, monkeypatch):
+    write(tmp_path, "good.py", GOOD)
+    code, out = run(["check", "good.py", *SELECT, "--no-report", "--device", "tpu"], tmp_path, monkeypatch)
+    assert code == ExitCode.USAGE_ERROR, out
+    assert "Traceback" not in out and "internal error" not in out
+    assert "'tpu'" in out and "cuda" in out  # names the bad value and what is accepted
+    assert len([line for line in out.splitlines() if "error" in line]) == 1
+
+
+def test_argparse_errors_exit_4_as_pytest_does(tmp_path, monkeypatch):
+    for argv, says in ((["check", "--bogus"], "--bogus"), (["explain"], "ID"), (["frobnicate"], "frobnicate"),
+                       (["check", "--seed", "x"], "--seed")):
+        code, out = run(argv, tmp_path, monkeypatch)
+        assert code == ExitCode.USAGE_ERROR, (argv, out)
+        assert says in out and "usage: babysit" in out, (argv, out)
+
+
+def _closed_pipe(args, cwd) -> tuple[int, str]:
+    """Run ``python -m babysitter ARGS`` with its stdout a pipe whose reader has gone (``| head`` that already
+    exited): every write to stdout fails with EPIPE."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "babysitter", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=cwd)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=120), err
+
+
+def test_a_broken_pipe_ends_quietly(tmp_path):
+    write(tmp_path, "good.py", GOOD)
+    for args in (["list"], ["check", "good.py", *SELECT, "--no-report"]):
+        code, err = _closed_pipe(args, tmp_path)
+        assert "Traceback" not in err and "BrokenPipe" not in err and "internal error" not in err, (args, err)
+        assert err == "", (args, err)
+        assert code == ExitCode.INTERRUPTED, (args, code)
+
+
+def test_explain_wraps_to_the_console_width(tmp_path, monkeypatch):
+    def explain(width):
+        monkeypatch.chdir(tmp_path)
+        buf = io.StringIO()
+        assert main(["explain", "lr_range"], console=Console(file=buf, width=width, color_system=None)) == 0
+        return buf.getvalue().splitlines()
+
+    narrow = explain(60)
+    assert max(len(line) for line in narrow) <= 60
+    body = narrow[narrow.index("What it checks") + 1: narrow.index("Why it matters") - 1]
+    assert len(body) > 3 and all(line.startswith("  ") for line in body), body  # wrapped, indent kept
+    assert all(len(line) > 40 for line in body[:-1]), body  # filled, not ragged
+    wide = explain(140)
+    assert max(len(line) for line in wide) > 100  # uses the width it has
+    assert max(len(line) for line in wide) <= 140
+

@@ -97,20 +97,24 @@ class Check:
         return " ".join(text.split()).format(**values)
 
     @classmethod
-    def doc(cls) -> str:
-        """The check's documentation as plain text (``babysit explain ID``)."""
+    def doc(cls, width: Optional[int] = None) -> str:
+        """The check's documentation as plain text (``babysit explain ID``), its paragraphs filled to ``width``
+        columns (the console's width); by default to 98, with the sources one line each."""
+        fill = width or 98
         out = [f"{cls.id}: {cls.title}", ""]
         for head, body in (("What it checks", cls.what), ("Why it matters", cls.why), ("What to do", cls.todo)):
-            out += [head, textwrap.indent(textwrap.fill(cls.prose(body), 96), "  "), ""]
+            out += [head, textwrap.indent(textwrap.fill(cls.prose(body), fill - 2), "  "), ""]
         rows = cls.thresholds()
         if rows:
-            out.append("Thresholds (keyword arguments; babysitter.check(..., options={id: {name: value}}))")
+            head = "Thresholds (keyword arguments; babysitter.check(..., options={id: {name: value}}))"
+            out.append(textwrap.fill(head, fill, subsequent_indent="  "))
             for name, default, doc in rows:
                 out.append(f"  {name} = {default!r}")
                 if doc:
-                    out.append(textwrap.indent(textwrap.fill(doc, 92), "      "))
+                    out.append(textwrap.indent(textwrap.fill(doc, fill - 6), "      "))
             out.append("")
         if cls.sources:
             out.append("Sources")
-            out += [f"  - {s}" for s in cls.sources]
+            out += [textwrap.fill(s, width, initial_indent="  - ", subsequent_indent="    ", break_long_words=False,
+                                  break_on_hyphens=False) if width else f"  - {s}" for s in cls.sources]
         return "\n".join(out).rstrip() + "\n"

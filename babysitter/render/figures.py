@@ -3,16 +3,26 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from typing import Optional
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..report import Plot
 
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-_MARKER_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+#: colours of curves, bars and histograms
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+#: reference lines (suggestions, thresholds, the user's setting): colours no curve uses, and dash patterns, so
+#: that "your LR" is never mistaken for a repeat of the sweep
+_MARKER_STYLES = tuple((color, dash) for dash in ("--", "-.", ":")
+                       for color in ("#000000", "#17becf", "#bcbd22", "#7f7f7f", "#d100d1"))
+#: a title wraps at this many characters per inch of figure width (matplotlib's 10 pt sans-serif)
+_TITLE_CHARS_PER_INCH = 10.5
+#: a sweep's curve (log x) is drawn up to its start plus this many times its descent; higher is divergence
+_SWEEP_HEADROOM = 1.0
 
 
 def _finite(values) -> list[float]:
@@ -38,8 +48,18 @@ def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
     {"heatmap": _heatmap, "hist": _hist, "bar": _bars}.get(plot.kind, _lines)(plot, ax)
     _markers(plot, ax)
     _axes(plot, ax)
+    _sweep_range(plot, ax)
     fig.tight_layout()
     return fig
+
+
+def _title(plot: Plot, ax: Axes) -> None:
+    """The whole title, wrapped to the figure's width (three lines at most, smaller when it needs three)."""
+    chars = max(int(ax.figure.get_figwidth() * _TITLE_CHARS_PER_INCH), 30)
+    lines = textwrap.wrap(plot.title, chars) or [""]
+    if len(lines) > 2:
+        lines = textwrap.wrap(plot.title, int(chars * 1.2), max_lines=3, placeholder=" …")
+    ax.set_title("\n".join(lines), fontsize=10 if len(lines) <= 2 else 8.5)
 
 
 def _hist(plot: Plot, ax: Axes) -> None:
@@ -89,16 +109,18 @@ def _markers(plot: Plot, ax: Axes) -> None:
         if not isinstance(m.value, (int, float)) or not math.isfinite(m.value):
             continue
         line = ax.axvline if m.axis == "x" else ax.axhline
-        line(m.value, color=_MARKER_COLORS[i % len(_MARKER_COLORS)], ls="--", lw=1.2, label=m.label)
+        color, dash = _MARKER_STYLES[i % len(_MARKER_STYLES)]
+        line(m.value, color=color, ls=dash, lw=1.3, label=m.label)
 
 
 def _axes(plot: Plot, ax: Axes) -> None:
     """Scales, labels, grid and legend."""
     if plot.log_x:
         ax.set_xscale("log")
-    if plot.log_y and any(isinstance(v, (int, float)) and v > 0 for s in plot.series for v in s.y):
-        ax.set_yscale("log")  # (a log axis over no positive value is empty, and matplotlib warns)
-    ax.set_title(plot.title, fontsize=10)
+    if plot.log_y:
+        _log_y(plot, ax)
+    _integer_ticks(plot, ax)
+    _title(plot, ax)
     ax.set_xlabel(plot.x_label, fontsize=9)
     ax.set_ylabel(plot.y_label, fontsize=9)
     ax.tick_params(labelsize=8)
@@ -106,6 +128,53 @@ def _axes(plot: Plot, ax: Axes) -> None:
         ax.grid(alpha=0.3)
     if plot.kind != "heatmap" and len(plot.series) + len(plot.markers) > 1:
         ax.legend(fontsize=7, loc="best")
+
+
+def _log_y(plot: Plot, ax: Axes) -> None:
+    """A log y axis over the positive values; zeros (which a log axis cannot show, and used to be clipped off
+    its bottom) sit on a labelled 0 one decade below the smallest positive value, on a symmetric-log axis."""
+    values = [v for s in plot.series for v in _finite(s.y)]
+    positive = [v for v in values if v > 0] + [m.value for m in plot.markers if m.axis == "y"
+                                               and isinstance(m.value, (int, float)) and 0 < m.value < math.inf]
+    if not any(v > 0 for v in values):
+        return  # a log axis over no positive value is empty, and matplotlib warns
+    if all(v > 0 for v in values):
+        ax.set_yscale("log")
+        return
+    floor = 10.0 ** math.floor(math.log10(min(positive)))
+    ax.set_yscale("symlog", linthresh=floor, linscale=0.4)
+    top = max(positive)
+    ax.set_ylim(min(min(values), 0.0), top * 10 ** 0.15)
+
+
+def _integer_ticks(plot: Plot, ax: Axes) -> None:
+    """Whole-number ticks where x counts layers, steps or examples, and on a histogram's counts."""
+    if plot.kind == "hist":
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    elif plot.kind in ("line", "scatter") and not plot.log_x:
+        xs = [x for s in plot.series for x in s.x]
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in xs):  # a series without x runs over 0..n-1
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _sweep_range(plot: Plot, ax: Axes) -> None:
+    """A sweep (a curve over a log x, such as the loss against the LR) informs from its start down to its minimum
+    and the turn back up; a repeat that diverges to 1e4 would flatten all of that. The y-range stops at the start
+    plus ``_SWEEP_HEADROOM`` times the descent, and the axis label says so."""
+    if not (plot.log_x and plot.kind == "line" and not plot.log_y):
+        return
+    curves = [ys for ys in (_finite(s.y) for s in plot.series) if ys]
+    if not curves:
+        return
+    start = max(ys[0] for ys in curves)
+    low = min(min(ys) for ys in curves)
+    high = max(max(ys) for ys in curves)
+    span = start - low if start > low else abs(start) or 1.0
+    top = start + _SWEEP_HEADROOM * span
+    if high <= top:
+        return
+    ax.set_ylim(low - 0.05 * span, top)
+    ax.set_ylabel(f"{plot.y_label or 'value'} (divergence cut off)", fontsize=9)
 
 
 def _heatmap(plot: Plot, ax: Axes) -> None:

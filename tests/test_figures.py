@@ -1,0 +1,80 @@
+"""Figures as people read them (issue 13, item 12): whole titles, integer ticks where x counts layers or steps,
+marker lines that no curve shares a colour with, an LR curve's y-range kept to where it informs, no log axis
+stretched down to 1e-21 by zeros."""
+from __future__ import annotations
+
+import math
+
+from matplotlib.colors import to_hex
+
+from babysitter.render.figures import draw
+from babysitter.report import Marker, Plot, Series
+
+
+def _visible_ticks(ax, which: str) -> list[float]:
+    lo, hi = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    ticks = ax.get_yticks() if which == "y" else ax.get_xticks()
+    return [t for t in ticks if lo <= t <= hi]
+
+
+def test_a_long_title_is_wrapped_inside_the_figure():
+    title = "Outputs of tanh, sigmoid (and softmax top probability) at init, by layer (model.encoder.0 > model.1)"
+    fig = draw(Plot("p", title, "line", (Series("a", [0, 1, 2], [1.0, 2.0, 3.0]),)))
+    ax = fig.axes[0]
+    shown = ax.get_title()
+    assert " ".join(shown.split()) == title  # every word kept, over several lines
+    box = ax.title.get_window_extent(renderer=fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+
+
+def test_layer_and_step_axes_have_integer_ticks():
+    for xs in ([0, 1], [0, 1, 2], list(range(7))):
+        fig = draw(Plot("d", "by layer", "line", (Series("std", xs, [0.4 / (i + 1) for i in xs]),), log_y=True))
+        ticks = _visible_ticks(fig.axes[0], "x")
+        assert ticks and all(float(t).is_integer() for t in ticks), (xs, ticks)
+    hist = draw(Plot("h", "norms", "hist", (Series("total norm", (), [0.3, 0.35, 0.5, 0.5, 0.9]),)))
+    ticks = _visible_ticks(hist.axes[0], "y")  # counts of steps
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_marker_lines_never_share_a_colour_with_a_curve():
+    series = tuple(Series(f"order {i}", [1e-5, 1e-3, 1e-1], [1.0, 0.8 - i / 10, 1.2]) for i in range(4))
+    markers = tuple(Marker(label, v) for label, v in (("suggested", 1e-3), ("range low", 1e-5), ("range high", 0.05),
+                                                        ("diverged", 0.09), ("your LR", 0.01)))
+    ax = draw(Plot("lr", "Smoothed loss against the learning rate", "line", series, log_x=True,
+                   markers=markers)).axes[0]
+    by_label = {line.get_label(): line for line in ax.get_lines()}
+    curves = {to_hex(by_label[s.name].get_color()) for s in series}
+    marks = [(to_hex(by_label[m.label].get_color()), by_label[m.label].get_linestyle()) for m in markers]
+    assert not curves & {c for c, _ in marks}, (curves, marks)
+    assert len(set(marks)) == len(marks)  # and no two markers look alike
+
+
+def test_a_diverging_repeat_does_not_flatten_the_lr_curve():
+    lrs = [10 ** (-7 + i / 10) for i in range(80)]
+    calm = [2.3 - 1.5 * (1 / (1 + math.exp(-(i - 50) / 4))) for i in range(80)]  # 2.3 falling to 0.8
+    wild = calm[:70] + [calm[69] * 3 ** k for k in range(1, 11)]  # one repeat shoots to ~4e4
+    ax = draw(Plot("lr_curve", "Smoothed loss against the learning rate", "line",
+                   (Series("order 0", lrs, calm), Series("order 1", lrs, wild)), log_x=True,
+                   markers=(Marker("suggested", 1e-3),))).axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi < 2 * 2.3, (lo, hi)  # the start, the descent and the turn up are what the reader needs
+    assert lo <= 0.8
+
+
+def test_zeros_on_a_log_axis_sit_on_a_zero_line():
+    """A log axis cannot show 0: zeros used to be clipped off its bottom (lines plunging to the edge, a series of
+    zeros invisible, the axis stretched toward 1e-21); they sit on a labelled 0 below the decades of the data."""
+    ys = [1.0] + [0.0] * 30 + [3e-4, 0.0]
+    ax = draw(Plot("g", "relative gradient", "line", (Series("example 0", list(range(len(ys))), ys),), log_y=True,
+                   markers=(Marker("pass", 1e-6, axis="y"),))).axes[0]
+    ticks = _visible_ticks(ax, "y")
+    assert 0 in ticks and min(t for t in ticks if t > 0) >= 1e-7, ticks
+    lo, hi = ax.get_ylim()
+    assert lo <= 0 < 1e-6 < 1 <= hi
+    bars = draw(Plot("r", "ratios", "bar", (Series("update/weight", ["a", "b", "c"], [1e-3, 0.0, 2e-3]),),
+                     log_y=True)).axes[0]
+    ticks = _visible_ticks(bars, "y")
+    assert 0 in ticks and min(t for t in ticks if t > 0) >= 1e-5, ticks
+    plain = draw(Plot("n", "norms", "line", (Series("a", [0, 1, 2], [1e-3, 1.0, 2e-14]),), log_y=True)).axes[0]
+    assert plain.get_yscale() == "log"  # no zero, a plain log axis: tiny values are data, not zeros
