@@ -9,12 +9,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .analysis.status import STATUSES, report_status
+from .analysis.status import STATUSES, report_verdict
 
 SCHEMA_VERSION = 1
 
@@ -132,20 +132,28 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Report:
-    """The checklist's results for one target, plus facts about the run."""
+    """The checklist's results for one target, plus facts about the run.
+
+    An interrupted run (Ctrl-C) has the status ``interrupted``; every selected check is still in ``checks``, those
+    that did not run (or did not finish) as ``skip`` results whose summary starts "not run: interrupted", and
+    their ids, in order, in ``not_run``.
+    """
 
     target: str
     checks: tuple[CheckResult, ...]
     run: Mapping[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    not_run: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "checks", tuple(self.checks))
         object.__setattr__(self, "run", jsonable(dict(self.run)))
+        object.__setattr__(self, "not_run", tuple(str(i) for i in self.not_run))
 
     @property
     def status(self) -> str:
-        return report_status(c.status for c in self.checks).value
+        """pass, warn or fail from the checks (see analysis.status), or interrupted."""
+        return report_verdict((c.status for c in self.checks), interrupted=self.interrupted)
 
     def __getitem__(self, check_id: str) -> CheckResult:
         for c in self.checks:
@@ -166,6 +174,7 @@ class Report:
             "status": self.status,
             "target": self.target,
             "interrupted": self.interrupted,
+            "not_run": list(self.not_run),
             "counts": self.counts(),
             "run": dict(self.run),
             "checks": [jsonable(dataclasses.asdict(c)) for c in self.checks],
@@ -185,7 +194,7 @@ class Report:
             c["notes"] = tuple(c.get("notes", ()))
             checks.append(CheckResult(**c))
         return cls(target=data["target"], checks=tuple(checks), run=data.get("run", {}),
-                   interrupted=bool(data.get("interrupted", False)))
+                   interrupted=bool(data.get("interrupted", False)), not_run=tuple(data.get("not_run", ())))
 
     @classmethod
     def from_json(cls, text: str) -> "Report":
@@ -210,12 +219,16 @@ def _plot_from_dict(p: Mapping) -> Plot:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never half of it."""
+    """Write a file so that readers see the old content or the new one, never half of it.
+
+    The file gets the mode any new file gets (0666 less the umask: 0644 under the usual 022), not mkstemp's 0600,
+    so that colleagues and CI artifact uploaders can read the report.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w",
+                       **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -224,3 +237,14 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, uniquely named file beside ``path``, created with mode 0666 so that the umask applies."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")

@@ -79,25 +79,17 @@ def run_check(check: Check, session: Session) -> CheckResult:
 def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=None, ignore=None,
                options: Optional[Mapping[str, Mapping]] = None, where: Optional[str] = None,
                progress: Optional[ProgressFn] = None, max_batches: Optional[int] = None) -> Report:
-    """Check one target and return its report. Ctrl-C returns a partial report marked ``interrupted``."""
+    """Check one target and return its report. Ctrl-C, at any point of the run, returns a partial report with the
+    status ``interrupted``: the checks that did not run are there as ``skip`` "not run: interrupted", and listed
+    in ``not_run``; the model and every RNG are as they were found."""
     checks = select_checks(select, ignore, options)
     started = _dt.datetime.now(_dt.timezone.utc)
-    results: list[CheckResult] = []
-    interrupted = False
     kwargs = {} if max_batches is None else {"max_batches": max_batches}
     session = Session(target, device=device, seed=seed, where=where, options=options, **kwargs)
     t0 = time.perf_counter()
-    with session:
-        try:
-            for check in checks:
-                if progress:
-                    progress("start", check.id, None)
-                result = run_check(check, session)
-                results.append(result)
-                if progress:
-                    progress("done", check.id, result)
-        except KeyboardInterrupt:
-            interrupted = True
+    results, running = _run_checks(checks, session, progress)
+    interrupted = len(results) < len(checks)
+    not_run = [_not_run(c, while_running=c is running) for c in checks[len(results):]]
     run = {
         "babysitter": __version__,
         "torch": torch.__version__,
@@ -111,4 +103,31 @@ def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=No
         "selected": [c.id for c in checks],
         **session.facts,
     }
-    return Report(target=target.name or "target", checks=tuple(results), run=run, interrupted=interrupted)
+    return Report(target=target.name or "target", checks=tuple(results) + tuple(not_run), run=run,
+                  interrupted=interrupted, not_run=tuple(r.id for r in not_run))
+
+
+def _run_checks(checks: Sequence[Check], session: Session,
+                progress: Optional[ProgressFn]) -> tuple[list[CheckResult], Optional[Check]]:
+    """The results of the checks in order, inside the session; on Ctrl-C, those that finished and the check that
+    was running (None if none was). The session has put everything back by the time this returns."""
+    results: list[CheckResult] = []
+    running: Optional[Check] = None
+    try:
+        with session:
+            for check in checks:
+                running = check
+                if progress:
+                    progress("start", check.id, None)
+                result = run_check(check, session)
+                results.append(result)
+                running = None
+                if progress:
+                    progress("done", check.id, result)
+    except KeyboardInterrupt:
+        pass
+    return results, running
+
+
+def _not_run(check: Check, *, while_running: bool) -> CheckResult:
+    return check.result("skip", "not run: interrupted while it ran" if while_running else "not run: interrupted")

@@ -2,14 +2,19 @@
 
 Captured: parameter and buffer values (and gradients), every module's train/eval flag, every parameter's
 ``requires_grad``, the optimizer's state and hyper-parameters, and the torch, CUDA, numpy and Python RNG
-states. The copies live in host memory, so checking a large model does not double its GPU memory.
+states (and, before CUDA is initialized, the CUDA seed queued for its first use). The copies live in host memory,
+so checking a large model does not double its GPU memory. A restore runs to its end even if Ctrl-C is pressed
+during it; the interrupt follows.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
+import signal
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -32,22 +37,81 @@ def _tree_to_cpu(obj: Any) -> Any:
 
 @dataclass
 class RngState:
+    """The global RNGs: torch's CPU generator, every CUDA generator, numpy's and Python's.
+
+    Before CUDA is initialized there is no CUDA state to copy; what decides the state CUDA will start with is the
+    seed torch queues for its first use (``torch.manual_seed`` queues one, even on a machine without CUDA). That
+    queue is kept instead, and put back; if the run initialized CUDA, each generator is set to the state the user's
+    first CUDA use would have found: a fresh generator's, with their queued seeds applied.
+    """
+
     torch_cpu: torch.Tensor
     cuda: Optional[list]
     numpy: Any
     python: Any
+    cuda_pending: Optional[tuple] = None  # the queued CUDA seeds, when CUDA was not initialized
 
     @classmethod
     def capture(cls) -> "RngState":
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            cuda, pending = torch.cuda.get_rng_state_all(), None
+        else:
+            cuda, pending = None, _pending_cuda_seeds()
+        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate(), pending)
 
     def restore(self) -> None:
         torch.set_rng_state(self.torch_cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
+        else:
+            _restore_pending_cuda_seeds(self.cuda_pending)
         np.random.set_state(self.numpy)
         random.setstate(self.python)
+
+
+def _seed_tracker() -> Any:
+    # private: torch keeps the seeds queued before CUDA's initialization here (torch >= 2.1)
+    return getattr(torch.cuda, "_lazy_seed_tracker", None)
+
+
+def _pending_cuda_seeds() -> Optional[tuple]:
+    tracker = _seed_tracker()
+    if tracker is None:
+        return None
+    return tracker.manual_seed_all_cb, tracker.manual_seed_cb, list(tracker.call_order)
+
+
+def _restore_pending_cuda_seeds(pending: Optional[tuple]) -> None:
+    """Put the queue back; if CUDA was initialized meanwhile, replay what its initialization would have done."""
+    tracker = _seed_tracker()
+    if tracker is None or pending is None:
+        return
+    tracker.manual_seed_all_cb, tracker.manual_seed_cb, tracker.call_order = pending[0], pending[1], list(pending[2])
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    for i in range(torch.cuda.device_count()):
+        torch.cuda.default_generators[i].set_state(torch.Generator(device=f"cuda:{i}").get_state())
+    for queued in pending[2]:
+        if queued:
+            queued[0]()  # (seed callback, traceback)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt at its end, so that a
+    restore is never left half done. Only in the main thread, and only while Python's own handler is installed."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -120,6 +184,10 @@ class Snapshot:
             self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
 
     def restore(self) -> None:
-        self.restore_model()
-        self.restore_optimizer()
-        self.rng.restore()
+        """Everything back; a Ctrl-C pressed meanwhile is raised once all of it is back."""
+        with _ctrl_c_deferred():
+            try:
+                self.restore_model()
+                self.restore_optimizer()
+            finally:
+                self.rng.restore()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 import babysitter
@@ -116,3 +117,96 @@ def test_report_from_a_real_run_round_trips(tmp_path):
     assert Report.from_json(report.to_json()) == report
     report.save(tmp_path)
     assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+# -- issue 13: an interrupted run has its own status; report files honour the umask --------------------------------
+
+
+def _interrupted_sample() -> Report:
+    """One check ran (and passed) before Ctrl-C; two were left, one of them while it ran."""
+    ran = CheckResult(id="initial_loss", title="Loss at initialization", status="pass", summary="loss at init 1.1")
+    left = (CheckResult(id="overfit_batch", title="Overfit one batch", status="skip",
+                        summary="not run: interrupted while it ran"),
+            CheckResult(id="lr_range", title="Learning rate range", status="skip", summary="not run: interrupted"))
+    return Report(target="demo", checks=(ran, *left), run={"device": "cpu"}, interrupted=True,
+                  not_run=("overfit_batch", "lr_range"))
+
+
+def test_an_interrupted_report_says_interrupted_everywhere():
+    report = _interrupted_sample()
+    assert report.status == "interrupted"
+    data = json.loads(report.to_json())
+    assert data["status"] == "interrupted" and data["interrupted"] is True
+    assert data["not_run"] == ["overfit_batch", "lr_range"]
+    assert [c["id"] for c in data["checks"]] == ["initial_loss", "overfit_batch", "lr_range"]  # every selected id
+    assert Report.from_json(report.to_json()) == report
+
+    buf = io.StringIO()
+    terminal.render(report, Console(file=buf, width=100, force_terminal=False, color_system=None))
+    headline = buf.getvalue().splitlines()[0]
+    assert "INTERRUPTED" in headline and "PASS" not in headline, headline
+    assert "1 of 3 checks ran" in headline, headline
+
+    page = html_render.render(report)
+    h1 = page[page.index("<h1>"):page.index("</h1>")]
+    assert "INTERRUPTED" in h1 and "PASS" not in h1, h1
+    assert "class='badge interrupted'" in h1 and ".interrupted{" in page  # the badge has a colour of its own
+
+
+def test_a_report_that_was_not_interrupted_keeps_its_status_and_an_empty_not_run():
+    data = json.loads(sample_report().to_json())
+    assert data["status"] == "fail" and data["not_run"] == [] and data["interrupted"] is False
+    assert Report.from_dict({k: v for k, v in data.items() if k != "not_run"}) == sample_report()  # older JSON reads
+
+
+class _StopsAt(torch.nn.Module):
+    """A small classifier whose forward raises KeyboardInterrupt (Ctrl-C) on call ``at``."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.net(x)
+
+
+@pytest.mark.parametrize("at", [1, 40])
+def test_ctrl_c_in_a_run_gives_an_interrupted_report_with_the_rest_not_run(at, tmp_path):
+    """Ctrl-C in the first-batch validation (at=1) or in the second check's training (at=40)."""
+    x, y = torch.randn(128, 4), torch.randint(0, 3, (128,))
+    selected = ["initial_loss", "overfit_batch", "dead_relu"]
+    report = babysitter.check(_StopsAt(at), (x, y), loss_fn=torch.nn.CrossEntropyLoss(), device="cpu",
+                              select=selected)
+    assert report.interrupted and report.status == "interrupted"
+    assert [c.id for c in report.checks] == selected
+    ran = 0 if at == 1 else 1
+    assert report.not_run == tuple(selected[ran:])
+    assert all(report[i].status == "skip" and report[i].summary.startswith("not run: interrupted")
+               for i in report.not_run)
+    if ran:
+        assert report["initial_loss"].status == "pass"
+        assert report["overfit_batch"].summary == "not run: interrupted while it ran"
+    report.save(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["status"] == "interrupted" and data["not_run"] == selected[ran:]
+    page = (tmp_path / "report.html").read_text()
+    assert "INTERRUPTED" in page[page.index("<h1>"):page.index("</h1>")]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask022", "umask077", "umask002"])
+def test_report_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        written = sample_report().save(tmp_path / "r")
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "r").iterdir())
+    assert {p.name for p in files} >= {"report.json", "report.html", "initial_loss.refs.csv"}, written
+    for path in files:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(mode), path.name

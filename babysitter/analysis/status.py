@@ -57,6 +57,18 @@ def report_status(statuses: Iterable[str | Status]) -> Status:
         else Status.PASS
 
 
+#: a report's status when the run was interrupted (Ctrl-C): the checks that ran say nothing of those that did not
+INTERRUPTED = "interrupted"
+#: every status a report can have, in the order they are documented (a check's are ``STATUSES``)
+REPORT_STATUSES = ("pass", "warn", "fail", INTERRUPTED)
+
+
+def report_verdict(statuses: Iterable[str | Status], *, interrupted: bool = False) -> str:
+    """A report's status as written in report.json: ``interrupted`` for an interrupted run, whatever its checks
+    said, else :func:`report_status` of its checks."""
+    return INTERRUPTED if interrupted else report_status(statuses).value
+
+
 def failing(status: str | Status, *, strict: bool = False) -> bool:
     """Whether a check's status fails the run (exit code 1): fail and error, and warn under ``--strict``."""
     s = Status(status)

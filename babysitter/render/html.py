@@ -16,7 +16,7 @@ padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin:0} .sub{color:#666;font-size:.9em}
 .badge{display:inline-block;padding:.1em .6em;border-radius:.8em;color:#fff;font-weight:600;font-size:.85em}
 .pass{background:#2e7d32}.warn{background:#f9a825}.fail{background:#c62828}.skip{background:#9e9e9e}
-.error{background:#8e24aa}
+.error{background:#8e24aa}.interrupted{background:#ef6c00}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em} td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:left;vertical-align:top} th{background:#f5f5f5}
 .check{border:1px solid #e0e0e0;border-radius:6px;margin:1em 0;padding:.8em 1em}
@@ -78,7 +78,8 @@ def render(report: Report) -> str:
     overview = "".join(
         f"<tr><td><span class='badge {esc(c.status)}'>{esc(c.status.upper())}</span></td>"
         f"<td><a href='#{esc(c.id)}'>{esc(c.id)}</a></td><td>{esc(c.summary)}</td></tr>" for c in report.checks)
-    interrupted = "<p><b>Interrupted: this report is partial.</b></p>" if report.interrupted else ""
+    interrupted = (f"<p><b>Interrupted: this report is partial; {len(report.not_run)} of {len(report.checks)} checks "
+                   f"did not run ({esc(', '.join(report.not_run))}).</b></p>") if report.interrupted else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>babysitter: {esc(report.target)}</title><style>{_CSS}</style></head><body>"

@@ -11,8 +11,9 @@ from rich.text import Text
 from ..analysis.status import PROBLEMS
 from ..report import CheckResult, Report
 
-STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "skip": "dim", "error": "bold magenta"}
-SYMBOLS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "error": "E"}
+STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "skip": "dim", "error": "bold magenta",
+          "interrupted": "bold dark_orange"}
+SYMBOLS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-", "error": "E", "interrupted": "‖"}
 
 
 def status_text(status: str) -> Text:
@@ -51,7 +52,8 @@ def render(report: Report, console: Console, *, saved_to: Optional[str] = None, 
     status = report.status
     head = Text.assemble(("babysitter ", "bold"), (report.target, "bold cyan"), "  ", status_text(status))
     if report.interrupted:
-        head.append("  (interrupted: partial report)", style="bold yellow")
+        ran = len(report.checks) - len(report.not_run)
+        head.append(f"  ({ran} of {len(report.checks)} checks ran: partial report)", style="bold dark_orange")
     facts = report.run
     sub = (f"{facts.get('model', '?')} ({_count(facts.get('parameters'))} params) · "
            f"{facts.get('optimizer', '?')}{' (default)' if facts.get('optimizer_source') == 'default' else ''} "
