@@ -145,11 +145,10 @@ def _validate_step(target: Target, where: Optional[str]) -> None:
 
 
 def _is_iterable(value: Any) -> bool:
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True
+    """Whether iter() would work, without calling it: a DataLoader's iter() draws its base seed from the global
+    torch RNG (and starts workers), before the session has taken its snapshot."""
+    cls = type(value)
+    return callable(getattr(cls, "__iter__", None)) or callable(getattr(cls, "__getitem__", None))
 
 
 def coerce(value: Any, *, where: str, default_name: str) -> Target:
