@@ -193,7 +193,7 @@ def test_judge_a_worse_depth_verdict_is_not_replaced_by_a_milder_input_warning()
 def test_judge_advice_gives_the_init_for_the_activation_that_follows():
     small = Producer("fc", "Linear", weight_shape=(64, 64), weight_std=0.01)
     result = ActivationScale().judge(depth(1.0, 1e-4, producers={"fc": small}))
-    assert result.advice[0] == ("fc (feeding b): weight std 0.01 is 0.057x the Kaiming value 0.177 (too small); "
+    assert result.advice[0] == ("fc, feeding b: weight std 0.01 is 0.057x the Kaiming value 0.177 (too small); "
                                 "re-initialise it with nn.init.kaiming_normal_(model.get_submodule('fc').weight, "
                                 "nonlinearity='relu') and a zero bias.")
     assert "Alternatively add BatchNorm/LayerNorm" in result.advice[-1]
@@ -214,3 +214,16 @@ def test_prose_states_the_ratios_in_use():
     what = ActivationScale.prose(ActivationScale.what)
     assert "more than 100x warns, by more than 1000x fails" in what and "above 2.5 warns and above 5 fails" in what
     assert what.startswith("On the 4 batches")
+
+
+def test_layers_of_a_sequential_are_named_with_their_type():
+    torch.manual_seed(0)
+    result = check(**zoo.blobs_fields(deep_mlp(nn.Tanh, init="normal", std=0.01)))
+    assert result.status == "fail"
+    assert "(model.1 (Tanh)) -> " in result.summary and result.summary.endswith("(model.19 (Tanh))"), result.summary
+    assert any(a.startswith("model.0 (Linear), feeding model.1 (Tanh): weight std") for a in result.advice), \
+        result.advice
+    assert result.plots[0].x_label.endswith("(0 = model.1 (Tanh))")
+    assert "std_by_layer" in result.metrics and "1" in result.metrics["std_by_layer"]  # metrics: qualified names
+    hot = check(**zoo.blobs_fields(deep_mlp(nn.Tanh, init="normal", std=1.0)))
+    assert "the input of model.9 (Tanh) has std" in hot.summary, hot.summary

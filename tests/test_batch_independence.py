@@ -294,12 +294,40 @@ def test_model_is_left_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_report_has_per_example_table_and_plot():
+def test_report_tables_the_probed_examples_and_the_worst_leak_and_plots_every_example():
     x, y = zoo.blobs()
     result = check(model=TransposeReshapeMLP(), data=(x, y), loss_fn=CE)
     tables = {t.id: t for t in result.tables}
-    assert len(tables["examples"].rows) == 64 and "modules" in tables
+    assert "examples" not in tables and "modules" in tables  # no 64 rows, most of them zeros
+    probes = tables["probes"]
+    assert [r[0] for r in probes.rows] == result.metrics["probes"] and len(probes.rows) == 3
+    worst = max(probes.records(), key=lambda r: r["largest leak"])
+    assert worst["largest leak"] == result.metrics["leak"] and worst["into example"] is not None
+    assert f"example {worst['probed example']}" in probes.title
     assert result.plots[0].log_y and len(result.plots[0].series) == 3
+    assert all(len(s.x) == 64 for s in result.plots[0].series)  # every example is in the plot
+
+
+def test_the_table_of_a_model_without_leaks_says_so():
+    result = check(**zoo.mlp_target())
+    probes = {t.id: t for t in result.tables}["probes"]
+    assert result.status == "pass" and all(r["largest leak"] == 0 and r["into example"] is None
+                                           and r["examples reached"] == 0 for r in probes.records())
+
+
+class MixingSequential(nn.Module):
+    def forward(self, h):
+        return h.t().reshape(h.shape[0], -1)
+
+
+def test_modules_of_a_sequential_are_named_from_the_model():
+    x, y = zoo.blobs()
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), MixingSequential(), nn.Linear(32, 4))
+    result = check(model=model, data=(x, y), loss_fn=CE)
+    assert result.status == "fail"
+    assert "mixed after `model.1` (ReLU) and at or before `model.2` (MixingSequential)" in result.summary, \
+        result.summary
+    assert result.metrics["mixing_after"] == "1"  # metrics keep the qualified names
 
 
 class WordLanguageModel(nn.Module):

@@ -142,7 +142,7 @@ def test_judge_warn_and_fail_thresholds_at_their_edges():
     assert judge(measured([relu_layer(dead=700)])).status == "warn"  # 70%: not above fail_layer
     result = judge(measured([relu_layer(dead=701)]))
     assert result.status == "fail" and result.summary == \
-        "70.1% of layer fc#relu's units are dead at init (threshold 70%)"
+        "70.1% of the units of layer fc#relu are dead at init (threshold 70%)"
 
 
 def test_judge_a_narrow_layer_half_dead_by_chance_passes():
@@ -200,3 +200,37 @@ def test_prose_states_the_thresholds_and_constants_in_use():
     assert "under 1% of the elements" in what and "warns above 60%" in what and "fails above 70%" in what
     assert "the 4 batches at initialization, and the last 6 of the probe's 24 training steps" in what
     assert "(0.01)" in DeadRelu.prose(DeadRelu.todo)
+
+
+# -- layers of an nn.Sequential named as people do (issue 13) --------------------------------------------------
+from babysitter.analysis.params import display  # noqa: E402
+
+
+def test_display_names_sequential_children_with_their_type():
+    assert display("1") == "1" and display("") == "(root)"  # as stored, for metrics
+    assert display("1", "ReLU") == "model.1 (ReLU)"
+    assert display("layers.0", "Linear") == "layers.0 (Linear)"
+    assert display("head", "Linear") == "head"  # a name says enough
+    assert display("layers.0#relu", "Block") == "layers.0#relu"  # a functional call names its op
+    assert display("1#1", "ReLU") == "model.1#1 (ReLU)"  # the second call of a reused module
+    assert display("0.weight", "") == "model.0.weight"
+
+
+def test_a_dead_layer_of_a_sequential_is_named_with_its_type():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[2].bias.fill_(-10.0)
+    result = check(**zoo.blobs_fields(model))
+    assert result.status == "fail"
+    assert "layer model.3 (ReLU) are dead" in result.summary, result.summary
+    assert result.metrics["worst_layer"] == "3"  # metrics keep the qualified name
+    assert any(a.startswith("model.3 (ReLU):") and "the bias of model.2 (Linear)" in a for a in result.advice), \
+        result.advice
+
+
+def test_a_healthy_sequential_names_its_worst_layer_with_its_type():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    result = check(**zoo.blobs_fields(model))
+    assert result.status == "pass" and "worst layer model.1 (ReLU) " in result.summary, result.summary

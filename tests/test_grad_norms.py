@@ -110,6 +110,27 @@ def test_deep_sigmoid_net_has_vanishing_gradients():
     result = check(**deep_target(zoo.sgd(0.01), gain=1.0, act=nn.Sigmoid, depth=12))
     assert result.status == "fail", result.summary
     assert "vanishing" in result.summary and result.metrics["first_last_ratio"] < 1e-3
+    _assert_no_clip(result, "vanish")
+    # the layers of an nn.Sequential named as people do, with their type; the metrics keep the qualified names
+    assert "model.0 (Linear) vs model.24 (Linear)" in result.summary, result.summary
+    assert result.metrics["first_layer"] == "0" and result.metrics["last_layer"] == "24"
+
+
+def _assert_no_clip(result, why: str):
+    """No clip suggestion anywhere: no metric value, no line on the plots, no advice; a note says why."""
+    assert result.metrics["suggested_clip"] is None
+    assert not any("clip" in mk.label for p in result.plots for mk in p.markers)
+    assert not any("clip_grad" in a for a in result.advice)
+    assert any(n.startswith("no clip suggested") and why in n for n in result.notes), result.notes
+
+
+def test_a_healthy_model_gets_its_clip_everywhere():
+    result = check(**zoo.mlp_target())
+    clip = result.metrics["suggested_clip"]
+    assert clip > 0 and not any(n.startswith("no clip suggested") for n in result.notes)
+    hist = next(p for p in result.plots if p.id == "total_hist")
+    assert [mk.value for mk in hist.markers] == [pytest.approx(clip)]
+    assert any("clip_grad_norm_" in a for a in result.advice)
 
 
 def test_histogram_marks_the_clip_and_layers_are_tabulated():
@@ -205,7 +226,7 @@ def test_a_norm_that_falls_fast_is_not_a_spike():
     assert local_spike(burst)[:2] == [9, 700.0]
 
 
-def test_gradients_that_stop_entirely_fail_and_give_no_zero_clip():
+def test_gradients_that_stop_entirely_fail_and_give_no_clip():
     """A softmax fed into CrossEntropyLoss at a huge learning rate pins the outputs: the gradient becomes exactly 0."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 5), nn.Softmax(dim=1))
@@ -214,7 +235,8 @@ def test_gradients_that_stop_entirely_fail_and_give_no_zero_clip():
                    optimizer=lambda p: torch.optim.SGD(p, lr=30.0, momentum=0.9))
     assert result.status == "fail" and "exactly 0" in result.summary
     assert result.metrics["zero_steps"] > result.metrics["steps"] / 2
-    assert result.metrics["suggested_clip"] > 0
+    assert result.metrics["p50"] == 0
+    _assert_no_clip(result, "exactly 0")
 
 
 # -- the judgment on synthetic norms, without a model -------------------------------------------------------------
@@ -247,6 +269,21 @@ def test_judge_first_last_ratio_at_its_thresholds():
     assert vanishing.status == "fail" and "vanishing" in vanishing.summary
     assert not any("clip_grad_norm_" in a for a in vanishing.advice)  # no clip against vanishing gradients
     assert judge(measured(first=1.1e-3)).status == "pass"
+
+
+def present(m: GradMeasured, **thresholds):
+    check = GradNorms(**thresholds)
+    return check.present(m, check.judge(m))
+
+
+def test_present_withholds_the_clip_for_vanishing_gradients_only():
+    _assert_no_clip(present(measured(first=0.9e-3)), "vanish")
+    _assert_no_clip(present(measured([1.0] * (STEPS - 13) + [0.0] * 13)), "exactly 0")
+    assert present(measured(first=1.1e-3)).metrics["suggested_clip"] == 1.0
+    # exploding wins over vanishing: a clip is part of the answer then
+    exploding = present(measured([1.01e4] * STEPS, first=0.9e-3))
+    assert exploding.status == "fail" and "exploding" in exploding.summary
+    assert exploding.metrics["suggested_clip"] == pytest.approx(1.01e4)
 
 
 def test_judge_huge_norm_is_per_example_under_a_summed_loss():

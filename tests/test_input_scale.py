@@ -285,3 +285,34 @@ def test_judge_takes_the_worst_input_and_the_advice_of_each():
     assert j.status == "fail" and j.summary.startswith("feature 0 of c") and len(j.advice) == 2
     assert InputScale().worst(InputScaleMeasured((healthy, offset)),
                               InputScale().verdicts(InputScaleMeasured((healthy, offset)))).name == "b"
+
+
+# -- per-feature lists in metrics are never cut silently (issue 13) -------------------------------------------
+def present(*stats):
+    check, m = InputScale(), InputScaleMeasured(stats)
+    return check.present(m, check.judge(m))
+
+
+def test_per_feature_metrics_list_every_feature():
+    # the issue's report: 16 values for 20 features
+    result = present(feature_stats([float(k) for k in range(20)], [1.0] * 20))
+    m = result.metrics
+    assert m["features"] == 20 and len(m["mean"]) == 20 and len(m["std"]) == 20
+    assert m["per_feature_listed"] == 20 and m["mean"][19] == 19.0
+
+
+def test_per_feature_metrics_cut_beyond_the_table_say_so_with_the_count():
+    f = 600
+    result = present(feature_stats([0.5] * f, [1.0] * f))
+    m = result.metrics
+    assert m["features"] == f and m["per_feature_listed"] == len(m["mean"]) == len(m["std"]) < f
+    assert f"of {f}" in result.tables[0].title
+    assert f"of {f}" in result.plots[0].title  # the plot's bars are cut too, and say so
+
+
+def test_a_real_20_feature_input_lists_all_its_features():
+    torch.manual_seed(0)
+    x = torch.randn(256, 20) * 30 + 100  # unscaled: a failure whose constants people will copy
+    y = torch.randint(0, 4, (256,))
+    result = check(model=mlp(20), data=(x, y), loss_fn=CE)
+    assert result.status == "fail" and len(result.metrics["mean"]) == 20

@@ -12,6 +12,7 @@ from torch import nn
 import babysitter
 import zoo
 from babysitter.analysis.lr_curve import LrSweep, ReadingRules, SweepRun, SweepSettings, analyse_run, read_sweep
+from babysitter.analysis import fmt
 from babysitter.analysis.status import Status
 from babysitter.checklist.lr_range import LrRange, SweepMeasured
 from babysitter.passes.lr_sweep import lr_sweep, sweep_once
@@ -255,3 +256,66 @@ def test_doc_states_the_suggestion_rule_and_the_defaults():
     doc = " ".join(LrRange.doc().split())
     assert "median of three readings" not in doc and "minimum / 10" in doc
     assert "1e-07 to 10 over 100 steps" in doc and "30x below the range's low end" in doc
+
+
+# -- the range never reaches past divergence; the descent shown apart (issue 13) --------------------------------
+# falls between 1e-5 and 1e-2 and stays low up to the sweep's end (a curve that never turns back up)
+FALL = 1.0 - 0.9 / (1 + np.exp(-(np.log10(LRS) + 3.5) * 2))
+
+
+def _runs(curves_and_stops):
+    """SweepRuns over LRS: each (curve, index of the step where the sweep diverged or None)."""
+    out = []
+    for i, (curve, stop) in enumerate(curves_and_stops):
+        n = len(LRS) if stop is None else stop + 1
+        out.append(SweepRun(i, tuple(LRS[:n].tolist()), tuple(curve[:n].tolist()), (),
+                            "end" if stop is None else "diverged", None if stop is None else float(LRS[stop])))
+    return tuple(out)
+
+
+def test_the_range_top_never_exceeds_where_one_repeat_diverged():
+    # the issue's report: range [1.28e-06, 10] with diverged_at 5.72 (one repeat diverged, two ran to the end)
+    stop = int(np.searchsorted(LRS, 5.72))
+    reading = read_sweep(LrSweep(_runs([(FALL, stop), (FALL, None), (FALL, None)]), 1e-3, (1.0,), "SGD", 300, 0.0))
+    assert reading.diverged_at == pytest.approx(LRS[stop])
+    assert reading.lr_high <= reading.diverged_at, (reading.lr_high, reading.diverged_at)
+    assert reading.lr_low <= reading.suggested_lr <= reading.lr_high
+    assert reading.status == Status.PASS
+    measured = SweepMeasured(reading=reading, repeats=3, steps=300, optimizer="SGD", seconds=0.0)
+    notes = " ".join(LrRange().present(measured, LrRange().judge(measured)).notes)
+    assert f"the range stops at {fmt.lr(reading.lr_high)}, where the sweep diverged" in notes, notes
+
+
+def test_each_repeats_top_is_below_where_it_diverged():
+    # a sweep stopped by the divergence test while the smoothed curve had not yet risen by `band`
+    stop = int(np.searchsorted(LRS, 0.5))
+    a = analyse_run(_runs([(FALL, stop)])[0], ReadingRules())
+    assert a.diverged_at == pytest.approx(LRS[stop])
+    assert a.high < a.diverged_at and a.suggestion <= a.high
+
+
+def test_the_descent_is_shown_apart_from_the_range():
+    reading = read_sweep(LrSweep(_runs([(FALL, None)] * 3), 1e-3, (1.0,), "SGD", 300, 0.0))
+    # where the sweep's loss fell: from its onset to its minimum; the range starts low_margin below the onset
+    assert reading.lr_low < reading.descent_low < reading.descent_high <= reading.lr_high
+    assert reading.descent_low == pytest.approx(reading.lr_low * ReadingRules().low_margin)
+    assert reading.open_top  # the loss never turned back up: the top is the sweep's end, not a measured bound
+    measured = SweepMeasured(reading=reading, repeats=3, steps=300, optimizer="SGD", seconds=0.0)
+    result = LrRange().present(measured, LrRange().judge(measured))
+    assert result.metrics["descent_low"] == reading.descent_low and result.metrics["descent_high"] is not None
+    assert result.metrics["open_top"] is True
+    assert "onset" in result.tables[0].columns
+    notes = " ".join(result.notes)
+    assert "low end" in notes and "30x below" in notes and "began to fall" in notes
+    assert "never turned back up" in notes and "end_lr" in notes
+    assert "end of the sweep" in result.summary
+
+
+def test_a_curve_that_turned_up_has_a_measured_top():
+    reading = judged(1e-2)[1]
+    assert not reading.open_top and reading.descent_high < reading.lr_high
+
+
+def test_doc_says_how_the_low_end_is_read():
+    doc = " ".join(LrRange.doc().split())
+    assert "not an LR to aim for" in doc and "never beyond the point where the sweep diverged" in doc

@@ -241,3 +241,20 @@ def test_judge_warns_on_unused_modules_and_frozen_layers_in_a_trained_stack():
     assert judge(middle, weight("a.weight"), weight("b.weight")).status == "pass"  # a frozen prefix
     temperature = Param("scale.t", (), trainable=False)
     assert judge(weight("a.weight"), temperature, weight("b.weight")).status == "pass"  # a constant by design
+
+
+# -- the text people read (issue 13) -------------------------------------------------------------------------
+def test_judge_pass_summary_cites_cs231n_with_the_ratio_not_as_a_dangling_tail():
+    j = judge(weight("fc1.weight", ratio=0.03), bias("fc1.bias"))
+    assert j.summary == ("all 2 trainable parameters get a gradient and move; median update/weight 0.03, within "
+                         "[1e-05, 0.1] around CS231n's ~1e-3"), j.summary
+    no_ratio = judge(bias("fc1.bias"))  # nothing judged: no ratio, no citation
+    assert no_ratio.summary == "the 1 trainable parameter gets a gradient and moves", no_ratio.summary
+    assert not any(s.summary.rstrip().endswith(")") for s in (j, no_ratio))
+
+
+def test_parameters_of_a_sequential_are_named_from_the_model():
+    j = judge(weight("0.weight"), weight("2.weight", in_optimizer=False), weight("3.weight", ratio=0.5))
+    assert j.status == "fail"
+    assert any("model.2 (weight)" in a for a in j.advice), j.advice
+    assert any("model.3.weight 0.5" in a for a in j.advice), j.advice

@@ -161,14 +161,14 @@ def test_judge_warn_and_fail_thresholds_at_their_edges():
     assert judge(measured(bounded(saturated=0.11))).status == "warn"
     assert judge(measured(bounded(saturated=0.40))).status == "warn"  # not above fail_layer
     result = judge(measured(bounded(saturated=0.41)))
-    assert result.status == "fail" and result.summary == "41.0% of act's outputs are saturated at init (threshold 40%)"
+    assert result.status == "fail" and result.summary == "41.0% of the outputs of act are saturated at init (threshold 40%)"
     assert Saturation(fail_layer=0.5).judge(measured(bounded(saturated=0.41))).status == "warn"
 
 
 def test_judge_names_the_worst_layer_and_a_pinned_softmax():
     result = Saturation().judge(measured(bounded("a", saturated=0.2), bounded("probs", "softmax", pinned=0.5)))
     assert result.status == "fail" and result.summary == \
-        "50.0% of probs's outputs are pinned at init (threshold 40%)"
+        "50.0% of the outputs of probs are pinned at init (threshold 40%)"
     assert [a.split(":")[0] for a in result.advice] == ["probs", "a"]  # worst first
     assert "sqrt(d_head)" in result.advice[0]
 
@@ -195,3 +195,13 @@ def test_prose_states_the_saturation_limits_in_use():
     doc = Saturation.prose(Saturation.what)
     assert "|tanh| > 0.99" in doc and "[0.01, 0.99]" in doc and "more than 10%" in doc and "above 40%" in doc
     assert "last 6 of the probe's 24 training steps" in doc
+
+
+def test_a_saturated_layer_of_a_sequential_is_named_with_its_type():
+    torch.manual_seed(0)
+    result = check(**zoo.blobs_fields(mlp(nn.Tanh, depth=2, width=64, std=1.0)))
+    assert result.status == "fail" and "of model.3 (Tanh) are saturated" in result.summary, result.summary
+    assert result.metrics["worst_layer"] == "3"
+    assert any(a.startswith("model.3 (Tanh):") and "the weights of model.2 (Linear)" in a for a in result.advice)
+    healthy = check(**zoo.blobs_fields(mlp(nn.Tanh, depth=1)))
+    assert healthy.status == "pass" and healthy.summary.endswith("(model.1 (Tanh))"), healthy.summary

@@ -121,6 +121,8 @@ class CurveAnalysis:
     diverged_at: Optional[float] = None
     drop: float = 0.0  # fraction by which the smoothed loss fell below its start
     reason: str = ""
+    onset: Optional[float] = None  # where the descent began (the range's low end times low_margin)
+    turned: bool = False  # the curve rose back past its minimum or the sweep diverged: its top was measured
 
 
 def _smoothed(lrs: np.ndarray, losses: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -176,12 +178,15 @@ def analyse_run(run: SweepRun, rules: ReadingRules, adaptive: bool = False) -> C
     i_steep = int(np.argmin(grad[: i_min + 1]))
     i_valley = min(valley_index(s), i_min)
     i_low, i_high, rose = _good_range(s, start, i_min, total, rules)
+    if run.stopped_at is not None:  # the top stays below the LR at which the sweep diverged
+        i_high = min(i_high, max(int(np.searchsorted(lrs, run.stopped_at)) - 1, 0))
     steepest, minimum, low, high = float(lrs[i_steep]), float(lrs[i_min]), float(lrs[i_low]) / rules.low_margin, \
         float(lrs[i_high])
     turned = rose or run.stopped_at is not None
     suggestion = math.sqrt(steepest * minimum / 10) if adaptive or not turned else math.sqrt(minimum * high)
     return dataclasses.replace(out, steepest=steepest, minimum=minimum, valley=float(lrs[i_valley]), low=low,
-                               high=high, suggestion=float(min(max(suggestion, low), high)))
+                               high=high, suggestion=float(min(max(suggestion, low), high)),
+                               onset=float(lrs[i_low]), turned=turned)
 
 
 def geo_median(values) -> Optional[float]:
@@ -206,6 +211,9 @@ class LrReading:
     spread: Optional[float] = None
     advice: tuple[str, ...] = ()
     reason: str = ""
+    descent_low: Optional[float] = None  # where the sweep's loss began to fall (geometric median of the onsets)
+    descent_high: Optional[float] = None  # where it reached its minimum
+    open_top: bool = False  # most curves never turned back up and none diverged: the top is the sweep's end
 
 
 def joined_reasons(analyses) -> str:
@@ -233,9 +241,11 @@ def _no_suggestion(analyses, user: Optional[float], diverged: Optional[float], r
 
 
 def judge_user_lr(user: Optional[float], suggested: float, low: float, high: float, diverged: Optional[float],
-                  rules: ReadingRules) -> tuple[Status, str, tuple[str, ...]]:
-    """The user's LR against the good range and the divergence point: (status, summary, advice)."""
-    s, rng = fmt_lr(suggested), f"[{fmt_lr(low)}, {fmt_lr(high)}]"
+                  rules: ReadingRules, open_top: bool = False) -> tuple[Status, str, tuple[str, ...]]:
+    """The user's LR against the good range and the divergence point: (status, summary, advice). ``open_top``:
+    the range's top is only where the sweep ended (the loss never turned back up), and the summary says so."""
+    s = fmt_lr(suggested)
+    rng = f"[{fmt_lr(low)}, {fmt_lr(high)}{' (the end of the sweep)' if open_top else ''}]"
     if user is None or user <= 0:
         return Status.PASS, f"suggested LR {s}, good range {rng} (the optimizer has no LR)", ()
     u = fmt_lr(user)
@@ -266,12 +276,16 @@ def read_sweep(sweep: LrSweep, rules: ReadingRules = ReadingRules()) -> LrReadin
     if len(usable) * 2 <= len(analyses):
         return _no_suggestion(analyses, user, diverged, rules)
     sugg = [a.suggestion for a in usable]
-    suggested, spread = geo_median(sugg), max(sugg) / min(sugg)
-    low, high = geo_median([a.low for a in usable]), geo_median([a.high for a in usable])
-    status, summary, advice = judge_user_lr(user, suggested, low, high, diverged, rules)
+    spread = max(sugg) / min(sugg)
+    high = min(geo_median([a.high for a in usable]), diverged or math.inf)  # never past where the sweep diverged
+    low = min(geo_median([a.low for a in usable]), high)
+    suggested = min(max(geo_median(sugg), low), high)
+    open_top = diverged is None and 2 * sum(not a.turned for a in usable) > len(usable)
+    status, summary, advice = judge_user_lr(user, suggested, low, high, diverged, rules, open_top)
     if spread > rules.noisy_spread:
         advice += (f"The suggestion varies {spread:.0f}x between batch orders: the loss is noisy at this batch "
                    f"size; prefer the middle of the range.",)
     return LrReading(analyses=tuple(analyses), user_lr=user, status=status, summary=summary, suggested_lr=suggested,
                      lr_low=low, lr_high=high, diverged_at=diverged, spread=spread, advice=advice,
-                     reason=joined_reasons(analyses))
+                     reason=joined_reasons(analyses), descent_low=geo_median([a.onset for a in usable]),
+                     descent_high=geo_median([a.minimum for a in usable]), open_top=open_top)

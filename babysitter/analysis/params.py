@@ -31,9 +31,20 @@ def owner_of(param_name: str) -> str:
     return param_name.rpartition(".")[0]
 
 
-def display(module_name: str) -> str:
-    """A module's qualified name for people: '(root)' for the model itself."""
-    return module_name or "(root)"
+def display(module_name: str, type_name: Optional[str] = None) -> str:
+    """A module's qualified name: '(root)' for the model itself; else the name as stored (for metrics), or, with
+    ``type_name`` (even ''), as people name it: a name that starts with an index (a child of an nn.Sequential
+    model) is written from the model, 'model.1', and one whose module is known only by its index gets its type,
+    'model.1 (ReLU)', 'layers.0 (Linear)' (as target errors name 'model (Sequential) > model.2 (Linear)'). A
+    functional call ('layers.0#relu') names its op already; a second call of a module ('1#1') is the module."""
+    if not module_name:
+        return "(root)"
+    if type_name is None:
+        return module_name
+    path, _, call = module_name.partition("#")
+    name = f"model.{module_name}" if path.split(".")[0].isdigit() else module_name
+    indexed = path.rpartition(".")[2].isdigit() and (not call or call.isdigit())
+    return f"{name} ({type_name})" if type_name and indexed else name
 
 
 def layers_of(names: list[str]) -> list[tuple[str, list[int]]]:
@@ -48,7 +59,7 @@ def grouped(names: list[str], limit: int = 8) -> str:
     """Parameter names gathered by layer, for messages: 'enc.fc (weight, bias), head (weight)'."""
     layers: dict[str, list[str]] = {}
     for n in names:
-        layers.setdefault(display(owner_of(n)), []).append(n.rpartition(".")[2])
+        layers.setdefault(display(owner_of(n), ""), []).append(n.rpartition(".")[2])
     parts = [f"{k} ({', '.join(v)})" for k, v in list(layers.items())[:limit]]
     return ", ".join(parts) + (f" and {len(layers) - limit} more layers" if len(layers) > limit else "")
 

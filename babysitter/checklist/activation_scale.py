@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 from ..analysis import fmt
 from ..analysis.activations import (RECTIFIER, SIGMOID, TANH, ActivationResult, LayerStats, Producer, hidden_clause,
                                     producers, ref, visibility_notes)
-from ..analysis.params import InitAdvice, init_advice, scheme_for
+from ..analysis.params import InitAdvice, display, init_advice, scheme_for
 from ..analysis.status import Status, level
 from ..passes.init_pass import INIT_BATCHES
 from ..report import CheckResult, Marker, Plot, Series, Table
@@ -125,7 +125,7 @@ class ActivationScale(Check):
             found = Status.FAIL if s > self.preact_fail else Status.WARN
             if level(found) > level(status):
                 status = found
-                summary = (f"the input of {worst.name} ({worst.op}) has std {fmt.num(worst.pre_std, 3)} at init: "
+                summary = (f"the input of {_label(worst, op=True)} has std {fmt.num(worst.pre_std, 3)} at init: "
                            f"its units start in the flat region")
         if status is Status.PASS:
             return Judgment(status, _pass_summary(measured))
@@ -141,7 +141,7 @@ class ActivationScale(Check):
         direction = "collapses" if ratio < 1 else "grows"
         return (Status.FAIL if change > self.fail_ratio else Status.WARN,
                 f"activation std {direction} {fmt.num(change, 3)}x through {len(m.live)} layers at init: "
-                f"{fmt.num(first.std, 3)} ({first.name}) -> {fmt.num(last.std, 3)} ({last.name})")
+                f"{fmt.num(first.std, 3)} ({_label(first)}) -> {fmt.num(last.std, 3)} ({_label(last)})")
 
     def _hot(self, m: ScaleMeasured) -> list[tuple[LayerStats, float]]:
         """tanh and sigmoid layers whose input std (halved for sigmoid) exceeds preact_warn, with that std."""
@@ -149,11 +149,13 @@ class ActivationScale(Check):
         return [(l, s) for l, s in scaled if s > self.preact_warn]
 
     def _advice(self, m: ScaleMeasured) -> tuple[str, ...]:
-        out = _weight_advice(m.inits)
+        layers = {l.name: l for l in m.chain + m.bounded}
+        out = _weight_advice(m.inits, layers)
         if not out:
             gains = _gains(m.chain)
-            shrink = [n for n, g in gains.items() if g is not None and (g < GAIN_RANGE[0] or g > GAIN_RANGE[1])]
-            where = f" (the std changes most at {', '.join(shrink[:4])})" if shrink else ""
+            shrink = [_label(layers[n]) for n, g in gains.items()
+                      if g is not None and (g < GAIN_RANGE[0] or g > GAIN_RANGE[1])]
+            where = f" (the std changes most at {fmt.listed(shrink, 4)})" if shrink else ""
             out.append(f"The weights look like the standard inits, yet the scale drifts{where}: add a normalization "
                        f"layer (BatchNorm, LayerNorm) or check for a scaling in the forward (a missing or extra "
                        f"division, residual branches summed without scaling).")
@@ -169,10 +171,10 @@ class ActivationScale(Check):
         if layers:
             plots.append(_log_heatmap(layers))
         notes = list(measured.visibility)
-        dead = [l.name for l in measured.chain if l.std == 0]
+        dead = [_label(l) for l in measured.chain if l.std == 0]
         if dead:
             notes.append(f"layers with all outputs exactly zero are left out of the depth ratio (see dead_relu): "
-                         f"{', '.join(dead[:6])}")
+                         f"{fmt.listed(dead, 6)}")
         return self.result(judgment.status, judgment.summary, metrics=_metrics(measured), advice=judgment.advice,
                            tables=(_table(measured),), plots=tuple(plots), notes=tuple(notes))
 
@@ -182,9 +184,9 @@ class ActivationScale(Check):
             xs = list(range(len(chain)))
             series.append(Series("std", xs, [l.std for l in chain]))
             series.append(Series("|mean|", xs, [abs(l.mean) for l in chain]))
-        return Plot("std_by_depth", "Activation std through depth at init (" + " > ".join(
-            l.name for l in chain[:8]) + (" ..." if len(chain) > 8 else "") + ")", "line", tuple(series),
-            x_label="activation layer (forward order)", y_label="value", log_y=True,
+        first = f" (0 = {_label(chain[0])})" if chain else ""
+        return Plot("std_by_depth", "Activation std through depth at init", "line", tuple(series),
+            x_label=f"activation layer in forward order{first}", y_label="value", log_y=True,
             markers=(Marker(f"first std / {fmt.num(self.warn_ratio)}", chain[0].std / self.warn_ratio, axis="y"),)
             if chain and chain[0].std > 0 else ())
 
@@ -198,18 +200,27 @@ def _pass_summary(m: ScaleMeasured) -> str:
         summary = f"{fmt.plural(len({l.name for l in m.layers}), 'activation layer')} at init, no depth to compare"
     if m.bounded:
         top = max(m.bounded, key=lambda l: l.pre_std)
-        summary += f"; tanh/sigmoid input std at most {fmt.num(top.pre_std, 3)} ({top.name})"
+        summary += f"; tanh/sigmoid input std at most {fmt.num(top.pre_std, 3)} ({_label(top)})"
     return summary
 
 
-def _weight_advice(inits: Mapping[str, Optional[InitAdvice]]) -> list[str]:
-    """The weights furthest from the standard init for their activation (beyond INIT_OFF either way), worst first."""
+def _label(layer: LayerStats, op: bool = False) -> str:
+    """A layer as people name it: 'model.1 (Tanh)' for a child of an nn.Sequential model; with ``op``, a layer
+    known by its name gets its op, 'act (tanh)'."""
+    name = display(layer.name, layer.module_type)
+    return f"{name} ({layer.op})" if op and name == display(layer.name, "") else name
+
+
+def _weight_advice(inits: Mapping[str, Optional[InitAdvice]], layers: Mapping[str, LayerStats]) -> list[str]:
+    """The weights furthest from the standard init for their activation (beyond INIT_OFF either way), worst first;
+    ``layers``: the activation layers by name."""
     off = [(n, a) for n, a in inits.items() if a is not None and (a.ratio > INIT_OFF or a.ratio < 1 / INIT_OFF)]
     off.sort(key=lambda p: -abs(math.log(p[1].ratio)) if p[1].ratio > 0 else -1e9)
     out = []
     for name, a in off[:ADVISED_LAYERS]:
         side = "too small" if a.ratio < 1 else "too large"
-        out.append(f"{a.layer} (feeding {name}): weight std {fmt.num(a.std, 3)} is {fmt.small(a.ratio)}x the "
+        feeder = display(a.layer, layers[name].producer_type)
+        out.append(f"{feeder}, feeding {_label(layers[name])}: weight std {fmt.num(a.std, 3)} is {fmt.small(a.ratio)}x the "
                    f"{a.scheme} value {fmt.num(a.recommended, 3)} ({side}); re-initialise it with {a.call} and a "
                    f"zero bias.")
     return out

@@ -12,6 +12,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from ..analysis import fmt
 from ..analysis.batches import batch_size_of, concat_batches, first_tensor, map_tensors, named_tensors
+from ..analysis.params import display
 from ..analysis.status import Status
 from ..instruments.hooks import HookSet
 from ..report import CheckResult, Marker, Plot, Series, Table
@@ -106,7 +107,7 @@ class _Tracer:
         if isinstance(module, nn.Embedding) and isinstance(output, torch.Tensor):
             ids = args[0] if args else kwargs.get("input")
             if isinstance(ids, torch.Tensor) and tuple(ids.shape) in self.trace.int_shapes:
-                out = self._leaf(f"output of {name} (Embedding)", output)
+                out = self._leaf(f"output of {display(name, '')} (Embedding)", output)
                 self.trace.records.append((name, type(module).__name__, out))
                 return out
         t = first_tensor(output)
@@ -409,7 +410,7 @@ class BatchIndependence(Check):
         if r.status == Status.PASS:
             return Judgment(Status.PASS, f"no gradient crosses examples: leak {fmt.small(leak)} <= "
                                          f"{fmt.num(self.pass_leak)} over {fmt.plural(len(m.probes), 'probed example')}"
-                                         f" of {n} (gradient at {', '.join(m.gradient_at[:4])})")
+                                         f" of {n} (gradient at {fmt.listed(m.gradient_at, 4)})")
         mixed = f", mixed {r.where}" if r.where else ""
         own = "; its own input does not reach them" if r.own_zero else ""
         summary = (f"example {r.worst.example}'s outputs depend on {len(r.leaked)} of {n - 1} other examples "
@@ -431,7 +432,7 @@ class BatchIndependence(Check):
 
     @staticmethod
     def _where(after: Optional[str], before: Optional[str], kinds: Mapping[str, str]) -> str:
-        name = lambda m: f"`{m}` ({kinds[m]})" if m in kinds else f"`{m}`"  # noqa: E731
+        name = lambda m: f"`{display(m, '')}`" + (f" ({kinds[m]})" if m in kinds else "")  # noqa: E731
         if after == "the model's input":
             return f"between the model's input and {name(before)}"
         if after and before:
@@ -445,7 +446,7 @@ class BatchIndependence(Check):
         advice = []
         look = f"; look {r.where}" if r.where else ""
         if m.batch_norms and (r.before in m.batch_norms or not r.where):
-            advice.append(f"{', '.join(m.batch_norms[:4])}: BatchNorm with track_running_stats=False normalizes with "
+            advice.append(f"{fmt.listed([display(b, '') for b in m.batch_norms], 4)}: BatchNorm with track_running_stats=False normalizes with "
                           f"the batch's statistics even in eval mode, so every prediction depends on the rest of the "
                           f"batch; set track_running_stats=True or use LayerNorm/GroupNorm.")
         seq = m.sequence_modules
@@ -453,7 +454,8 @@ class BatchIndependence(Check):
             advice.append(f"Every other example reaches example i's outputs ({len(r.leaked)} of {m.n - 1}): a "
                           f"statistic over the batch dimension (x - x.mean(0), a softmax or norm over dim 0) or "
                           f"attention/recurrence running along the batch"
-                          + (f" ({', '.join(seq[:3])} expect (L, N, D) unless batch_first=True)" if seq else "")
+                          + (f" ({fmt.listed([display(q, '') for q in seq], 3)} expect (L, N, D) unless "
+                             f"batch_first=True)" if seq else "")
                           + look + ".")
         else:
             advice.append("Some examples leak into others: a view/reshape mixes the batch dimension with another one "
@@ -483,11 +485,19 @@ class BatchIndependence(Check):
             "mixing_after": r.after, "mixing_before": r.before,
         }
 
-    @staticmethod
-    def _tables(m: BatchIndependenceMeasured, worst: Probe) -> tuple[Table, ...]:
-        tables = [Table("examples", f"Gradient on each example from example {worst.example}'s outputs",
-                        ("example", "relative_gradient", "probed"),
-                        [(j, v, j == worst.example) for j, v in enumerate(worst.relative)])]
+    def _tables(self, m: BatchIndependenceMeasured, worst: Probe) -> tuple[Table, ...]:
+        """The probed examples with the largest gradient each sends to another example (the plot has every
+        example), and where the worst probe's leak is seen in the modules."""
+        rows = []
+        for p in m.probes:
+            top, into = max((v, j) for j, v in enumerate(p.relative) if j != p.example)
+            rows.append((p.example, p.relative[p.example], p.leak, into if top > 0 else None,
+                         sum(v > self.pass_leak for j, v in enumerate(p.relative) if j != p.example)))
+        tables = [Table("probes", f"Gradient from each probed example's outputs to the other {m.n - 1} examples "
+                                  f"(worst: example {worst.example}, leak {fmt.small(worst.leak)}; every example is "
+                                  f"in the plot)",
+                        ("probed example", "own gradient", "largest leak", "into example", "examples reached"),
+                        rows)]
         if worst.records:
             tables.append(Table("modules", f"Cross-example gradient at each module's output (probe {worst.example}, "
                                            f"in execution order)", ("module", "type", "leak"),

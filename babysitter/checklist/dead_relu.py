@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 from ..analysis import fmt
 from ..analysis.activations import (RECTIFIER, LayerStats, Producer, hidden_clause, of_family, producers, ref,
                                     visibility_notes)
+from ..analysis.params import display
 from ..analysis.status import LEVELS, Status
 from ..evidence import TRAIN_WINDOW
 from ..passes.init_pass import INIT_BATCHES
@@ -40,6 +41,11 @@ class DeadReluMeasured:
     def names(self) -> list[str]:
         """Every layer, in forward order at init, then those seen only after training."""
         return list(dict.fromkeys([l.name for l in self.init] + [l.name for l in self.trained]))
+
+    def label(self, name: str) -> str:
+        """A layer as people name it: 'model.1 (ReLU)' for a child of an nn.Sequential model."""
+        layer = next((l for l in self.init + self.trained if l.name == name), None)
+        return display(name, layer.module_type if layer else "")
 
 
 @dataclass
@@ -108,11 +114,13 @@ class DeadRelu(Check):
         name, level, frac = self._worst(measured)
         status = LEVELS[level]
         if status is Status.PASS:
-            return Judgment(status, f"{self._counts(measured)}; worst layer {name} {fmt.pct(frac)} dead")
+            return Judgment(status, f"{self._counts(measured)}; worst layer {measured.label(name)} {fmt.pct(frac)} "
+                                    f"dead")
         when = "at init" if self._max_fraction(measured.init) >= self._max_fraction(measured.trained) \
             else "after training"
         limit = self.fail_layer if status is Status.FAIL else self.warn_layer
-        summary = f"{fmt.pct(frac, 1)} of layer {name}'s units are dead {when} (threshold {fmt.pct(limit)})"
+        summary = (f"{fmt.pct(frac, 1)} of the units of layer {measured.label(name)} are dead {when} (threshold "
+                   f"{fmt.pct(limit)})")
         return Judgment(status, summary, self._advice(measured))
 
     def _level(self, layer: Optional[LayerStats]) -> int:
@@ -163,7 +171,7 @@ class DeadRelu(Check):
         train_bad = [l for l in m.trained if self._level(l) and l.name not in init_names]
         out = [_init_advice(l, m.producers.get(l.producer), self._fraction(l)) for l in init_bad[:ADVISED_LAYERS]]
         if train_bad:
-            names = ", ".join(f"{l.name} ({fmt.pct(self._fraction(l))})" for l in train_bad[:6])
+            names = fmt.listed([f"{_label(l)} ({fmt.pct(self._fraction(l))})" for l in train_bad], 6)
             out.append(f"Units die during training in {names}: they were alive at init, so the updates kill them. "
                        f"Lower the learning rate (now {fmt.lr(m.user_lr)}) or add warmup; LeakyReLU or GELU keep a "
                        "gradient for negative inputs." if m.user_lr else
@@ -230,19 +238,25 @@ def _mean_active(layer: Optional[LayerStats]) -> Optional[float]:
     return None if layer is None or not layer.active else sum(layer.active) / len(layer.active)
 
 
+def _label(layer: LayerStats) -> str:
+    """A layer as people name it: 'model.1 (ReLU)' for a child of an nn.Sequential model."""
+    return display(layer.name, layer.module_type)
+
+
 def _init_advice(layer: LayerStats, producer: Optional[Producer], fraction: float) -> str:
     """Say why a layer is dead at init from its input: a negative bias, a shifted pre-activation, the init."""
-    head = f"{layer.name}: {fmt.pct(fraction)} of its {layer.units} units are dead at init"
+    head = f"{_label(layer)}: {fmt.pct(fraction)} of its {layer.units} units are dead at init"
+    feeder = display(layer.producer, layer.producer_type)
     known = layer.pre_mean is not None and layer.pre_std is not None
     pre = f" (pre-activation mean {fmt.num(layer.pre_mean, 3)}, std {fmt.num(layer.pre_std, 3)})" if known else ""
     if producer is not None and producer.bias_mean is not None and producer.bias_mean < 0 \
             and producer.bias_mean < -0.5 * producer.bias_std:
-        return (f"{head}{pre}: the bias of {layer.producer} has mean {fmt.num(producer.bias_mean, 3)}, which pushes "
+        return (f"{head}{pre}: the bias of {feeder} has mean {fmt.num(producer.bias_mean, 3)}, which pushes "
                 f"the inputs below zero. Initialise it at 0 or a small positive value "
                 f"(nn.init.constant_({ref(layer.producer, 'bias')}, {BIAS_FILL:g})).")
     if known and layer.pre_mean < -layer.pre_std:
         return (f"{head}{pre}: its inputs are shifted far below zero. Normalize them (BatchNorm/LayerNorm before "
                 f"the activation), center the input data, and use zero biases.")
-    where = f" of {layer.producer}" if layer.producer else ""
+    where = f" of {feeder}" if layer.producer else ""
     return (f"{head}{pre}. Use Kaiming init{where} (nn.init.kaiming_normal_(w, nonlinearity='relu')) with zero "
             f"biases, or LeakyReLU.")

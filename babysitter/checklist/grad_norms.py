@@ -130,8 +130,10 @@ class NormStats:
     with_grad: tuple[int, ...]  # layers whose median norm is finite and positive
     ratio: Optional[float]  # first/last layer norm, median over steps
     ratios: tuple[float, ...]  # first/last layer norm per step
-    first_layer: Optional[str]
+    first_layer: Optional[str]  # qualified names, for scripts
     last_layer: Optional[str]
+    first_label: Optional[str] = None  # as people name them: 'model.0 (Linear)'
+    last_label: Optional[str] = None
 
 
 # -- the check -----------------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ class GradNorms(Check):
     {spike_window} steps either side of it, or when the median of the last quarter of the steps is more than
     {growth:g}x that of the first quarter. A clip value is suggested from the healthy steps: the
     {clip_percentile:g}th percentile of the finite, nonzero total norms that are not spikes (more than {spike:g}x
-    the median)."""
+    the median); none (a note says why) when the verdict is vanishing gradients, which a clip cannot help."""
     why = """Exploding gradients (a recurrent net whose recurrent weights amplify over a long sequence, a deep
     un-normalized net with too large an init, a learning rate that makes the norm grow step after step) make
     updates overshoot and end in NaN; vanishing gradients (the first layers get less than {vanishing_ratio:g} of
@@ -244,7 +246,9 @@ class GradNorms(Check):
             zero_steps=sum(v == 0 for v in good), growth=growth(totals), local_spike=local_spike(totals),
             medians=medians, with_grad=with_grad, ratio=ratio, ratios=tuple(ratios),
             first_layer=display(m.layers[with_grad[0]].name) if with_grad else None,
-            last_layer=display(m.layers[with_grad[-1]].name) if with_grad else None)
+            last_layer=display(m.layers[with_grad[-1]].name) if with_grad else None,
+            first_label=_label(m.layers[with_grad[0]]) if with_grad else None,
+            last_label=_label(m.layers[with_grad[-1]]) if with_grad else None)
 
     def judge(self, m: GradMeasured) -> Judgment:
         if not finite(m.totals):
@@ -252,16 +256,35 @@ class GradNorms(Check):
                                          f"{len(m.totals)} steps",
                             ("The nonfinite check names the first module that produced a NaN/Inf.",))
         s = self.stats(m)
+        found = self._fired(m, s)[1]
+        if found is not None:
+            return found
+        ratio_text = f", first/last layer ratio {_norm(s.ratio)}" if s.ratio is not None else ""
+        return Judgment(Status.PASS, f"gradient norms healthy: median {_norm(s.p50)}, p99 {_norm(s.p99)}"
+                                     f"{ratio_text}; suggested clip {fmt.lr(s.clip)}", _clip_advice(s.clip))
+
+    def _fired(self, m: GradMeasured, s: NormStats) -> tuple[Optional[Callable], Optional[Judgment]]:
+        """The first failure rule that applies, in order, and its judgment; (None, None) when none does."""
         rules: tuple[Callable[[GradMeasured, NormStats], Optional[Judgment]], ...] = (
             self._nonfinite, self._stopped, self._exploding_ratio, self._huge, self._spike, self._growth,
             self._vanishing)
         for rule in rules:
             found = rule(m, s)
             if found is not None:
-                return found
-        ratio_text = f", first/last layer ratio {_norm(s.ratio)}" if s.ratio is not None else ""
-        return Judgment(Status.PASS, f"gradient norms healthy: median {_norm(s.p50)}, p99 {_norm(s.p99)}"
-                                     f"{ratio_text}; suggested clip {fmt.lr(s.clip)}", _clip_advice(s.clip))
+                return rule, found
+        return None, None
+
+    def no_clip_reason(self, m: GradMeasured, s: NormStats) -> str:
+        """Why no clip value is suggested ('' when one is): a clip caps large gradients, so gradients that vanish
+        (the verdict) get none, neither as a number, nor as a line, nor as advice (pure)."""
+        rule = self._fired(m, s)[0]
+        if rule == self._stopped:
+            return (f"no clip suggested: the total gradient norm is exactly 0 at {s.zero_steps} of {s.steps} steps "
+                    f"(median {_norm(s.p50)}); a clip caps large gradients and cannot help gradients that vanish")
+        if rule == self._vanishing:
+            return (f"no clip suggested: the gradients vanish on their way back to the first layer (first/last "
+                    f"layer ratio {_norm(s.ratio)}); a clip caps large gradients and cannot help")
+        return ""
 
     @staticmethod
     def _exploding(s: NormStats, summary: str, advice: str) -> Judgment:
@@ -292,10 +315,10 @@ class GradNorms(Check):
         if s.ratio is None or s.ratio <= self.exploding_ratio:
             return None
         return self._exploding(
-            s, f"first/last layer gradient norm ratio {_norm(s.ratio)} > {fmt.lr(self.exploding_ratio)} "
-               f"({s.first_layer} vs {s.last_layer})",
-            f"The first layer {s.first_layer} gets {fmt.ratio(s.ratio, 3)} the gradient of the last layer "
-            f"{s.last_layer}: gradients grow on their way back. For a recurrent net use an LSTM/GRU or an "
+            s, f"first/last layer gradient norm ratio {_norm(s.ratio)} > {fmt.lr(self.exploding_ratio)}: "
+               f"{s.first_label} vs {s.last_label}",
+            f"The first layer {s.first_label} gets {fmt.ratio(s.ratio, 3)} the gradient of the last layer "
+            f"{s.last_label}: gradients grow on their way back. For a recurrent net use an LSTM/GRU or an "
             f"orthogonal recurrent init with gain <= 1; for a deep net shrink the init and add normalization; clip "
             f"at {fmt.lr(s.clip)}.")
 
@@ -333,9 +356,9 @@ class GradNorms(Check):
             return None
         # a clip is no answer to gradients that vanish: no clip advice
         return Judgment(Status.FAIL, f"vanishing gradients: first/last layer gradient norm ratio {_norm(s.ratio)} "
-                                     f"< {fmt.lr(self.vanishing_ratio)} ({s.first_layer} vs {s.last_layer})", (
-            f"The first layer {s.first_layer} gets {fmt.ratio(s.ratio, 3)} the gradient of the last layer "
-            f"{s.last_layer}: the early layers barely learn. Use ReLU-family activations, Kaiming init, "
+                                     f"< {fmt.lr(self.vanishing_ratio)}: {s.first_label} vs {s.last_label}", (
+            f"The first layer {s.first_label} gets {fmt.ratio(s.ratio, 3)} the gradient of the last layer "
+            f"{s.last_label}: the early layers barely learn. Use ReLU-family activations, Kaiming init, "
             f"normalization or residual connections; check for saturated tanh/sigmoid units.",))
 
     # -- present ------------------------------------------------------------------------------------------
@@ -344,13 +367,17 @@ class GradNorms(Check):
             return self.result(judgment.status, judgment.summary, advice=judgment.advice,
                                metrics={"steps": len(m.totals), "suggested_clip": None})
         s = self.stats(m)
-        return self.result(judgment.status, judgment.summary, metrics=self._metrics(m, s), advice=judgment.advice,
-                           notes=self._notes(m, s), tables=(self._table(m, s),), plots=self._plots(m, s))
+        withheld = self.no_clip_reason(m, s)
+        clip = None if withheld else s.clip
+        notes = ((withheld,) if withheld else ()) + self._notes(m, s)
+        return self.result(judgment.status, judgment.summary, metrics=self._metrics(m, s, clip),
+                           advice=judgment.advice, notes=notes, tables=(self._table(m, s),),
+                           plots=self._plots(m, s, clip))
 
     @staticmethod
-    def _metrics(m: GradMeasured, s: NormStats) -> dict:
+    def _metrics(m: GradMeasured, s: NormStats, clip: Optional[float]) -> dict:
         return {
-            "suggested_clip": s.clip, "p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max, "min": s.min,
+            "suggested_clip": clip, "p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max, "min": s.min,
             "first_last_ratio": s.ratio, "growth": s.growth, "steps": s.steps, "spikes": len(s.spikes),
             "nonfinite_steps": len(s.nonfinite), "zero_steps": s.zero_steps, "lr": m.lr,
             "batch_sum_factor": m.batch_factor, "local_spike": s.local_spike, "first_layer": s.first_layer,
@@ -361,13 +388,13 @@ class GradNorms(Check):
         notes = []
         if s.spikes:
             notes.append(f"{len(s.spikes)} spike step(s) (> {fmt.ratio(self.spike, 3)} the median) left out of the "
-                         f"suggested clip: steps {list(s.spikes[:10])}")
+                         f"suggested clip: {_steps(s.spikes)}")
         if m.batch_factor > 1:
             notes.append(f"the loss is summed over the batch (its value doubles when the batch is repeated): norms "
                          f"are compared with {fmt.lr(self.huge_norm)} after dividing by the batch size "
                          f"{m.batch_factor}")
         if m.skipped_steps:
-            notes.append(f"steps {m.skipped_steps} had non-finite gradients in float16 and were skipped, as "
+            notes.append(f"{_steps(m.skipped_steps)} had non-finite gradients in float16 and were skipped, as "
                          f"a GradScaler skips them")
         notes += self._step_notes(m.step)
         return tuple(notes)
@@ -395,19 +422,20 @@ class GradNorms(Check):
         return Table("layers", "Gradient norm per layer (weight matrices), over the probe's steps",
                      ("depth", "layer", "type", "median", "p90", "max"), rows)
 
-    def _plots(self, m: GradMeasured, s: NormStats) -> tuple[Plot, ...]:
+    def _plots(self, m: GradMeasured, s: NormStats, clip: Optional[float]) -> tuple[Plot, ...]:
+        """The histogram and the norms per step (with the clip's line when one is suggested), depth, ratio."""
         plots = [
             Plot("total_hist", "Total gradient norm over the probe's steps", "hist",
                  (Series("total norm", (), finite(m.totals)),), x_label="||g||", y_label="steps",
-                 markers=(Marker(f"suggested clip {fmt.lr(s.clip)}", s.clip),), bins=20),
+                 markers=(Marker(f"suggested clip {fmt.lr(clip)}", clip),) if clip is not None else (), bins=20),
             Plot("total_steps", "Total gradient norm per step", "line",
                  (Series("total norm", tuple(range(len(m.totals))), m.totals),), x_label="step", y_label="||g||",
-                 log_y=True, markers=(Marker("suggested clip", s.clip, axis="y"),)),
+                 log_y=True, markers=(Marker("suggested clip", clip, axis="y"),) if clip is not None else ()),
         ]
         if m.layers:
             plots.append(Plot("depth", "Median gradient norm per layer against depth", "line",
                               (Series("median ||g||", tuple(range(len(m.layers))), s.medians),),
-                              x_label=f"layer depth (0 = {display(m.layers[0].name)})", y_label="||g||", log_y=True))
+                              x_label=f"layer depth (0 = {_label(m.layers[0])})", y_label="||g||", log_y=True))
         if s.ratios:
             plots.append(Plot("first_last", "First/last layer gradient norm ratio per step", "line",
                               (Series("ratio", tuple(range(len(s.ratios))), s.ratios),), x_label="step",
@@ -418,9 +446,19 @@ class GradNorms(Check):
         return tuple(plots)
 
 
+def _label(layer: Layer) -> str:
+    """A layer as people name it: 'model.0 (Linear)' for a child of an nn.Sequential model, 'head' by its name."""
+    return display(layer.name, layer.type)
+
+
 def _norm(x: Optional[float]) -> str:
     """A gradient norm or a ratio of norms: three significant digits."""
     return fmt.num(x, 3)
+
+
+def _steps(steps: Sequence[int]) -> str:
+    """'step 3', 'steps 3, 9, 12 and 4 more': probe steps for a note, the count kept when the list is cut."""
+    return ("step " if len(steps) == 1 else "steps ") + fmt.listed([str(k) for k in steps], 10)
 
 
 def _clip_advice(clip: float) -> tuple[str, ...]:

@@ -147,6 +147,14 @@ _ADVICE_FEATURES = 16
 _TABLE_ROWS, _PLOT_BARS = 512, 64
 
 
+def _per_feature(s: FeatureStats) -> dict:
+    """The per-feature means and stds for the metrics: every feature, or, past the table's ``_TABLE_ROWS``, the
+    first ones with ``per_feature_listed`` saying how many (``features`` holds the full count); 6 digits."""
+    n = min(s.features, _TABLE_ROWS)
+    digits = lambda values: [float(f"{float(v):.6g}") for v in values[:n]]  # noqa: E731
+    return {"mean": digits(s.mean), "std": digits(s.std), "per_feature_listed": n}
+
+
 def _nums(values) -> str:
     return "[" + ", ".join(fmt.num(float(v)) for v in values) + "]"
 
@@ -297,7 +305,7 @@ class InputScale(Check):
         names = ", ".join(s.name for s in stats)
         ints = seen.integers()
         if ints:
-            dtypes = ", ".join(f"{n} ({str(t.dtype).replace('torch.', '')})" for n, t in ints[:4])
+            dtypes = fmt.listed([f"{n} ({str(t.dtype).replace('torch.', '')})" for n, t in ints], 4)
             return (f"the model's inputs are integers ({dtypes}): token ids or indices into an embedding have no "
                     f"scale to normalize" + (f"; float inputs {names} are binary or constant (masks)" if stats else ""))
         if stats:
@@ -457,9 +465,7 @@ class InputScale(Check):
             "scale_ratio": uneven(c.rng, c.std)[0] if some else None,
             "overall_min": float(s.min.min()), "overall_max": float(s.max.max()),
             "constant_features": int(s.constant.sum()), "binary_features": int((s.binary & ~s.constant).sum()),
-            "nonfinite_values": s.nonfinite,
-            "mean": [round(float(v), 6) for v in s.mean[:_ADVICE_FEATURES]],
-            "std": [round(float(v), 6) for v in s.std[:_ADVICE_FEATURES]],
+            "nonfinite_values": s.nonfinite, **_per_feature(s),
         }
 
     @staticmethod
@@ -476,6 +482,7 @@ class InputScale(Check):
     def _plot(s: FeatureStats) -> Plot:
         n = min(s.features, _PLOT_BARS)
         xs = [str(i) for i in range(n)]
-        return Plot(f"scale_{table_id(s)}", f"Per-{s.layout} |mean| and std of {s.name}", "bar",
+        more = f" (first {n} of {s.features})" if s.features > n else ""
+        return Plot(f"scale_{table_id(s)}", f"Per-{s.layout} |mean| and std of {s.name}{more}", "bar",
                     (Series("|mean|", xs, s.mean[:n].abs().tolist()), Series("std", xs, s.std[:n].tolist())),
                     x_label=s.layout, y_label="value (log)", log_y=True)

@@ -50,7 +50,10 @@ class LrRange(Check):
     loss is positive) and read for its steepest descent, its minimum and fastai's valley (shown per repeat). The
     good range runs from {low_margin:g}x below the onset of the descent (where {onset:.0%} of it is made: the
     sweep spends ~5 steps per LR, a real run thousands) to where the loss has risen back {band:.0%} of its descent
-    past the minimum. Each repeat's suggestion, kept inside its range: for adaptive optimizers (Adam family,
+    past the minimum, never beyond the point where the sweep diverged. The low end is thus the slowest LR that
+    still trains in a run of thousands of steps, not an LR to aim for: the descent itself (its onset to the minimum) is
+    reported beside the range, and a top that is only the end of the sweep (the loss never turned back up) is
+    said to be so. Each repeat's suggestion, kept inside its range: for adaptive optimizers (Adam family,
     RMSprop, Adagrad, Adadelta), and for a curve that never turned back up, the geometric mean of the steepest
     descent and the minimum / 10; for plain and momentum SGD the geometric mean of the minimum and the top of the
     range. A curve whose smoothed loss never falls by {min_drop:.0%} supports no suggestion, and without one from
@@ -129,20 +132,20 @@ class LrRange(Check):
     def present(self, measured: SweepMeasured, judgment: Judgment) -> CheckResult:
         v = measured.reading
         metrics = {"suggested_lr": v.suggested_lr, "lr_low": v.lr_low, "lr_high": v.lr_high, "user_lr": v.user_lr,
-                   "diverged_at": v.diverged_at, "spread": v.spread,
+                   "diverged_at": v.diverged_at, "spread": v.spread, "descent_low": v.descent_low,
+                   "descent_high": v.descent_high, "open_top": v.open_top,
                    "repeats": measured.repeats, "steps": measured.steps, "optimizer": measured.optimizer,
                    "sweep_seconds": round(measured.seconds, 4)}
         tables = () if judgment.status == Status.SKIP else (self._table(v),)
         return self.result(judgment.status, judgment.summary, metrics=metrics, advice=judgment.advice, tables=tables,
                            plots=(self._plot(v),), notes=self._notes(measured))
 
-    @staticmethod
-    def _notes(measured: SweepMeasured) -> tuple[str, ...]:
-        notes = []
+    def _notes(self, measured: SweepMeasured) -> tuple[str, ...]:
+        notes = list(self._range_notes(measured.reading))
         scales = measured.group_scales
         if len(scales) > 1:
             notes.append(f"{len(scales)} parameter groups were scaled together (ratios "
-                         f"{[round(s, 4) for s in scales]}); LRs are the first group's.")
+                         f"{', '.join(fmt_lr(s) for s in scales)}); LRs are the first group's.")
         if measured.reading.reason and measured.reading.suggested_lr is not None:
             notes.append(f"some repeats supported no suggestion: {measured.reading.reason}")
         if measured.step:
@@ -151,12 +154,34 @@ class LrRange(Check):
             notes.append("your LR scheduler was left out of the sweep: the sweep sets the LR itself")
         return tuple(notes)
 
+    def _range_notes(self, v: LrReading) -> tuple[str, ...]:
+        """How to read the range: its low end is a floor for long runs, the descent is where the loss fell in the
+        sweep, and a top that is only the end of the sweep is no measured bound."""
+        if v.suggested_lr is None or v.descent_low is None:
+            return ()
+        notes = [f"how to read the range: its low end {fmt_lr(v.lr_low)} is {self.low_margin:g}x below where the "
+                 f"sweep's loss began to fall ({fmt_lr(v.descent_low)}), the slowest LR that still trains in a run "
+                 f"of thousands of steps, not an LR to aim for; in the sweep the loss fell from {fmt_lr(v.descent_low)} to "
+                 f"its minimum at {fmt_lr(v.descent_high)}{self._cut_at_divergence(v)}; start from the suggestion "
+                 f"{fmt_lr(v.suggested_lr)}"]
+        if v.open_top:
+            notes.append(f"the loss never turned back up before the sweep's last LR ({fmt_lr(v.lr_high)}): the "
+                         f"range's top is the end of the sweep, not a measured bound (a larger end_lr would find it)")
+        return tuple(notes)
+
+    @staticmethod
+    def _cut_at_divergence(v: LrReading) -> str:
+        """' (the range stops at 6.89, where the sweep diverged)' when the descent's minimum lies past it."""
+        if v.diverged_at is None or v.descent_high is None or v.descent_high <= v.lr_high:
+            return ""
+        return f" (the range stops at {fmt_lr(v.lr_high)}, where the sweep diverged)"
+
     @staticmethod
     def _table(v: LrReading) -> Table:
-        rows = [(i, a.suggestion, a.steepest, a.minimum, a.valley, a.low, a.high, a.diverged_at, a.drop,
+        rows = [(i, a.suggestion, a.steepest, a.minimum, a.valley, a.onset, a.low, a.high, a.diverged_at, a.drop,
                  a.reason or "") for i, a in enumerate(v.analyses)]
         return Table("repeats", "Readings of each repeat's curve",
-                     ("repeat", "suggestion", "steepest", "minimum", "valley", "low", "high", "diverged_at",
+                     ("repeat", "suggestion", "steepest", "minimum", "valley", "onset", "low", "high", "diverged_at",
                       "drop", "note"), rows)
 
     @staticmethod

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from ..analysis import fmt
-from ..analysis.params import grouped, is_weight_matrix, layers_of, module_at, owner_of, reference_norm
+from ..analysis.params import display, grouped, is_weight_matrix, layers_of, module_at, owner_of, reference_norm
 from ..analysis.status import Status
 from ..passes.train_probe import TRAIN_STEPS, TrainProbe
 from ..report import CheckResult, Marker, Plot, Series, Table
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 #: CS231n's rule of thumb for a healthy update/weight ratio (the reference line of the plot)
 CS231N_RATIO = 1e-3
-#: how a summary and advice cite it
-CS231N = "CS231n: ~1e-3"
+#: how advice cites it, and how the pass summary names it beside the measured ratio
+CS231N, CS231N_NAMED = "CS231n: ~1e-3", "CS231n's ~1e-3"
 
 
 # -- measured data -------------------------------------------------------------------------------------------
@@ -259,8 +259,17 @@ class ParamUpdates(Check):
             return Judgment(Status.FAIL, "; ".join(s for s, _ in fails) + tail, advice)
         if warns:
             return Judgment(Status.WARN, "; ".join(s for s, _ in warns) + tail, advice)
-        return Judgment(Status.PASS, f"all {f.trainable} trainable parameters get a gradient and move{tail} "
-                                     f"({CS231N})", advice)
+        return Judgment(Status.PASS, self._pass_summary(f), advice)
+
+    def _pass_summary(self, f: Findings) -> str:
+        """'all 6 trainable parameters get a gradient and move; median update/weight 0.03, within [1e-05, 0.1]
+        around CS231n's ~1e-3' (the citation only beside a measured ratio)."""
+        every = "the 1 trainable parameter gets a gradient and moves" if f.trainable == 1 else \
+            f"all {f.trainable} trainable parameters get a gradient and move"
+        if f.ratio_median is None:
+            return every
+        return (f"{every}; median update/weight {fmt.small(f.ratio_median)}, within [{fmt.lr(self.low_ratio)}, "
+                f"{fmt.lr(self.high_ratio)}] around {CS231N_NAMED}")
 
     @staticmethod
     def _failures(f: Findings) -> list[tuple[str, str]]:
@@ -385,4 +394,4 @@ def _matrices(n: int) -> str:
 
 def _ratios_text(names: Sequence[str], f: Findings) -> str:
     """'fc.weight 0.12 (max 1.3), ...': the median and largest update ratio of each named weight matrix."""
-    return fmt.listed([f"{n} {fmt.small(f.judged[n])} (max {fmt.small(f.peaks[n])})" for n in names], 6)
+    return fmt.listed([f"{display(n, '')} {fmt.small(f.judged[n])} (max {fmt.small(f.peaks[n])})" for n in names], 6)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 from ..analysis import fmt
 from ..analysis.activations import (SIGMOID, SOFTMAX, TANH, ActivationResult, LayerStats, Producer, hidden_clause,
                                     producers, ref, visibility_notes)
-from ..analysis.params import init_std
+from ..analysis.params import display, init_std
 from ..analysis.status import Status
 from ..evidence import TRAIN_WINDOW
 from ..instruments.activations import SIGMOID_SATURATED, SOFTMAX_PINNED, TANH_SATURATED
@@ -112,9 +112,9 @@ class Saturation(Check):
         status = Status.FAIL if worst > self.fail_layer else Status.WARN if worst > self.warn_layer else Status.PASS
         if status is Status.PASS:
             return Judgment(status, f"{fmt.plural(len(measured.layers), 'tanh/sigmoid/softmax layer')} at init, "
-                                    f"at most {fmt.pct(worst, 1)} {what} ({layer.name})")
+                                    f"at most {fmt.pct(worst, 1)} {what} ({_label(layer)})")
         limit = self.fail_layer if status is Status.FAIL else self.warn_layer
-        return Judgment(status, f"{fmt.pct(worst, 1)} of {layer.name}'s outputs are {what} at init "
+        return Judgment(status, f"{fmt.pct(worst, 1)} of the outputs of {_label(layer)} are {what} at init "
                                 f"(threshold {fmt.pct(limit)})", self._advice(measured))
 
     def _advice(self, m: SaturationMeasured) -> tuple[str, ...]:
@@ -185,16 +185,22 @@ def _mostly_saturated(layer: LayerStats) -> Optional[int]:
     return None if layer.saturated is None else sum(s > 0.5 for s in layer.saturated)
 
 
+def _label(layer: LayerStats) -> str:
+    """A layer as people name it: 'model.1 (Tanh)' for a child of an nn.Sequential model."""
+    return display(layer.name, layer.module_type)
+
+
 def _layer_advice(layer: LayerStats, producer: Optional[Producer], fraction: float) -> str:
-    head = f"{layer.name}: {fmt.pct(fraction)} {'pinned' if layer.family == SOFTMAX else 'saturated'} at init"
+    head = f"{_label(layer)}: {fmt.pct(fraction)} {'pinned' if layer.family == SOFTMAX else 'saturated'} at init"
+    feeder = display(layer.producer, layer.producer_type)
     if layer.family == SOFTMAX:
         return (f"{head}: the logits fed to the softmax are far too spread out. Shrink the init of the layer that "
-                f"produces them{f' ({layer.producer})' if layer.producer else ''}; for attention, divide the scores "
+                f"produces them{f' ({feeder})' if layer.producer else ''}; for attention, divide the scores "
                 f"by sqrt(d_head).")
     pre = f" (pre-activation std {fmt.num(layer.pre_std, 3)})" if layer.pre_std is not None else ""
     if producer is not None and producer.weight_shape is not None:
         xavier = init_std("xavier", producer.weight_shape)
-        return (f"{head}{pre}: the weights of {layer.producer} have std {fmt.num(producer.weight_std, 3)}, "
+        return (f"{head}{pre}: the weights of {feeder} have std {fmt.num(producer.weight_std, 3)}, "
                 f"{fmt.small(producer.weight_std / xavier)}x the Xavier value {fmt.num(xavier, 3)}. Use "
                 f"nn.init.xavier_uniform_({ref(layer.producer, 'weight')}, gain=nn.init.calculate_gain('{layer.op}')) "
                 f"and standardize the inputs; or switch the hidden activation to ReLU/GELU.")
