@@ -288,3 +288,102 @@ def test_growth_before_the_step_says_training_diverged_first(last_loss, diverged
     probe = probe_facts(losses=[1.0, 2.0, last_loss] + [float("nan")] * 21)
     assert bool(growth_advice(probe, 3)) is diverged
     assert growth_advice(probe, 0) == ""
+
+
+# -- the user's step (issue 12): the replay trains as the probe did ---------------------------------------
+from test_overfit_batch import lm_target  # noqa: E402  (the sequence-first word language model)
+
+
+def test_sequence_first_lm_with_or_without_its_clipped_step_stays_finite():
+    result = check(**lm_target())
+    assert result.status == "pass" and result.metrics["first_step"] is None, result.summary
+    result = check(**lm_target(step=False))  # SGD 20 unclipped: the loss grows, but stays finite (as before)
+    assert result.status == "pass" and result.metrics["first_step"] is None, result.summary
+
+
+def test_clipping_declared_in_the_step_keeps_a_growing_model_finite():
+    fields = zoo.mlp_target()
+    fields.update(model=GrowsIntoNaN(), optimizer=zoo.sgd(0.5))
+    assert check(**fields).status == "fail"
+    fields = zoo.mlp_target()
+    fields.update(model=GrowsIntoNaN(), optimizer=zoo.sgd(0.5), step=babysitter.Step(clip_grad_norm=0.5))
+    assert check(**fields).status == "pass"
+
+
+def located(result):
+    m = result.metrics
+    return m["phase"], m["where"], m["op"], m["first_step"], m["replay_step"]
+
+
+@pytest.mark.parametrize("step, first", [
+    (babysitter.Step(accumulate=2), 4),  # two micro-batches per step: a plain replay found it at step 5
+    (babysitter.Step(scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.5 ** s)), 10),
+    (babysitter.Step(autocast="bfloat16"), 5),
+])
+def test_the_replay_follows_accumulation_the_scheduler_and_autocast(step, first):
+    fields = zoo.mlp_target()
+    lr = 0.02 if step.scheduler else 0.5  # the scheduler raises the LR 1.5x per step
+    fields.update(model=GrowsIntoNaN(), optimizer=zoo.sgd(lr), step=step)
+    result = check(**fields)
+    assert located(result) == ("forward", "model.guard", "torch.sqrt", first, first), result.summary
+    assert f"the replay ran your step: {', '.join(step.parts())}" in result.notes
+
+
+def test_the_replay_clips_as_the_step_does():
+    fields = zoo.mlp_target()
+    fields.update(optimizer=zoo.sgd(1e37, momentum=0.0), loss_fn=lambda o, t: F.cross_entropy(o, t) * 1e4,
+                  step=babysitter.Step(clip_grad_value=0.01))
+    result = check(**fields)  # clipped, the first update is finite; a replay without clipping blew up at step 0
+    assert located(result) == ("forward", "model.layers.1", "F.linear", 1, 1), result.summary
+
+
+def test_the_replay_runs_a_closure_optimizer():
+    fields = zoo.mlp_target()
+    fields.update(model=LogOfNegative(), optimizer=lambda p: torch.optim.LBFGS(p))
+    result = check(**fields)
+    assert located(result) == ("forward", "model.squash", "torch.log", 0, 0), result.summary
+    assert any(n.startswith("not watched op by op in the replay: the closure optimizer's evaluations after the "
+                            "first") for n in result.notes)
+    fields = zoo.mlp_target()
+    fields.update(optimizer=lambda p: torch.optim.LBFGS(p, lr=1e37, max_iter=1),
+                  loss_fn=lambda o, t: F.cross_entropy(o, t) * 1e4)
+    assert located(check(**fields)) == ("forward", "model.layers.1", "F.linear", 1, 1)  # crashed before
+
+
+def step_function(model, batch, optimizer):
+    x, y = batch
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(x), y) * getattr(model, "loss_scale", 1.0)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+class HugeLoss(zoo.FunctionalMLP):
+    loss_scale = 1e4  # with an LR of 1e37, the first update overflows
+
+
+@pytest.mark.parametrize("model, lr, phase, where, op", [
+    (LogOfNegative, 1e-2, "forward", "model.squash", "torch.log"),
+    (ZeroNorm, 1e-2, "backward", "model", "SqrtBackward0 (backward of torch.sqrt)"),
+    (HugeLoss, 1e37, "update", "layers.0.weight, layers.0.bias, layers.1.weight, layers.1.bias, "
+                                        "head.weight, head.bias", None),
+])
+def test_a_step_function_is_watched_whole(model, lr, phase, where, op):
+    fields = zoo.mlp_target()
+    fields.update(model=model(), optimizer=zoo.sgd(lr, momentum=0.0), step=step_function)
+    result = check(**fields)
+    assert located(result) == (phase, where, op, 0, 0), result.summary
+    assert "not watched op by op in the replay: the ops inside your optimizers' steps (the parameters are checked " \
+           "after each step)" in result.notes
+    if phase == "update":  # the optimizer's own ops are not mistaken for a forward op
+        assert "finite gradients (max |g|" in result.advice[0]
+
+
+def test_a_grad_scaler_step_is_replayed_with_its_scaler():
+    fields = zoo.mlp_target()
+    fields.update(model=GrowsIntoNaN(), optimizer=zoo.sgd(0.5),
+                  step=babysitter.Step(autocast="float16", grad_scaler=True))
+    result = check(**fields)
+    assert located(result) == ("forward", "model.guard", "torch.sqrt", 5, 5), result.summary
+    assert any("under your GradScaler" in n for n in result.notes)

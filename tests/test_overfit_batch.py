@@ -280,3 +280,184 @@ def test_judge_too_little_capacity_for_the_values_to_fit():
         return next(c.score for c in causes if c.cause == "too little capacity")
 
     assert capacity(32 * 3 - 1) == 0.6 and capacity(32 * 3) == 0.2
+
+
+def test_judge_a_lower_lr_that_passed_says_the_users_lr_is_too_high():
+    m = OverfitMeasured(examples=32, attempts=(attempt(0.9, lr=20.0), attempt(0.05, passed=True, lr=3.0)),
+                        parameters=10_000)
+    advice = OverfitBatch().judge(m).advice[0]
+    assert "your LR is too high for this" in advice and "declare it in the target's step" in advice
+    clipped = OverfitMeasured(examples=32, attempts=m.attempts, parameters=10_000, step=("clip_grad_norm 0.25",))
+    assert "declare" not in OverfitBatch().judge(clipped).advice[0]
+
+
+# -- the user's step (issue 12) -----------------------------------------------------------------------------
+class SeqFirstLM(nn.Module):
+    """pytorch/examples' word language model, small: (T, B) token ids in, (T*B, vocab) logits out."""
+
+    def __init__(self, vocab: int = 16, emb: int = 16, hidden: int = 32):
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden, 2, dropout=0.2)  # batch_first=False: sequence first
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, ids):
+        h, _ = self.rnn(self.embed(ids))
+        return self.decoder(h).view(-1, self.vocab)
+
+
+def lm_batches(vocab: int = 16, bsz: int = 2, bptt: int = 8, n: int = 8, seed: int = 0) -> list:
+    """The example's batchify/get_batch on a stream whose next token is a function of the current one (so a
+    subset can be fit exactly): inputs (bptt, bsz), targets flattened to (bptt * bsz,)."""
+    g = torch.Generator().manual_seed(seed)
+    successor = torch.randperm(vocab, generator=g)
+    stream = [int(torch.randint(0, vocab, (), generator=g))]
+    for _ in range(bsz * (n * bptt + 1) - 1):
+        stream.append(int(successor[stream[-1]]))
+    source = torch.tensor(stream).view(bsz, -1).t().contiguous()
+    return [(source[i:i + bptt], source[i + 1:i + 1 + bptt].reshape(-1)) for i in range(0, n * bptt, bptt)]
+
+
+def lm_target(step: bool = True) -> dict:
+    """The example's settings: SGD at lr 20, and with ``step`` its clip_grad_norm_(0.25)."""
+    torch.manual_seed(0)
+    fields = dict(model=SeqFirstLM(), data=lm_batches(), loss_fn=nn.CrossEntropyLoss(),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=20))
+    if step:
+        fields["step"] = babysitter.Step(clip_grad_norm=0.25)
+    return fields
+
+
+def test_sequence_first_lm_with_its_clipped_step_fits_whole_batches_at_its_lr():
+    result = check(**lm_target())
+    assert result.status == "pass", result.summary
+    assert result.metrics["attempts"] == 1 and result.metrics["lr"] == 20 and result.metrics["examples"] == 32
+    assert "each step on the subset was your step: clip_grad_norm 0.25" in result.notes
+    assert any(n.startswith("the batch's tensors do not share a leading dimension (batch[0] (8, 2), batch[1] "
+                            "(16,)): nothing is sliced, the subset is the first 2 whole batches, concatenated along "
+                            "dimension 0, of 32 target rows; the loss alone decides") for n in result.notes)
+
+
+def test_sequence_first_lm_without_its_step_fails_at_lr_20_and_passes_lower():
+    result = check(**lm_target(step=False))  # before issue 12: "Expected input batch_size (16) to match target..."
+    first = result.tables[0].rows[0]
+    assert first[0] == 20 and first[-1] is False  # the plain step at lr 20 does not fit the subset
+    assert result.status == "pass" and result.metrics["lr"] < 20, result.summary
+    assert "your LR is too high for this" in result.advice[0]
+    assert not any("your step" in n for n in result.notes)
+
+
+def fibonacci_batches(vocab: int = 8, bsz: int = 16, bptt: int = 8, n: int = 4, seed: int = 0) -> list:
+    """Sequence-first batches of columns x[t+1] = x[t] + x[t-1] (mod vocab): the first position of a column sees
+    one token, which does not decide its target, so no model classifies every row of a whole batch right."""
+    g = torch.Generator().manual_seed(seed)
+    columns = []
+    for _ in range(bsz):
+        column = torch.randint(0, vocab, (2,), generator=g).tolist()
+        while len(column) < n * bptt + 1:
+            column.append((column[-1] + column[-2]) % vocab)
+        columns.append(column)
+    source = torch.tensor(columns).t().contiguous()
+    return [(source[i:i + bptt], source[i + 1:i + 1 + bptt].reshape(-1)) for i in range(0, n * bptt, bptt)]
+
+
+def test_whole_sequence_batches_are_judged_on_the_loss_not_on_100_percent_accuracy():
+    torch.manual_seed(0)
+    result = check(model=SeqFirstLM(vocab=8), data=fibonacci_batches(), loss_fn=nn.CrossEntropyLoss(),
+                   optimizer=lambda p: torch.optim.SGD(p, lr=20), step=babysitter.Step(clip_grad_norm=0.25))
+    assert result.status == "pass", result.summary
+    assert result.metrics["examples"] == 128 and result.metrics["reduction"] <= 0.1
+    assert result.metrics["accuracy"] < 1.0  # the first positions' targets are not decided by what they see
+
+
+class SeqFirstClassifier(nn.Module):
+    """(T, B, F) sequences in, (B, C) logits out: concatenating batches along dimension 0 would be wrong."""
+
+    def __init__(self, features: int = 8, hidden: int = 32, classes: int = 3):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(features, hidden), nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][-1])
+
+
+def test_sequence_first_batches_that_do_not_concatenate_use_the_first_whole_batch():
+    x, y = zoo.sequences(n=64)
+    batches = [(x[i:i + 8].transpose(0, 1), y[i:i + 8]) for i in range(0, 64, 8)]  # (12, 8, 8) and (8,)
+    result = check(model=SeqFirstClassifier(), data=batches, loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-2))
+    assert result.status == "pass", result.summary
+    assert result.metrics["examples"] == 8
+    assert any("(batch[0] (12, 8, 8), batch[1] (8,))" in n and "the first whole batch of 8 target rows" in n
+               for n in result.notes)
+
+
+def test_lbfgs_regression_fits_through_its_closure():
+    fields = zoo.regression_target()
+    fields["optimizer"] = lambda p: torch.optim.LBFGS(p, lr=1, max_iter=20)  # step(closure): crashed before
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert "each step on the subset was your step: closure" in result.notes
+
+
+def test_the_scheduler_is_replaced_by_the_probes_lr_and_accumulation_is_moot():
+    fields = zoo.mlp_target()
+    fields["step"] = babysitter.Step(accumulate=4, clip_grad_value=1.0, scheduler=lambda opt: torch.optim.lr_scheduler.
+                                     LambdaLR(opt, lambda s: 0.0))  # an LR of 0: nothing would fit
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert "each step on the subset was your step: clip_grad_value 1.0" in result.notes
+    assert "your LR scheduler was left out: each attempt sets its LR itself and keeps it constant" in result.notes
+    assert "accumulate 4 is moot on a fixed subset: each step feeds the whole subset once" in result.notes
+
+
+def classify_step(model, batch, optimizer):
+    x, y = batch
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def test_a_step_function_is_judged_on_its_loss_alone():
+    fields = zoo.mlp_target()
+    fields["step"] = classify_step
+    result = check(**fields)
+    assert result.status == "pass", result.summary
+    assert result.metrics["accuracy"] is None
+    assert any(n.startswith("your step function returns only the loss") for n in result.notes)
+    fields = zoo.mlp_target()
+    fields.update(model=SoftmaxMLP(), step=classify_step)
+    assert check(**fields, options={"max_steps": 60}).status == "fail"  # a loss that cannot fall still fails
+
+
+class TinyGAN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.generator, self.discriminator = nn.Linear(4, 2), nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.discriminator(x)
+
+
+def gan_step(model, batch, optimizers):
+    g_opt, d_opt = optimizers
+    real = batch[0]
+    fake = model.generator(torch.randn(real.shape[0], 4))
+    d_opt.zero_grad()
+    d_loss = F.softplus(-model(real)).mean() + F.softplus(model(fake.detach())).mean()
+    d_loss.backward()
+    d_opt.step()
+    g_opt.zero_grad()
+    g_loss = F.softplus(-model(fake)).mean()
+    g_loss.backward()
+    g_opt.step()
+    return d_loss.detach() + g_loss.detach()
+
+
+def test_a_step_function_with_several_optimizers_is_skipped():
+    x = torch.randn(128, 2)
+    result = check(model=TinyGAN(), data=(x, torch.ones(128, 1)), loss_fn=nn.BCEWithLogitsLoss(), step=gan_step,
+                   optimizer=lambda p: (torch.optim.Adam(list(p)[:2], 1e-3), torch.optim.Adam(list(p)[2:], 1e-3)))
+    assert result.status == "skip" and "2 optimizers" in result.summary, result.summary

@@ -1,18 +1,20 @@
 """nonfinite: where does the first NaN or Inf appear: data, a forward op, the loss, the backward, the update?"""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..analysis import fmt
-from ..analysis.batches import float_tensors
+from ..analysis.batches import dense_values, float_tensors
 from ..analysis.status import Status
 from ..instruments.hooks import HookSet, ModuleStack
+from ..passes.stepper import Stepper, closure_optimizer
 from ..passes.train_probe import TRAIN_STEPS, TrainProbe
 from ..report import CheckResult, Marker, Plot, Series, Table
 from .base import Check, Judgment, threshold
@@ -26,6 +28,10 @@ _NAMES, _OP_INPUTS = 8, 4
 _CANDIDATES = 64
 #: the growth before a non-finite step that says training diverged first: loss x10 or gradient norm x100
 _LOSS_GROWTH, _NORM_GROWTH = 10, 100
+#: where ops outside the model's modules are placed: the target's loss, or everything a step function runs
+_LOSS_FN, _STEP_FN = "loss_fn", "your step function (outside the model's modules)"
+#: the calls that run a backward pass, which a watched step follows node by node
+_BACKWARDS = (torch.Tensor.backward, torch.autograd.backward)
 
 
 # -- what a tensor holds ------------------------------------------------------------------------------------
@@ -96,10 +102,13 @@ class FiniteWatch(TorchFunctionMode):
     a torch function mode entered twice sees every op twice.
     """
 
-    def __init__(self, stack: ModuleStack, outside: str = "loss_fn"):
+    def __init__(self, stack: ModuleStack, outside: str = _LOSS_FN):
         super().__init__()
         self.stack = stack
         self.outside = outside
+        self.paused = False  # ops run unwatched (an optimizer step, the watcher's own reads)
+        #: called instead of a backward call (``func, args, kwargs``), to follow it node by node
+        self.on_backward: Optional[Callable[[Any, tuple, dict], Any]] = None
         self.first: Optional[dict] = None  # the first op with a non-finite output
         self.candidates: list[dict] = []  # every op producing a non-finite output from finite inputs, in order
         self.ops = 0
@@ -143,6 +152,10 @@ class FiniteWatch(TorchFunctionMode):
         return intended, not c["nan"], c["index"]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.paused:
+            return func(*args, **(kwargs or {}))
+        if self.on_backward is not None and func in _BACKWARDS:
+            return self.on_backward(func, args, kwargs or {})
         out = func(*args, **(kwargs or {}))
         tensors = float_tensors(out)
         if not tensors:
@@ -179,8 +192,8 @@ def watch_forward(model: nn.Module, run: Callable[[], Any]) -> tuple[FiniteWatch
     return watch, out
 
 
-def _graph_nodes(root) -> list:
-    seen, todo, out = set(), [root], []
+def _graph_nodes(roots: list) -> list:
+    seen, todo, out = set(), list(roots), []
     while todo:
         node = todo.pop()
         if node is None or node in seen:
@@ -195,6 +208,14 @@ def watch_backward(loss: torch.Tensor, nodes: Mapping, step: int) -> Optional[Or
     """``loss.backward()`` with a hook on every node of its graph: the first node that turned finite incoming
     gradients into non-finite ones, attributed through ``nodes`` (node -> (forward op, module))."""
     found: list[Origin] = []
+    with hook_graph([loss.grad_fn], nodes, step, found):
+        loss.backward()
+    return found[0] if found else None
+
+
+def hook_graph(roots: list, nodes: Mapping, step: int, found: list) -> HookSet:
+    """A hook on every node of the graphs below ``roots`` that appends to ``found`` the first node turning finite
+    incoming gradients into non-finite ones; returns the hooks (a context manager that removes them)."""
 
     def hook_for(node):
         def hook(grad_inputs, grad_outputs):
@@ -210,11 +231,126 @@ def watch_backward(loss: torch.Tensor, nodes: Mapping, step: int) -> Optional[Or
             return None
         return hook
 
-    with HookSet() as hooks:
-        for node in _graph_nodes(loss.grad_fn):
-            hooks.add(node.register_hook(hook_for(node)))
-        loss.backward()
-    return found[0] if found else None
+    hooks = HookSet()
+    for node in _graph_nodes(roots):
+        hooks.add(node.register_hook(hook_for(node)))
+    return hooks
+
+
+# -- one replayed step, watched the user's way --------------------------------------------------------------
+class _Found(BaseException):
+    """Ends a watched step at its origin. A BaseException, so that a broad ``except Exception`` in a user's step
+    function cannot swallow it."""
+
+    def __init__(self, origin: Origin):
+        super().__init__(origin.phase)
+        self.origin = origin
+
+
+def _raise(origin: Optional[Origin]) -> None:
+    if origin is not None:
+        raise _Found(origin)
+
+
+class StepWatch:
+    """One replayed step, run by the Stepper as the user's step runs, under one :class:`FiniteWatch`.
+
+    Watched op by op: the forward and loss of every micro-batch (under the step's autocast), of a closure
+    optimizer's first evaluation, and everything a step function runs outside its optimizers' steps; every
+    backward call node by node. The gradients are read where the user's step reads them (unscaled, before
+    clipping), and the parameters after each optimizer step. Not watched: clipping and the optimizer's own ops
+    (their result is the parameters, checked), a closure optimizer's later evaluations; with a GradScaler,
+    non-finite gradients are the steps the scaler skips, as the probe counts them.
+    """
+
+    def __init__(self, session: "Session", stepper: Stepper, step: int):
+        self.model, self.stepper, self.step = session.model, stepper, step
+        self.stack = ModuleStack(self.model)
+        self.watch = FiniteWatch(self.stack, outside=_STEP_FN if stepper.custom is not None else _LOSS_FN)
+        self.watch.on_backward = self._backward
+        self.found: list[Origin] = []  # backward nodes that made gradients non-finite
+        self.settled = False  # past the gradients of a declared step (or a closure's first evaluation)
+        self.backwards = 0  # backward calls so far: the forward before each is checked there
+        self.gmax = 0.0
+
+    def run(self, batches: list, skip: bool) -> Optional[Origin]:
+        """The step; the first place a non-finite value appeared, or None. ``skip``: the probe skipped it."""
+        bad = _nonfinite_params(self.model)
+        if bad:
+            return Origin("update", self.step - 1, ", ".join(bad[:_NAMES]),
+                          detail="parameters were already non-finite before this step")
+        try:
+            with self.stack, self.watch.module_hooks(self.model), self._optimizer_hooks(), self.watch:
+                self.stepper.step(batches, lambda loss, params: self._on_grads(params, skip))
+            # ops after the last backward (clipping, a scaler) are no forward: the forward was checked before it
+            return (None if self.backwards else self._forward_origin()) or self._update_origin()
+        except _Found as found:
+            return found.origin
+
+    def _optimizer_hooks(self) -> HookSet:
+        """Each optimizer step unwatched (a closure optimizer's evaluations run inside it), its result checked."""
+        hooks, opt = HookSet(), self.stepper.optimizer
+        for o in getattr(opt, "optimizers", (opt,)):
+            if not closure_optimizer(o):
+                hooks.add(o.register_step_pre_hook(lambda *_: setattr(self.watch, "paused", True)))
+            hooks.add(o.register_step_post_hook(self._after_update))
+        return hooks
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """The watcher's own reads, unwatched."""
+        paused, self.watch.paused = self.watch.paused, True
+        try:
+            yield
+        finally:
+            self.watch.paused = paused
+
+    def _backward(self, func, args: tuple, kwargs: dict) -> Any:
+        """A backward call of the step: the forward before it first, then every node of its graph."""
+        _raise(self._forward_origin())
+        self.backwards += 1
+        roots = args[0] if args else kwargs.get("tensors", kwargs.get("self"))
+        roots = [roots] if isinstance(roots, torch.Tensor) else list(roots)
+        with hook_graph([r.grad_fn for r in roots], self.watch.nodes, self.step, self.found):
+            return func(*args, **kwargs)
+
+    def _on_grads(self, params: list, skip: bool) -> bool:
+        """Where the user's step reads the gradients: a non-finite one is the origin (unless a GradScaler skips
+        the step). Returns True to skip the step as the probe did."""
+        with self._quiet():
+            if self.stepper.scaler is None:
+                _raise(self.found[0] if self.found else self._gradient_origin(params))
+            grads = [dense_values(p.grad.detach()) for p in params if p.grad is not None and p.grad.numel()]
+            self.gmax = max([self.gmax] + [float(g.abs().max()) for g in grads if g.numel()])
+        self.settled = self.stepper.custom is None
+        self.watch.paused = self.watch.paused or self.settled
+        return skip and self.stepper.scaler is None
+
+    def _after_update(self, optimizer, args, kwargs) -> None:
+        with self._quiet():
+            _raise(self._update_origin())
+        self.watch.paused = self.settled
+
+    def _forward_origin(self) -> Optional[Origin]:
+        f = self.watch.culprit()
+        if f is None:
+            return None
+        phase = "loss" if f["where"] == _LOSS_FN else "forward"
+        return Origin(phase, self.step, f["where"], f["op"], f["call"], f["inputs"], f["inputs_finite"])
+
+    def _gradient_origin(self, params: list) -> Optional[Origin]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        bad = [names.get(id(p), "?") for p in params
+               if p.grad is not None and not bool(torch.isfinite(dense_values(p.grad.detach())).all())]
+        return Origin("backward", self.step, ", ".join(bad[:_NAMES]), detail="non-finite gradients of parameters") \
+            if bad else None
+
+    def _update_origin(self) -> Optional[Origin]:
+        bad = _nonfinite_params(self.model)
+        clipped = " before clipping" if any(p.startswith("clip") for p in self.stepper.kept()) else ""
+        return Origin("update", self.step, ", ".join(bad[:_NAMES]),
+                      detail=f"finite gradients (max |g| {fmt.num(self.gmax)}{clipped}) made these parameters "
+                             f"non-finite") if bad else None
 
 
 # -- measured data ------------------------------------------------------------------------------------------
@@ -255,6 +391,16 @@ class NonFiniteMeasured:
     bad_data: tuple[BadField, ...] = ()
     pool_size: int = 1
     origin: Optional[Origin] = None
+    step: tuple[str, ...] = ()  # the parts of the user's step the replay ran
+    unwatched: tuple[str, ...] = ()  # what the replay's watched steps did not watch op by op
+
+
+class Replay(NamedTuple):
+    """What the replay found, and how it ran."""
+
+    origin: Optional[Origin] = None
+    step: tuple[str, ...] = ()
+    unwatched: tuple[str, ...] = ()
 
 
 def masked_targets(m: NonFiniteMeasured) -> bool:
@@ -274,13 +420,15 @@ class NonFinite(Check):
     what = """Scans every batch of the pool for NaN/Inf, and reads the shared training probe ({train_steps} steps),
     which records on the device whether the loss, the total gradient norm and every parameter are finite at each
     step (no extra host sync, no anomaly mode). When the probe saw a non-finite value, the check replays the same
-    steps from the user's state (same batches, same seed) and, from the failing step on (and up to {replay_extra}
-    steps past it), checks the output of every torch op (a torch function mode) and of every backward node: it
-    names the first op and module that produced a NaN/Inf in the forward pass (with the statistics of its
-    inputs), the loss, the first backward node that turned finite gradients into non-finite ones, or the
-    parameters that an optimizer step made non-finite. When the loss grew {loss_growth}x or the gradient norm
-    {norm_growth}x before that step, training diverged first. NaN/Inf in the targets that the loss masks (the
-    probe stays finite on batches that hold them) pass with a note."""
+    steps from the user's state (same batches, same seed, the user's step as the probe ran it: clipping,
+    accumulation, autocast, GradScaler, scheduler, closure or step function) and, from the failing step on (and
+    up to {replay_extra} steps past it), checks the output of every torch op (a torch function mode) and of every
+    backward node: it names the first op and module that produced a NaN/Inf in the forward pass (with the
+    statistics of its inputs), the loss, the first backward node that turned finite gradients into non-finite
+    ones, or the parameters that an optimizer step made non-finite (a step function is watched whole, but for the
+    ops inside its optimizers' steps, whose result, the parameters, is checked after each). When the loss grew
+    {loss_growth}x or the gradient norm {norm_growth}x before that step, training diverged first. NaN/Inf in the
+    targets that the loss masks (the probe stays finite on batches that hold them) pass with a note."""
     why = """A single NaN spreads to every weight within a step and the run is lost; the place where it first
     appears (log or sqrt of a negative number, a division by zero, an overflowing exp, a learning rate that blows
     the weights up, a NaN in the data) is the bug to fix, and it is hard to find once everything is NaN.
@@ -311,8 +459,8 @@ class NonFinite(Check):
         bad_data = self._scan_data(session)
         probe = session.evidence("train_probe")
         event = probe.first_nonfinite()
-        origin = self._replay(session, probe, event[0]) if event is not None and not bad_data else None
-        return NonFiniteMeasured(ProbeFacts.of(probe), event, bad_data, len(session.pool), origin)
+        replay = self._replay(session, probe, event[0]) if event is not None and not bad_data else Replay()
+        return NonFiniteMeasured(ProbeFacts.of(probe), event, bad_data, len(session.pool), *replay)
 
     @classmethod
     def _scan_data(cls, session: "Session") -> tuple[BadField, ...]:
@@ -327,66 +475,24 @@ class NonFinite(Check):
         n = len(session.pool[0]) if isinstance(session.pool[0], (list, tuple)) else 0
         return n > 0 and path.startswith(f"batch[{n - 1}]")
 
-    def _replay(self, session: "Session", probe: TrainProbe, first: int) -> Optional[Origin]:
-        """Train again from the user's state to ``first``, then watch every op until a non-finite value."""
+    def _replay(self, session: "Session", probe: TrainProbe, first: int) -> Replay:
+        """Train again from the user's state to ``first`` the probe's way (the user's step, the same batches,
+        the steps the probe skipped skipped), then watch each step until a non-finite value."""
         session.reset()
         session.model.train()
-        optimizer = session.make_optimizer()
-        last = min(first + self.replay_extra, probe.steps - 1)
+        stepper = Stepper(session, session.make_optimizer())
+        k, last = stepper.accumulate, min(first + self.replay_extra, probe.steps - 1)
+        facts = (tuple(stepper.kept()), _unwatched(stepper))
         for step in range(last + 1):
-            batch = session.batch(step)
-            optimizer.zero_grad(set_to_none=True)
+            batches = [session.batch(step * k + j) for j in range(k)]
             skip = step in probe.skipped_steps
             if step < first:
-                self._plain_step(session, optimizer, batch, skip)
+                stepper.step(batches, lambda loss, params, skip=skip: skip and stepper.scaler is None)
                 continue
-            origin = self._watched_step(session, optimizer, batch, step, skip)
+            origin = StepWatch(session, stepper, step).run(batches, skip)
             if origin is not None:
-                return origin
-        return None
-
-    @staticmethod
-    def _plain_step(session: "Session", optimizer: torch.optim.Optimizer, batch: Any, skip: bool) -> None:
-        loss, _, _ = session.forward_loss(batch)
-        if loss.requires_grad:
-            loss.backward()
-        if not skip:
-            optimizer.step()
-
-    def _watched_step(self, session: "Session", optimizer: torch.optim.Optimizer, batch: Any, step: int,
-                      skip: bool) -> Optional[Origin]:
-        model = session.model
-        bad = _nonfinite_params(model)
-        if bad:
-            return Origin("update", step - 1, ", ".join(bad[:_NAMES]),
-                          detail="parameters were already non-finite before this step")
-        watch, loss = watch_forward(model, lambda: session.forward_loss(batch)[0])
-        f = watch.culprit()
-        if f is not None:
-            return Origin("loss" if f["where"] == "loss_fn" else "forward", step, f["where"], f["op"], f["call"],
-                          f["inputs"], f["inputs_finite"])
-        if not loss.requires_grad:
-            return None
-        origin = watch_backward(loss, watch.nodes, step) or self._gradient_origin(model, step)
-        if origin is not None or skip:
-            return origin
-        return self._update_origin(model, optimizer, step)
-
-    @staticmethod
-    def _gradient_origin(model: nn.Module, step: int) -> Optional[Origin]:
-        bad = [n for n, p in model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-        return Origin("backward", step, ", ".join(bad[:_NAMES]), detail="non-finite gradients of parameters") \
-            if bad else None
-
-    @staticmethod
-    def _update_origin(model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> Optional[Origin]:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        gmax = max((float(g.detach().abs().max()) for g in grads if g.numel()), default=0.0)
-        optimizer.step()
-        bad = _nonfinite_params(model)
-        return Origin("update", step, ", ".join(bad[:_NAMES]),
-                      detail=f"finite gradients (max |g| {fmt.num(gmax)}) made these parameters non-finite") \
-            if bad else None
+                return Replay(origin, *facts)
+        return Replay(None, *facts)
 
     # -- judge --------------------------------------------------------------------------------------
     def judge(self, m: NonFiniteMeasured) -> Judgment:
@@ -492,8 +598,16 @@ class NonFinite(Check):
         else:
             metrics.update(self._origin_metrics(m.origin))
             tables = (self._origin_table(m.origin),) if m.origin is not None and m.origin.inputs else ()
+            notes = self._replay_notes(m)
         return self.result(judgment.status, judgment.summary, metrics=metrics, advice=judgment.advice,
                            tables=tables, plots=(self._plot(probe, event),), notes=notes)
+
+    @staticmethod
+    def _replay_notes(m: NonFiniteMeasured) -> tuple[str, ...]:
+        notes = [f"the replay ran your step: {', '.join(m.step)}"] if m.step else []
+        if m.unwatched:
+            notes.append(f"not watched op by op in the replay: {'; '.join(m.unwatched)}")
+        return tuple(notes)
 
     @staticmethod
     def _masked_note(path: str) -> str:
@@ -534,6 +648,19 @@ class NonFinite(Check):
         return Plot("loss", "Loss over the probe's steps (non-finite values are gaps)", "line",
                     (Series("loss", steps, probe.losses), Series("grad norm", steps, probe.grad_norm)),
                     x_label="step", y_label="value", log_y=True, markers=markers)
+
+
+def _unwatched(stepper: Stepper) -> tuple[str, ...]:
+    """What a watched step of this stepper does not watch op by op, for the report."""
+    out = []
+    if stepper.custom is not None:
+        out.append("the ops inside your optimizers' steps (the parameters are checked after each step)")
+    if stepper.closure:
+        out.append("the closure optimizer's evaluations after the first in each watched step (the parameters are "
+                   "checked after the step)")
+    if stepper.scaler is not None:
+        out.append("non-finite gradients under your GradScaler: the scaler skips those steps, as the probe did")
+    return tuple(out)
 
 
 def growth_advice(probe: ProbeFacts, step: int) -> str:

@@ -18,11 +18,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..analysis import fmt
-from ..analysis.batches import batch_size_of, concat_batches, slice_batch, to_device
+from ..analysis.batches import batch_size_of, concat_batches, named_tensors, slice_batch, to_device
 from ..analysis.loss import LossModel, accuracy, constant_loss, loss_floor
 from ..analysis.lr_curve import LrReading
 from ..analysis.status import Status
-from ..optim import group_scales, set_lr, zero_decay
+from ..optim import OptimizerGroup, group_scales, set_lr, zero_decay
+from ..passes.stepper import Stepper
 from ..report import CheckResult, Marker, Plot, Series, Table
 from .base import Check, Judgment, threshold
 
@@ -80,8 +81,23 @@ def regularization_off(model: nn.Module):
 
 
 # -- the subset and what can be said of its outputs --------------------------------------------------
-def tiny_subset(session: "Session", examples: int) -> tuple[Any, int]:
-    """The first ``examples`` examples of the pool as one batch (on the session's device), and their number."""
+class Subset(NamedTuple):
+    """The tiny subset as one batch (on the session's device), its number of examples, what was assumed to cut it
+    ('' when the batch's tensors share one leading dimension, the batch dimension), and whether it is whole
+    batches (then the loss alone decides: see :func:`whole_batches`)."""
+
+    batch: Any
+    examples: int
+    note: str = ""
+    whole: bool = False
+
+
+def tiny_subset(session: "Session", examples: int) -> Subset:
+    """The first ``examples`` examples of the pool as one batch. When the batch's tensors do not share one
+    leading dimension (sequence-first ``(T, B)`` inputs with ``(T*B,)`` targets), nothing is sliced: see
+    :func:`whole_batches`."""
+    if len({t.shape[0] for _, t in named_tensors(session.pool[0]) if t.ndim}) > 1:
+        return whole_batches(session, examples)
     taken, n = [], 0
     for b in session.pool:
         taken.append(b)
@@ -93,7 +109,45 @@ def tiny_subset(session: "Session", examples: int) -> tuple[Any, int]:
     if n > examples:
         batch = slice_batch(batch, slice(0, examples), n)
         n = examples
-    return to_device(batch, session.device), n
+    return Subset(to_device(batch, session.device), n)
+
+
+def whole_batches(session: "Session", examples: int) -> Subset:
+    """The first whole batch, and the next ones while fewer than ``examples`` target rows are taken and the
+    batches concatenate consistently (along dimension 0, the forward and loss run, and the target rows add up);
+    the examples are the targets' rows (the outputs the loss compares). 100% accuracy is not asked of whole
+    batches: rows of a sequence batch can share their context (the first position of each sequence sees one
+    token) and differ in target, so the loss alone decides."""
+    taken, rows = [session.pool[0]], _target_rows(session, [session.pool[0]])
+    for nxt in list(session.pool)[1:]:
+        if rows is None or rows >= examples:
+            break
+        more, both = _target_rows(session, [nxt]), _target_rows(session, taken + [nxt])
+        if more is None or both != rows + more:
+            break
+        taken.append(nxt)
+        rows = both
+    batch = concat_batches(taken) if len(taken) > 1 else taken[0]
+    n = rows if rows is not None else batch_size_of(batch) or 0
+    shapes = ", ".join(f"{path} {tuple(t.shape)}" for path, t in named_tensors(session.pool[0], "batch"))
+    which = "the first whole batch" if len(taken) == 1 else \
+        f"the first {len(taken)} whole batches, concatenated along dimension 0,"
+    return Subset(to_device(batch, session.device), n,
+                  f"the batch's tensors do not share a leading dimension ({shapes}): nothing is sliced, the subset "
+                  f"is {which} of {fmt.plural(n, 'target row')}; the loss alone decides (rows of whole sequence "
+                  f"batches can share their context and differ in target: 100% accuracy is not asked)", True)
+
+
+def _target_rows(session: "Session", batches: list) -> Optional[int]:
+    """The leading dimension of the targets the forward gives for ``batches`` concatenated (no gradient), or None
+    when they do not concatenate, or the forward or the loss fails on them."""
+    try:
+        batch = to_device(concat_batches(batches) if len(batches) > 1 else batches[0], session.device)
+        with torch.no_grad():
+            loss, _, targets = session.forward_loss(batch)
+    except Exception:  # an inconsistent concatenation: the caller keeps the batches it has
+        return None
+    return batch_size_of(targets) if isinstance(loss, torch.Tensor) else None
 
 
 @dataclass(frozen=True)
@@ -157,6 +211,9 @@ class OverfitMeasured:
     parameters: int  # trainable parameters
     reading: Optional[LrReading] = None  # lr_range's reading, read when the user's LR failed
     notes: tuple[str, ...] = ()
+    step: tuple[str, ...] = ()  # the parts of the user's step each training step on the subset kept
+    left_out: tuple[str, ...] = ()  # the parts it left out: 'scheduler' (the probe sets the LR), 'accumulate 4'
+    loss_only: bool = False  # the user's step function returns only the loss: no outputs, no accuracy
 
     @property
     def final(self) -> Attempt:
@@ -192,6 +249,7 @@ class _Progress:
     passed: bool = False
     steps: int = 0
     outputs: Optional[OutputFacts] = None
+    exact: bool = True  # 100% accuracy asked (examples sliced from batches), or the loss alone (whole batches)
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -201,7 +259,9 @@ class OverfitBatch(Check):
     title = "Overfit a tiny subset"
     what = """Trains on a tiny fixed subset (the first {examples} examples by default) with regularization off
     (dropout inactive, including functional, attention and recurrent dropout, while BatchNorm keeps training
-    statistics; weight decay set to zero), with the user's optimizer class and LR, for {max_steps} full-subset
+    statistics; weight decay set to zero), with the user's optimizer class and LR and the user's kind of step
+    (their clipping, autocast, GradScaler, closure optimizer or step function; their LR scheduler left out, since
+    the check sets the LR, and accumulation moot: the subset is fed once per step), for {max_steps} full-subset
     steps (continued up to {extend_to} while the loss's excess over its floor still falls by {extend_progress:.0%}
     per {extend_window} steps), stopping early once it passes. When that does not get there, lr_range's reading
     is used: its suggestion (which replaces an LR it judged unusable) and then the top of its good range are
@@ -211,7 +271,10 @@ class OverfitBatch(Check):
     {pass_fraction:.0%} of its excess over the lowest reachable loss (zero, or the entropy left by label smoothing
     or soft labels), measured from the start or, when lower, from the loss of the best prediction that ignores the
     input (the class frequencies, the target mean), and, for classification, every example of the subset is
-    classified right. On failure the likely causes are ranked by the evidence."""
+    classified right. When the batch's tensors do not share a leading dimension (sequence-first (T, B) inputs
+    with (T*B,) targets), nothing is sliced: whole batches are taken, and the loss alone decides; so it does for a
+    step function, which returns only the loss (one that trains several optimizers, a GAN, is skipped). On failure
+    the likely causes are ranked by the evidence."""
     why = """A network that cannot memorise a few dozen examples will not learn the data set: the bug is in the
     model, the loss or the optimizer, and no amount of training fixes it. It is the cheapest test that the whole
     pipeline can learn at all (softmax fed into CrossEntropyLoss, an output that ignores its input, a frozen or
@@ -254,18 +317,33 @@ class OverfitBatch(Check):
         params = [p for p in session.model.parameters() if p.requires_grad]
         if not params:
             self.skip("the model has no trainable parameter")
-        subset, n = tiny_subset(session, self.examples)
+        step = self._step_facts(session)
+        subset = tiny_subset(session, self.examples)
         user_lr = session.user_lr
         why = f"your LR {fmt.lr(user_lr)}" if user_lr is not None else "the optimizer's own LR"
         attempts = [self._attempt(session, subset, user_lr, why)]
-        reading, notes = None, ()
+        reading, notes = None, (subset.note,) if subset.note else ()
         # lr_range's reading is needed only when the user's LR failed (in a full checklist it is computed once
         # anyway); its suggestion is tried when it differs enough
         if not attempts[0].passed:
-            reading, notes = self._lr_reading(session)
+            reading, more = self._lr_reading(session)
+            notes += more
             self._retry(session, subset, reading, attempts)
-        return OverfitMeasured(examples=n, attempts=tuple(attempts), parameters=sum(p.numel() for p in params),
-                               reading=reading, notes=notes)
+        return OverfitMeasured(examples=subset.examples, attempts=tuple(attempts), reading=reading, notes=notes,
+                               parameters=sum(p.numel() for p in params), **step)
+
+    def _step_facts(self, session: "Session") -> dict:
+        """Which parts of the user's step the attempts keep (a stepper as theirs, read, not run); a step function
+        training several optimizers is skipped."""
+        stepper = Stepper(session, session.make_optimizer(), scheduler=False)
+        if stepper.custom is not None and isinstance(stepper.optimizer, OptimizerGroup):
+            self.skip(f"your step function trains {len(stepper.optimizer.optimizers)} optimizers (a GAN's players): "
+                      f"the loss it returns need not fall toward 0 (a game has no such floor), so overfitting it "
+                      f"tests nothing; overfit each network with a target of its own")
+        kept = stepper.kept()
+        moot = tuple(p for p in kept if p.startswith("accumulate"))
+        return dict(step=tuple(p for p in kept if p not in moot), loss_only=stepper.custom is not None,
+                    left_out=("scheduler",) * stepper.scheduler_declared + moot)
 
     @staticmethod
     def _lr_reading(session: "Session") -> tuple[Optional[LrReading], tuple[str, ...]]:
@@ -277,7 +355,8 @@ class OverfitBatch(Check):
             return None, (f"lr_range's reading unavailable, so no retry at its suggestion: "
                           f"{type(exc).__name__}: {exc}",)
 
-    def _retry(self, session: "Session", subset: Any, reading: Optional[LrReading], attempts: list[Attempt]) -> None:
+    def _retry(self, session: "Session", subset: Subset, reading: Optional[LrReading], attempts: list[Attempt]
+               ) -> None:
         """Retry at lr_range's LRs until one passes, skipping an LR within ``retry_factor`` of one tried."""
         for lr, why in self._retry_lrs(reading, attempts[0]):
             if any(x.passed for x in attempts):
@@ -304,7 +383,7 @@ class OverfitBatch(Check):
             out.append((reading.lr_high, f"the top of lr_range's good range {fmt.lr(reading.lr_high)}"))
         return out
 
-    def _attempt(self, session: "Session", subset: Any, lr: Optional[float], why: str) -> Attempt:
+    def _attempt(self, session: "Session", subset: Subset, lr: Optional[float], why: str) -> Attempt:
         """Train from the user's state on the subset at ``lr`` (the optimizer's own when None), regularization off."""
         loss_model = session.evidence("loss_facts").model  # before training: computing it resets the model
         session.reset()
@@ -317,29 +396,29 @@ class OverfitBatch(Check):
                 ref, scales = group_scales(optimizer)
                 if ref and ref > 0:
                     set_lr(optimizer, lr, scales)
-            run = self._train(session, subset, optimizer, loss_model)
+            run = self._train(session, subset, Stepper(session, optimizer, scheduler=False), loss_model)
         return self._finish(run, lr, why, decay)
 
-    def _train(self, session: "Session", subset: Any, optimizer: torch.optim.Optimizer,
-               loss_model: Optional[LossModel]) -> _Progress:
-        """Full-subset steps, the loss read on the host every ``check_every`` steps, until a pass, a non-finite
-        loss, or the budget (extended while the loss still falls)."""
-        run, outputs = _Progress(), None
+    def _train(self, session: "Session", subset: Subset, stepper: Stepper, loss_model: Optional[LossModel]
+               ) -> _Progress:
+        """Full-subset steps of the user's kind (the subset fed once per step), the loss read on the host every
+        ``check_every`` steps, until a pass, a non-finite loss, or the budget (extended while the loss still
+        falls)."""
+        run, out = _Progress(exact=not subset.whole), None
         for step in range(max(self.max_steps, self.extend_to)):
-            optimizer.zero_grad(set_to_none=True)
-            loss, outputs, targets = session.forward_loss(subset)
-            loss.backward()
-            optimizer.step()
-            run.losses.append(loss.detach().float())
+            out = stepper.step([subset.batch])
+            if not out.trained:
+                self.skip("the loss does not require grad: nothing can be trained")
+            run.losses.append(out.loss.detach().float().reshape(()))
             run.steps = step + 1
             if step == 0:
-                run.family, run.floor, constant = self._understand(session, loss_model, outputs, targets)
+                run.family, run.floor, constant = self._understand(session, loss_model, out.outputs, out.targets)
                 run.reference = self._reference(float(run.losses[0]), run.floor, constant)
             if run.steps % self.check_every and run.steps != self.max_steps:
                 continue
-            if self._stop(session, run, outputs, targets):
+            if self._stop(session, run, out.outputs, out.targets):
                 break
-        run.outputs = output_facts(outputs)
+        run.outputs = output_facts(out.outputs)
         return run
 
     def _stop(self, session: "Session", run: _Progress, outputs: Any, targets: Any) -> bool:
@@ -351,7 +430,7 @@ class OverfitBatch(Check):
         if not math.isfinite(now):
             return True
         red = (now - run.floor) / (run.reference - run.floor) if run.reference > run.floor else math.inf
-        if red <= self.pass_fraction and (run.accuracy is None or float(run.accuracy) >= 1.0):
+        if red <= self.pass_fraction and (run.accuracy is None or not run.exact or float(run.accuracy) >= 1.0):
             run.passed = True
             return True
         return run.steps >= self.max_steps and not self._still_falling(run.losses, run.floor)
@@ -431,9 +510,13 @@ class OverfitBatch(Check):
         first = m.attempts[0]
         if final is first:
             return ()
+        clips = any(p.startswith("clip") for p in m.step)
+        verdict = "your LR is slow for this" if not first.lr or not final.lr or final.lr > first.lr else \
+            "your LR is too high for this" + ("" if clips else " (if your training clips the gradients, declare "
+                                                               "it in the target's step)")
         return (f"At {first.why_lr} the subset was not fit in {first.steps} steps (loss {fmt.num(first.best)}, "
-                f"{fmt.pct(first.reduction)} of its start); at {fmt.lr(final.lr)} it was: your LR is slow for "
-                f"this, see lr_range.",)
+                f"{fmt.pct(first.reduction)} of its start); at {fmt.lr(final.lr)} it was: {verdict}, see "
+                f"lr_range.",)
 
     @staticmethod
     def _ref_name(a: Attempt) -> str:
@@ -520,7 +603,20 @@ class OverfitBatch(Check):
         notes = ["weight decay set to zero for the probe: " + ", ".join(final.decay)] if final.decay else []
         notes.append("dropout switched off (modules, F.dropout calls, attention and recurrent dropout); "
                      "BatchNorm kept in training mode")
-        return tuple(notes) + m.notes
+        return tuple(notes) + OverfitBatch._step_notes(m) + m.notes
+
+    @staticmethod
+    def _step_notes(m: OverfitMeasured) -> tuple[str, ...]:
+        """Which parts of the user's step the probe kept and left out."""
+        notes = [f"each step on the subset was your step: {', '.join(m.step)}"] if m.step else []
+        if "scheduler" in m.left_out:
+            notes.append("your LR scheduler was left out: each attempt sets its LR itself and keeps it constant")
+        notes += [f"{p} is moot on a fixed subset: each step feeds the whole subset once" for p in m.left_out
+                  if p.startswith("accumulate")]
+        if m.loss_only:
+            notes.append("your step function returns only the loss: the accuracy and the outputs are unknown, so "
+                         "the test reads the loss alone (its fall toward 0) and ranks no cause from the outputs")
+        return tuple(notes)
 
     @staticmethod
     def _attempts_table(attempts: tuple[Attempt, ...]) -> Table:
