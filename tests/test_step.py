@@ -39,16 +39,6 @@ KNOWN_FALSE_ALARMS = {
         "batch_independence takes dim 0 of the sequence-first (T, B) token inputs as the batch (the LSTM mixes "
         "time steps, not examples) and fails: 'example 0's outputs depend on 1 of 1 other examples'; issue 12's "
         "batch layouts (find the batch dim from inputs and targets) are not built yet"),
-    ("lm_clip", "overfit_batch"): (
-        "overfit_batch requires 100% accuracy, which no model can reach on this subset: the (T, B) batch is taken "
-        "whole (320 next-token targets) and 8 of them share their whole context (same first token of a column, "
-        "hidden state from zeros) with a different next token, so the best possible accuracy is 312/320 = 97.5%; "
-        "the model reaches 97.5% with the loss at 1.5% of its reference and still fails ('too little capacity'), "
-        "after 3 attempts that cost ~20 s"),
-    ("gan", "overfit_batch"): (
-        "overfit_batch trains with the GAN's step function and asks its loss (loss_D + loss_G, adversarial) to "
-        "fall toward 0: 'best loss 1.885 is 91% of its start 2.081 ... likely: too little capacity'; a minimax "
-        "loss has no such floor, so a healthy GAN fails"),
     ("lbfgs", "grad_norms"): (
         "grad_norms calls the first LBFGS step an exploding spike: 'a spike of 1.28 at step 0, 1.9e+03x the steps "
         "around it'; one LBFGS step is up to max_iter=20 quasi-Newton iterations, which converge, so the gradient "
