@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import traceback
@@ -173,16 +172,16 @@ def _check(args, console: Console, err: Console) -> int:
 
 def _check_one(ref, args, console: Console, err: Console) -> ExitCode:
     """Load, check, save and print one target; its exit code."""
-    from .render.terminal import progress_printer, render
-    from .runner import run_target
+    from .render.terminal import live_progress, render
+    from .runner import run_target, select_checks
     from .target import load
 
     try:
         target = load(ref)
         console.print(f"[bold]checking[/] [cyan]{escape(target.name)}[/] [dim]({escape(str(ref))})[/]")
-        with console.status("running checks…") if console.is_terminal else contextlib.nullcontext():
+        with live_progress(console, len(select_checks(args.select, args.ignore))) as progress:
             report = run_target(target, device=args.device, seed=args.seed, select=args.select,
-                                ignore=args.ignore, where=ref.source, progress=progress_printer(console))
+                                ignore=args.ignore, where=ref.source, progress=progress)
     except TargetError as exc:
         _target_error(err, exc, args.verbose)
         return ExitCode.USAGE_ERROR

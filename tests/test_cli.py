@@ -138,7 +138,10 @@ def test_interrupt_writes_partial_report_and_exits_2(tmp_path, monkeypatch):
     code, out = run(["check", "good.py", "--out", "o"], tmp_path, monkeypatch)
     assert code == ExitCode.INTERRUPTED, out
     report = json.loads((tmp_path / "o/good/report.json").read_text())
-    assert report["interrupted"] is True and len(report["checks"]) == 1
+    assert report["interrupted"] is True and report["status"] == "interrupted"
+    first, *rest = report["checks"]
+    assert first["id"] == "initial_loss" and first["status"] == "pass"
+    assert report["not_run"] == [c["id"] for c in rest] and all(c["summary"].startswith("not run") for c in rest)
 
 
 def test_python_m_entry_point(tmp_path):
@@ -207,3 +210,25 @@ def test_explain_wraps_to_the_console_width(tmp_path, monkeypatch):
     assert max(len(line) for line in wide) > 100  # uses the width it has
     assert max(len(line) for line in wide) <= 140
 
+
+def test_the_table_times_each_check(tmp_path, monkeypatch):
+    write(tmp_path, "good.py", GOOD)
+    code, out = run(["check", "good.py", "--select", "initial_loss,dead_relu", "--no-report"], tmp_path, monkeypatch)
+    assert code == ExitCode.OK, out
+    table = out[out.index("status"):]
+    assert re.search(r"PASS\s+initial_loss\s+\d+\.\d+s\s+loss at init", table), table
+    assert re.search(r"PASS\s+dead_relu\s+\d+\.\d+s\s+", table), table
+
+
+def test_a_terminal_sees_which_check_runs(tmp_path, monkeypatch):
+    """On a terminal the live line names the running check and its place in the list, with its elapsed time."""
+    write(tmp_path, "good.py", GOOD)
+    monkeypatch.chdir(tmp_path)
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, force_terminal=True, color_system=None, _environ={})
+    code = main(["check", "good.py", "--select", "initial_loss,dead_relu", "--no-report"], console=console)
+    assert code == ExitCode.OK
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+    assert "running checks…" not in screen
+    assert re.search(r"initial_loss\s+1/2", screen) and re.search(r"dead_relu\s+2/2", screen), screen
+    assert re.search(r"✓ PASS dead_relu \(\d+\.\d+s\)", screen)  # each finished check stays on the screen

@@ -38,10 +38,15 @@ def _pairs(xs, ys):
             if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(x) and math.isfinite(y)]
 
 
-def draw(plot: Plot, ax: Optional[Axes] = None) -> Figure:
-    """Draw ``plot`` on ``ax`` (a new figure when None) and return the Figure."""
+def has_data(plot: Plot) -> bool:
+    """Whether ``plot`` has a finite value to draw (a plot of nothing is left out of the report)."""
+    return any(_finite(s.y) for s in plot.series)
+
+
+def draw(plot: Plot, ax: Optional[Axes] = None, *, size: Optional[tuple[float, float]] = None) -> Figure:
+    """Draw ``plot`` on ``ax`` (a new figure of ``size`` inches when None) and return the Figure."""
     if ax is None:
-        fig = Figure(figsize=(6.4, 3.6), dpi=100)
+        fig = Figure(figsize=size or (6.4, 3.6), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
     fig = ax.figure
@@ -193,8 +198,8 @@ def _heatmap(plot: Plot, ax: Axes) -> None:
     ax.figure.set_size_inches(6.4, min(max(3.6, 0.25 * len(rows) + 1.2), 12.0))
 
 
-def to_png(plot: Plot) -> bytes:
-    fig = draw(plot)
+def to_png(plot: Plot, *, size: Optional[tuple[float, float]] = None) -> bytes:
+    fig = draw(plot, size=size)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

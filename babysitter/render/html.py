@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from typing import Any
 
+from ..analysis import fmt
 from ..analysis.status import PROBLEMS
-from ..report import CheckResult, Report, Table
-from .figures import to_png
+from ..report import CheckResult, Plot, Report, Table
+from .figures import has_data, to_png
+from .tables import cell
+
+#: the figures people come for, shown at the top of the report when their checks drew them: the LR curve with the
+#: suggestion and the user's LR, the gradient-norm histogram with the clip line, activation scale through depth
+SUMMARY_FIGURES = (("lr_range", "lr_curve"), ("grad_norms", "total_hist"), ("activation_scale", "std_by_depth"))
+#: their size (inches): three side by side fill one screen's width
+SUMMARY_SIZE = (4.6, 3.2)
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;
@@ -20,10 +27,14 @@ h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin:0} .sub{color:
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em} td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:left;vertical-align:top} th{background:#f5f5f5}
 .check{border:1px solid #e0e0e0;border-radius:6px;margin:1em 0;padding:.8em 1em}
-.check summary{cursor:pointer;list-style:none} .check summary::-webkit-details-marker{display:none}
+.check summary{cursor:pointer} .check summary h2{display:inline} .more{color:#1565c0;font-size:.8em;
+margin-left:.4em}
 .summary{margin:.3em 0 .2em 0} .advice li{margin:.2em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;
 font-size:.8em} img{max-width:100%;margin:.4em 0} .metrics td:first-child{font-family:monospace}
 .figs{display:flex;flex-wrap:wrap;gap:.5em} .figs img{max-width:540px}
+.overview{border-bottom:1px solid #e0e0e0;padding-bottom:.6em} .overview .figs{flex-wrap:nowrap}
+.overview .figs a{flex:1 1 0;min-width:0} .overview .figs img{width:100%;max-width:100%;margin:0}
+.num{text-align:right;white-space:nowrap;color:#666}
 """
 
 
@@ -31,40 +42,45 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, dict)):
-        text = json.dumps(v)
-        return text if len(text) < 200 else text[:197] + "..."
-    return str(v)
+def _cell(value: Any) -> str:
+    """A table cell: numbers through fmt, a dash for a missing value, a dict or list one item per line."""
+    return esc(cell(value, sep="\n")).replace("\n", "<br>")
 
 
 def _table(t: Table) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in t.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{esc(_fmt(v))}</td>" for v in r) + "</tr>" for r in t.rows)
+    rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r) + "</tr>" for r in t.rows)
     return f"<h3>{esc(t.title)}</h3><table><tr>{head}</tr>{rows}</table>"
 
 
+def _img(plot: Plot, size: Any = None) -> str:
+    data = base64.b64encode(to_png(plot, size=size)).decode("ascii")
+    return f'<img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">'
+
+
+def _contents(c: CheckResult, plots: list) -> str:
+    """What opening a card shows, named in its summary line: a closed card says that it holds something."""
+    parts = [fmt.plural(n, one) for n, one in ((len(plots), "plot"), (len(c.tables), "table"),
+                                                (len(c.metrics), "metric")) if n]
+    return f'<span class="more">{esc(", ".join(parts))}</span>' if parts else ""
+
+
 def _check(c: CheckResult) -> str:
+    plots = [p for p in c.plots if has_data(p)]
     parts = [f'<details class="check" id="{esc(c.id)}" {"open" if c.status in PROBLEMS else ""}>',
              f'<summary><h2><span class="badge {esc(c.status)}">{esc(c.status.upper())}</span> '
              f'{esc(c.title or c.id)} <span class="sub">{esc(c.id)} · {c.duration_s:.2f}s</span></h2>'
-             f'<p class="summary">{esc(c.summary)}</p></summary>']
+             f'{_contents(c, plots)}<p class="summary">{esc(c.summary)}</p></summary>']
     if c.advice:
         parts.append("<ul class='advice'>" + "".join(f"<li>{esc(a)}</li>" for a in c.advice) + "</ul>")
     if c.notes:
         parts.append("<p class='sub'>" + "<br>".join(esc(n) for n in c.notes) + "</p>")
-    if c.plots:
-        imgs = []
-        for p in c.plots:
-            data = base64.b64encode(to_png(p)).decode("ascii")
-            imgs.append(f'<img alt="{esc(p.title)}" src="data:image/png;base64,{data}">')
-        parts.append("<div class='figs'>" + "".join(imgs) + "</div>")
+    if plots:
+        parts.append("<div class='figs'>" + "".join(_img(p) for p in plots) + "</div>")
     for t in c.tables:
         parts.append(_table(t))
     if c.metrics:
-        rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in c.metrics.items())
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{_cell(v)}</td></tr>" for k, v in c.metrics.items())
         parts.append(f"<h3>Metrics</h3><table class='metrics'>{rows}</table>")
     if c.traceback:
         parts.append(f"<h3>Traceback</h3><pre>{esc(c.traceback)}</pre>")
@@ -72,12 +88,22 @@ def _check(c: CheckResult) -> str:
     return "".join(parts)
 
 
+def _overview(report: Report) -> str:
+    """The one-screen summary: the verdict of every check (linked to its card, with its time), then the figures
+    of SUMMARY_FIGURES that the run drew."""
+    rows = "".join(
+        f"<tr><td><span class='badge {esc(c.status)}'>{esc(c.status.upper())}</span></td>"
+        f"<td><a href='#{esc(c.id)}'>{esc(c.id)}</a></td><td class='num'>{c.duration_s:.1f}s</td>"
+        f"<td>{esc(c.summary)}</td></tr>" for c in report.checks)
+    figs = [f"<a href='#{esc(c.id)}'>{_img(p, SUMMARY_SIZE)}</a>" for cid, pid in SUMMARY_FIGURES
+            for c in report.checks if c.id == cid for p in c.plots if p.id == pid and has_data(p)]
+    figures = f"<div class='figs'>{''.join(figs)}</div>" if figs else ""
+    return f"<section class='overview' id='overview'><table>{rows}</table>{figures}</section>"
+
+
 def render(report: Report) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
-    run_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in report.run.items())
-    overview = "".join(
-        f"<tr><td><span class='badge {esc(c.status)}'>{esc(c.status.upper())}</span></td>"
-        f"<td><a href='#{esc(c.id)}'>{esc(c.id)}</a></td><td>{esc(c.summary)}</td></tr>" for c in report.checks)
+    run_rows = "".join(f"<tr><td>{esc(k)}</td><td>{_cell(v)}</td></tr>" for k, v in report.run.items())
     interrupted = (f"<p><b>Interrupted: this report is partial; {len(report.not_run)} of {len(report.checks)} checks "
                    f"did not run ({esc(', '.join(report.not_run))}).</b></p>") if report.interrupted else ""
     return (
@@ -85,7 +111,7 @@ def render(report: Report) -> str:
         f"<title>babysitter: {esc(report.target)}</title><style>{_CSS}</style></head><body>"
         f"<h1>babysitter: {esc(report.target)} <span class='badge {esc(report.status)}'>"
         f"{esc(report.status.upper())}</span></h1><p class='sub'>{esc(counts)}</p>{interrupted}"
-        f"<table>{overview}</table>"
+        + _overview(report)
         + "".join(_check(c) for c in report.checks)
         + f"<details><summary>Run facts</summary><table class='metrics'>{run_rows}</table></details>"
         "</body></html>")

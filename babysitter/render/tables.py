@@ -21,7 +21,7 @@ CELL_ITEMS = 8
 
 
 def cell(value: Any, sep: str = ", ") -> str:
-    """One value as people read it; ``sep`` between the items of a list or dict (a newline for one per line)."""
+    """One value as people read it; ``sep`` between the items of a dict (a newline for one per line)."""
     if value is None:
         return MISSING
     if isinstance(value, bool):
@@ -31,7 +31,7 @@ def cell(value: Any, sep: str = ", ") -> str:
     if isinstance(value, dict):
         return _items([f"{k}: {cell(v, ', ')}" for k, v in value.items()], sep, "more")
     if isinstance(value, (list, tuple)):
-        return _items([f"[{cell(v)}]" if isinstance(v, (list, tuple)) else cell(v) for v in value], sep, "values")
+        return _items([f"[{cell(v)}]" if isinstance(v, (list, tuple)) else cell(v) for v in value], ", ", "values")
     return str(value)
 
 

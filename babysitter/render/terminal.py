@@ -1,10 +1,14 @@
-"""The terminal view: a table of checks with status colours and each check's key number, then next steps."""
+"""The terminal view: a table of checks with status colours, times and each check's key number, then next steps;
+and the live view while checks run."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import time
+from typing import Iterator, Optional
 
 from rich.console import Console, Group
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 from rich.text import Text
 
@@ -24,9 +28,11 @@ def checks_table(report: Report) -> RichTable:
     table = RichTable(show_header=True, header_style="bold", expand=False, pad_edge=False, box=None)
     table.add_column("status", no_wrap=True)
     table.add_column("check", no_wrap=True, style="cyan")
+    table.add_column("time", no_wrap=True, justify="right", style="dim")
     table.add_column("summary", overflow="fold")
     for c in report.checks:
-        table.add_row(status_text(c.status), c.id, escape(c.summary))
+        took = "–" if c.id in report.not_run else f"{c.duration_s:.1f}s"
+        table.add_row(status_text(c.status), c.id, took, escape(c.summary))
     return table
 
 
@@ -83,7 +89,7 @@ def _count(n) -> str:
 
 
 def progress_printer(console: Console):
-    """A progress callback for the runner: one line per finished check (the live view uses rich's status)."""
+    """A progress callback for the runner: one line per finished check, with its time."""
 
     def on_event(event: str, check_id: str, result: Optional[CheckResult]) -> None:
         if event == "done" and result is not None:
@@ -91,3 +97,37 @@ def progress_printer(console: Console):
                                         (f"({result.duration_s:.1f}s)", "dim")))
 
     return on_event
+
+
+class _CheckClock(ProgressColumn):
+    """The running check's own elapsed seconds."""
+
+    def render(self, task: Task) -> Text:
+        since = task.fields.get("since")
+        return Text(f"{time.perf_counter() - since:.0f}s" if since else "", style="dim")
+
+
+@contextlib.contextmanager
+def live_progress(console: Console, total: int) -> Iterator:
+    """The runner's progress callback while checks run. On a terminal, a live line names the running check, its
+    place in the list and its elapsed time, over the whole run's bar and clock, with a line per finished check
+    above it; elsewhere (a pipe, a CI log) only the lines per finished check."""
+    printer = progress_printer(console)
+    if not console.is_terminal:
+        yield printer
+        return
+    progress = Progress(SpinnerColumn(), TextColumn("[cyan]{task.description}"), TextColumn("{task.fields[place]}"),
+                        _CheckClock(), BarColumn(bar_width=24), TextColumn("[dim]all"), TimeElapsedColumn(),
+                        console=console, transient=True)
+    task = progress.add_task("starting", total=total, since=None, place="")
+
+    def on_event(event: str, check_id: str, result: Optional[CheckResult]) -> None:
+        if event == "start":
+            place = f"{int(progress.tasks[0].completed) + 1}/{total}"
+            progress.update(task, description=check_id, place=place, since=time.perf_counter(), refresh=True)
+        elif event == "done":
+            progress.update(task, advance=1, since=None, refresh=True)
+            printer(event, check_id, result)
+
+    with progress:
+        yield on_event
