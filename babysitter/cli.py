@@ -155,11 +155,14 @@ def _explain(console: Console, check_id: str) -> int:
 
 def _check(args, console: Console, err: Console) -> int:
     from .runner import select_checks
-    from .target import discover
+    from .target import collect
 
     select_checks(args.select, args.ignore)  # bad ids are a usage error before anything is loaded
+    found = collect(args.targets)
+    for skipped in found.skipped:
+        err.print(f"note: {escape(str(skipped))}", style="dim")
     codes: list[ExitCode] = []
-    for ref in discover(args.targets):
+    for ref in found.refs:
         code = _check_one(ref, args, console, err)
         if code is ExitCode.INTERRUPTED:
             return int(code)
@@ -174,14 +177,15 @@ def _check_one(ref, args, console: Console, err: Console) -> ExitCode:
     """Load, check, save and print one target; its exit code."""
     from .render.terminal import live_progress, render
     from .runner import run_target, select_checks
-    from .target import load
+    from .target import importable, load
 
     try:
-        target = load(ref)
-        console.print(f"[bold]checking[/] [cyan]{escape(target.name)}[/] [dim]({escape(str(ref))})[/]")
-        with live_progress(console, len(select_checks(args.select, args.ignore))) as progress:
-            report = run_target(target, device=args.device, seed=args.seed, select=args.select,
-                                ignore=args.ignore, where=ref.source, progress=progress)
+        with importable(ref):  # the project's modules stay importable while the checks run the target's code
+            target = load(ref, seed=args.seed)
+            console.print(f"[bold]checking[/] [cyan]{escape(target.name)}[/] [dim]({escape(str(ref))})[/]")
+            with live_progress(console, len(select_checks(args.select, args.ignore))) as progress:
+                report = run_target(target, device=args.device, seed=args.seed, select=args.select,
+                                    ignore=args.ignore, where=ref.source, progress=progress)
     except TargetError as exc:
         _target_error(err, exc, args.verbose)
         return ExitCode.USAGE_ERROR

@@ -30,7 +30,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (or None) is CUDA when available, else the CPU; an unavailable CUDA is a usage error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but torch.cuda.is_available() is False "
                          f"(torch {torch.__version__}); use --device cpu or auto")

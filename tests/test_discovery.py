@@ -164,3 +164,9 @@ def test_a_missing_user_module_is_still_a_clear_target_error(tmp_path, monkeypat
     assert "No module named 'not_my_module_xyz'" in out and "orphan.py" in out
     with pytest.raises(TargetError):
         load(discover(root=tmp_path)[0])
+
+
+def test_the_cli_notes_the_helper_modules_it_skipped(project, monkeypatch):
+    code, out = run(["check", *SELECT], project, monkeypatch)
+    assert code == ExitCode.OK, out
+    assert "note: checks" in out and "helpers.py skipped" in " ".join(out.split())

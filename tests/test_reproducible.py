@@ -79,3 +79,13 @@ def test_two_api_runs_with_the_same_seed_give_identical_metrics(tmp_path):
     reports = [run_target(load(ref, seed=5), device="cpu", seed=5, select=["initial_loss", "grad_norms"])
                for _ in range(2)]
     assert [c.metrics for c in reports[0].checks] == [c.metrics for c in reports[1].checks]
+
+
+def test_the_cli_seed_reaches_the_target_function(tmp_path, monkeypatch):
+    write(tmp_path, "checks/unseeded.py", UNSEEDED)
+    runs = {}
+    for seed, out in (("1", "a"), ("1", "b"), ("2", "c")):
+        code, text = run(["check", *SELECT, "--seed", seed, "--out", out], tmp_path, monkeypatch)
+        assert code in (ExitCode.OK, ExitCode.CHECKS_FAILED), text
+        runs[out] = _metrics(tmp_path / out / "unseeded/report.json")
+    assert runs["a"] == runs["b"] and runs["a"] != runs["c"]

@@ -116,3 +116,9 @@ def test_target_dataclass_and_dict_batches_through_forward():
     report = babysitter.wrap(target.model, target.data, loss_fn=target.loss_fn, optimizer=target.optimizer,
                              forward=target.forward).check(select=["initial_loss"])
     assert report["initial_loss"].status == "pass"
+
+
+def test_an_unknown_device_is_a_usage_error_from_python_too():
+    with pytest.raises(babysitter.UsageError, match="unknown device 'tpu'"):
+        babysitter.check(nn.Linear(3, 2), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)),
+                         loss_fn=nn.CrossEntropyLoss(), device="tpu")
