@@ -328,3 +328,13 @@ def test_pure_statistics_on_lists_of_floats():
     assert ratio == 0.75 and math.isnan(per_step[1])
     # zero steps and spikes (above 10x the median) are left out of the clip
     assert suggested_clip([0.0, 1.0, 1.0, 2.0, 100.0], spike=10.0, percentile=100.0) == 2.0
+
+
+def test_a_closure_optimizers_falling_norm_is_not_a_spike():
+    """One LBFGS step is many evaluations and a line search: the gradient falls ~1000x after the first step."""
+    falling = [1.28] + [1.28 / 1900] * 23
+    gn = GradNorms()
+    plain = gn.judge(GradMeasured(totals=tuple(falling), lr=0.8))
+    closure = gn.judge(GradMeasured(totals=tuple(falling), lr=0.8, closure=True))
+    assert plain.status == "fail" and "spike" in plain.summary
+    assert closure.status == "pass", closure.summary

@@ -39,10 +39,6 @@ KNOWN_FALSE_ALARMS = {
         "batch_independence takes dim 0 of the sequence-first (T, B) token inputs as the batch (the LSTM mixes "
         "time steps, not examples) and fails: 'example 0's outputs depend on 1 of 1 other examples'; issue 12's "
         "batch layouts (find the batch dim from inputs and targets) are not built yet"),
-    ("lbfgs", "grad_norms"): (
-        "grad_norms calls the first LBFGS step an exploding spike: 'a spike of 1.28 at step 0, 1.9e+03x the steps "
-        "around it'; one LBFGS step is up to max_iter=20 quasi-Newton iterations, which converge, so the gradient "
-        "norm falls ~1000x after step 0 (the initial gradient, not a burst)"),
 }
 
 _RUNS: dict = {}

@@ -61,6 +61,7 @@ class LrSweep:
     adaptive: bool = False  # a per-parameter adaptive optimizer (Adam family, RMSprop, Adagrad, Adadelta)
     step: tuple[str, ...] = ()  # the parts of the user's step each sweep step kept (clipping, accumulation, ...)
     scheduler_left_out: bool = False  # the user's scheduler was not run: the sweep sets the LR
+    end_lr: Optional[float] = None  # the sweep's last LR (beyond the settings' when extended to cover the user's)
 
 
 # -- reading one curve --------------------------------------------------------------------------------------

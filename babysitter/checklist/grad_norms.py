@@ -108,6 +108,7 @@ class GradMeasured:
     batch_factor: int = 1  # N when the loss is summed over a batch of N examples
     skipped_steps: tuple[int, ...] = ()  # float16 steps skipped as a GradScaler would
     step: tuple[str, ...] = ()  # the parts of the user's step the probe ran (clipping, accumulation, ...)
+    closure: bool = False  # a closure optimizer (LBFGS): the step-to-step rules do not apply
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ class GradNorms(Check):
         batch_factor = session.evidence("loss_facts").batch_factor
         order = {name: i for i, name in enumerate(session.evidence("call_order"))}
         return GradMeasured(totals=totals, layers=self._weight_layers(session.model, probe, order), lr=probe.lr,
-                            batch_factor=batch_factor, skipped_steps=tuple(probe.skipped_steps), step=probe.step)
+                            batch_factor=batch_factor, skipped_steps=tuple(probe.skipped_steps), step=probe.step,
+                            closure=probe.closure)
 
     @staticmethod
     def _weight_layers(model: "nn.Module", probe: TrainProbe, order: dict[str, int]) -> tuple[Layer, ...]:
@@ -332,7 +334,7 @@ class GradNorms(Check):
             f"averaged. Fix the scale first, then clip.")
 
     def _spike(self, m: GradMeasured, s: NormStats) -> Optional[Judgment]:
-        if s.local_spike is None or s.local_spike[1] <= self.spike_fail:
+        if m.closure or s.local_spike is None or s.local_spike[1] <= self.spike_fail:
             return None
         step, ratio, value = s.local_spike
         return self._exploding(
@@ -397,6 +399,10 @@ class GradNorms(Check):
             notes.append(f"{_steps(m.skipped_steps)} had non-finite gradients in float16 and were skipped, as "
                          f"a GradScaler skips them")
         notes += self._step_notes(m.step)
+        if m.closure:
+            notes.append("a closure optimizer (LBFGS): one step runs many evaluations and a line search, so the "
+                         "gradient falls by orders of magnitude from one step to the next; the spike rule is not "
+                         "applied")
         return tuple(notes)
 
     @staticmethod

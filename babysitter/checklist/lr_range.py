@@ -8,7 +8,7 @@ given to ``lr_range``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Optional, TYPE_CHECKING
 
 from ..analysis.fmt import lr as fmt_lr
 from ..analysis.lr_curve import LrReading, ReadingRules, SweepSettings
@@ -35,6 +35,7 @@ class SweepMeasured:
     group_scales: tuple[float, ...] = (1.0,)
     step: tuple[str, ...] = ()  # the parts of the user's step each sweep step kept
     scheduler_left_out: bool = False
+    extended_to: Optional[float] = None  # the sweep's end, when extended past end_lr to cover the user's LR
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -121,7 +122,8 @@ class LrRange(Check):
             self.skip(sweep.skipped)
         return SweepMeasured(reading=session.evidence("lr_reading"), repeats=len(sweep.runs), steps=sweep.steps,
                              optimizer=sweep.optimizer, seconds=sweep.seconds, group_scales=tuple(sweep.group_scales),
-                             step=sweep.step, scheduler_left_out=sweep.scheduler_left_out)
+                             step=sweep.step, scheduler_left_out=sweep.scheduler_left_out,
+                             extended_to=sweep.end_lr if sweep.end_lr and sweep.end_lr > self.end_lr else None)
 
     def judge(self, measured: SweepMeasured) -> Judgment:
         """The reading's verdict: ``read_sweep`` judged the user's LR under this check's rules (the options given
@@ -152,6 +154,9 @@ class LrRange(Check):
             notes.append(f"each sweep step was your step: {', '.join(measured.step)}")
         if measured.scheduler_left_out:
             notes.append("your LR scheduler was left out of the sweep: the sweep sets the LR itself")
+        if measured.extended_to:
+            notes.append(f"the sweep was extended to {fmt_lr(measured.extended_to)} (10x your LR, at the same steps "
+                         f"per decade) so that your LR is tested, not assumed")
         return tuple(notes)
 
     def _range_notes(self, v: LrReading) -> tuple[str, ...]:

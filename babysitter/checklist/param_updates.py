@@ -71,6 +71,7 @@ class UpdatesMeasured:
 
     params: tuple[Param, ...]
     lr: Optional[float] = None
+    closure: bool = False  # a closure optimizer (LBFGS): its steps are line searches, not lr-sized updates
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ class ParamUpdates(Check):
         called = {id(module_at(model, n)) for n in session.evidence("call_order")}
         index = {n: i for i, n in enumerate(probe.param_names)}
         return UpdatesMeasured(tuple(self._param(model, probe, n, p, index.get(n), called) for n, p in named),
-                               probe.lr)
+                               probe.lr, probe.closure)
 
     @staticmethod
     def _param(model: "nn.Module", probe: TrainProbe, name: str, p: "nn.Parameter", i: Optional[int],
@@ -237,7 +238,7 @@ class ParamUpdates(Check):
         zero_init = sorted(p.name for p in params if p.trainable and p.zero_init)
         judged = {p.name: ratios[p.name] for p in params
                   if p.trainable and p.matrix and not p.zero_init and p.got_grad and p.in_optimizer
-                  and math.isfinite(ratios[p.name]) and ratios[p.name] > 0}
+                  and math.isfinite(ratios[p.name]) and ratios[p.name] > 0 and not m.closure}
         return Findings(
             trainable=sum(p.trainable for p in params), frozen=sum(not p.trainable for p in params),
             not_in_opt=not_in_opt, cut=cut, unused=unused, still=still(params),
@@ -331,7 +332,7 @@ class ParamUpdates(Check):
                       ("parameter", "shape", "requires_grad", "in optimizer", "got grad", "update/weight",
                        "judged", "verdict"), self._rows(m, f))
         return self.result(judgment.status, judgment.summary, metrics=self._metrics(m, f), advice=judgment.advice,
-                           notes=self._notes(f), tables=(table,), plots=(self._plot(f),))
+                           notes=self._notes(f, m.closure), tables=(table,), plots=(self._plot(f),))
 
     @staticmethod
     def _metrics(m: UpdatesMeasured, f: Findings) -> dict:
@@ -347,8 +348,12 @@ class ParamUpdates(Check):
         }
 
     @staticmethod
-    def _notes(f: Findings) -> tuple[str, ...]:
+    def _notes(f: Findings, closure: bool = False) -> tuple[str, ...]:
         notes = []
+        if closure:
+            notes.append("a closure optimizer (LBFGS): each step is a line search over many evaluations, not an "
+                         "update of about lr x gradient, so update/weight ratios are shown but not judged against "
+                         "CS231n's ~1e-3")
         if f.constants:
             notes.append(f"{len(f.constants)} frozen scalar/vector parameter(s) among trainable layers (constants "
                          f"by design, such as a fixed temperature or frozen norm scales): {grouped(f.constants)}")

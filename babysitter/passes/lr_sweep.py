@@ -6,6 +6,7 @@ step costs what a training step costs. What the curves say is read by ``babysitt
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -81,6 +82,22 @@ def sweep_once(session, settings: SweepSettings, order_seed: int = 0) -> SweepRu
                     stop=stop, stopped_at=lrs[n - 1] if stop != "end" else None, taken=len(lrs))
 
 
+#: the sweep reaches at least this multiple of the user's LR
+COVER = 10.0
+
+
+def covering(settings: SweepSettings, user_lr: float | None) -> SweepSettings:
+    """The settings extended so that the sweep reaches COVER x the user's LR, at the same steps per decade: a
+    user LR at or past the sweep's end (SGD at 20 with clipping, in PyTorch's word-language-model example) is
+    tested, not assumed."""
+    if not user_lr or user_lr <= 0 or user_lr * COVER <= settings.end_lr:
+        return settings
+    end = user_lr * COVER
+    per_decade = (settings.steps - 1) / math.log10(settings.end_lr / settings.start_lr)
+    steps = int(round(per_decade * math.log10(end / settings.start_lr))) + 1
+    return dataclasses.replace(settings, end_lr=end, steps=steps)
+
+
 def _why_not(session, optimizer) -> str | None:
     if not any(p.requires_grad for p in session.model.parameters()):
         return "the model has no trainable parameter"
@@ -94,6 +111,7 @@ def lr_sweep(session, settings: SweepSettings = SweepSettings()) -> LrSweep:
     t0 = time.perf_counter()
     optimizer = session.make_optimizer()
     user_lr, scales = group_scales(optimizer)
+    settings = covering(settings, user_lr)
     skipped, runs = _why_not(session, optimizer), []
     if skipped is None:
         for r in range(settings.repeats):
@@ -107,4 +125,4 @@ def lr_sweep(session, settings: SweepSettings = SweepSettings()) -> LrSweep:
     return LrSweep(runs=tuple(runs), user_lr=user_lr if user_lr is not None else lr_of(optimizer),
                    group_scales=tuple(scales), optimizer=type(optimizer).__name__, steps=sum(r.taken for r in runs),
                    seconds=time.perf_counter() - t0, skipped=skipped, adaptive=is_adaptive(optimizer),
-                   step=tuple(stepper.kept()), scheduler_left_out=stepper.scheduler_declared)
+                   step=tuple(stepper.kept()), scheduler_left_out=stepper.scheduler_declared, end_lr=settings.end_lr)

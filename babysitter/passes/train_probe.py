@@ -40,6 +40,7 @@ class TrainProbe:
     precision: str = "float32"  # "float16 (autocast)", "float16 parameters", "bfloat16", ...
     instruments: Mapping[str, Any] = field(default_factory=dict)
     step: tuple[str, ...] = ()  # the parts of the user's step the probe ran (clipping, accumulation, ...)
+    closure: bool = False  # a closure optimizer (LBFGS): one step is many evaluations and a line search
 
     def first_nonfinite(self) -> Optional[tuple[int, str]]:
         """The first step at which the probe saw a non-finite value, and where: loss, gradient or parameters.
@@ -139,6 +140,7 @@ def train_probe(session, instruments: Mapping, steps: int = TRAIN_STEPS,
     trainable = [(n, p) for n, p in named if p.requires_grad]
     rec = _Recorder([p for _, p in trainable], session.device)
     optimizer = session.make_optimizer()
+    user_lr = lr_of(optimizer)  # the user's LR, before a scheduler changes it
     stepper = Stepper(session, optimizer)
     precision = _precision(init_outputs, rec.params, stepper)
     measure_every = measure_every or max(1, steps // 6)
@@ -153,8 +155,7 @@ def train_probe(session, instruments: Mapping, steps: int = TRAIN_STEPS,
             rec.after_step(before)
         results = {name: inst.result() for name, inst in active.items()}
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    return _probe(rec, steps, lr_of(optimizer), trainable, named, in_opt, skipped, precision, results,
-                  stepper.kept())
+    return _probe(rec, steps, user_lr, trainable, named, in_opt, skipped, precision, results, stepper)
 
 
 def _step(session, stepper: Stepper, rec: _Recorder, step: int, measure: bool, precision: str):
@@ -183,7 +184,8 @@ def _overflowed(precision: str, loss: torch.Tensor, total: torch.Tensor) -> bool
     return precision == AUTOCAST_FP16 and bool(torch.isfinite(loss.detach())) and not bool(torch.isfinite(total))
 
 
-def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precision, results, kept) -> TrainProbe:
+def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precision, results,
+           stepper: Stepper) -> TrainProbe:
     """Everything recorded on the device to the host, in one transfer per series."""
     names = tuple(n for n, _ in trainable)
     per_param = rec.host(rec.per_param)
@@ -195,4 +197,4 @@ def _probe(rec: _Recorder, steps, lr, trainable, named, in_opt, skipped, precisi
         param_finite=rec.host(rec.finite), no_grad=tuple(n for n, g in zip(names, rec.got_grad) if not g),
         not_in_optimizer=tuple(n for n, p in trainable if id(p) not in in_opt),
         frozen=tuple(n for n, p in named if not p.requires_grad), skipped_steps=tuple(skipped),
-        precision=precision, instruments=results, step=tuple(kept))
+        precision=precision, instruments=results, step=tuple(stepper.kept()), closure=stepper.closure)
