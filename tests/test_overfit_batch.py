@@ -461,3 +461,48 @@ def test_a_step_function_with_several_optimizers_is_skipped():
     result = check(model=TinyGAN(), data=(x, torch.ones(128, 1)), loss_fn=nn.BCEWithLogitsLoss(), step=gan_step,
                    optimizer=lambda p: (torch.optim.Adam(list(p)[:2], 1e-3), torch.optim.Adam(list(p)[2:], 1e-3)))
     assert result.status == "skip" and "2 optimizers" in result.summary, result.summary
+
+
+def test_judge_a_loss_at_the_pass_level_with_a_few_wrong_predictions_blames_the_targets_not_capacity():
+    """GPT-2's flattened next tokens: the loss fell to 0.5% of its start at 99.7% accuracy (issue 18)."""
+    import dataclasses
+
+    near = dataclasses.replace(attempt(0.005, start=1.1), accuracy=0.997)
+    j = OverfitBatch().judge(measured(near, parameters=10))
+    assert j.status == Status.FAIL and j.causes[0].cause == "targets the inputs do not determine"
+    assert all(c.cause != "too little capacity" for c in j.causes)
+
+
+def _gpt2_lm():
+    transformers = pytest.importorskip("transformers")
+    from step_zoo import markov_tokens
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=30, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)
+    ids = markov_tokens(64 * 17).reshape(64, 17)
+    batches = [(ids[i:i + 16],) for i in range(0, 64, 16)]
+
+    def forward(model, batch):  # the usual language-model forward: logits flattened with time
+        x = batch[0]
+        logits = model(input_ids=x).logits[:, :-1]
+        return logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+
+    return dict(model=transformers.GPT2LMHeadModel(cfg), data=batches, loss_fn=nn.CrossEntropyLoss(),
+                optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), forward=forward)
+
+
+def test_gpt2_with_flattened_logits_overfits_its_subset():
+    result = check(**_gpt2_lm())
+    assert result.status == "pass", result.summary
+    assert 0.9 < result.metrics["accuracy"] < 1.0  # a few next tokens no prefix determines: the loss decides
+
+
+def test_accuracy_is_asked_of_one_label_per_example_only():
+    from babysitter.checklist.overfit_batch import one_prediction_each
+
+    assert one_prediction_each(torch.zeros(32, dtype=torch.long), 32)
+    assert one_prediction_each(torch.zeros(32, 5), 32)  # soft labels
+    assert not one_prediction_each(torch.zeros(32 * 15, dtype=torch.long), 32)  # next tokens, flattened
+    assert not one_prediction_each(torch.zeros(32, 15, dtype=torch.long), 32)  # per-position labels
+    assert not one_prediction_each(None, 32)
