@@ -362,6 +362,194 @@ def test_batch_first_tensors_fed_to_a_sequence_first_lstm_still_fail():
     assert result.status == "fail", result.summary
 
 
+# -- issue 18: where the examples are in real language models ----------------------------------------------
+import step_zoo  # noqa: E402
+
+
+def test_pytorch_word_language_model_passes_with_its_hidden_state_read_along_dimension_1():
+    # (T, B) token batches, the hidden state (layers, B, H) given to the model, log-probs flattened time-major
+    result = check(**step_zoo.lm_target())
+    assert result.status == "pass", result.summary
+    assert result.metrics["batch_size"] == 16 and result.metrics["example_dim"] == 1
+    assert result.metrics["flatten_order"] == "time-major" and not result.metrics["layout_assumed"]
+    assert result.metrics["gradient_at"] == ["hidden[0]", "hidden[1]", "output of encoder (Embedding)"]
+    assert any("next tokens" in n for n in result.notes), result.notes
+
+
+class CachedStateLM(step_zoo.RNNModel):
+    """The word-language-model with its state kept one row per sequence, (B, layers, H), as a per-sequence cache
+    keeps it, and turned into the LSTM's (layers, B, H) by a view (``fault``) or a transpose."""
+
+    def __init__(self, fault: bool):
+        super().__init__(nhid=32, ninp=32)
+        self.fault = fault
+
+    def forward(self, input, cache):
+        bsz = input.shape[1]
+        to_lstm = (lambda s: s.view(self.nlayers, bsz, -1)) if self.fault else (lambda s: s.transpose(0, 1))
+        return super().forward(input, tuple(to_lstm(s).contiguous() for s in cache))
+
+
+def cached_forward(model, batch):
+    inputs, targets = batch
+    cache = tuple(torch.zeros(inputs.shape[1], model.nlayers, model.nhid) for _ in range(2))
+    return model(inputs, cache)[0], targets
+
+
+@pytest.mark.parametrize("fault", [False, True])
+def test_a_language_model_whose_state_is_reshaped_across_the_batch_fails(fault):
+    result = check(model=CachedStateLM(fault), data=step_zoo.lm_batches(), loss_fn=nn.NLLLoss(),
+                   forward=cached_forward)
+    assert result.status == ("fail" if fault else "pass"), result.summary
+    assert result.metrics["example_dim"] == 1 and "cache[0]" in result.metrics["gradient_at"]
+    if fault:
+        assert result.metrics["leaked_examples"] >= 1 and result.metrics["mixing_after"] == "the model's input"
+
+
+class BatchMajorDecoderLM(step_zoo.RNNModel):
+    """Log-probs flattened batch-major (decoder on output.transpose(0, 1)) against the example's time-major
+    targets: each prediction is scored against another sequence's next token."""
+
+    def forward(self, input, hidden):
+        output, hidden = self.rnn(self.drop(self.encoder(input)), hidden)
+        decoded = self.decoder(output.transpose(0, 1)).reshape(-1, self.ntoken)
+        return F.log_softmax(decoded, dim=1), hidden
+
+
+def test_outputs_flattened_in_another_order_than_the_targets_fail():
+    torch.manual_seed(0)
+    result = check(model=BatchMajorDecoderLM(nhid=32, ninp=32), data=step_zoo.lm_batches(), loss_fn=nn.NLLLoss(),
+                   forward=step_zoo.lm_forward)
+    assert result.status == "fail", result.summary
+    assert result.metrics["flatten_order"] == "time-major" and result.metrics["mixing_after"] == "decoder"
+
+
+def test_flattened_logits_are_not_read_by_a_dimension_that_matches_their_row_count():
+    # 2 sequences of 17 tokens: 2 * 16 = 32 target rows, the size of the embeddings (the old rule read it as the batch)
+    ids = torch.randint(1, 50, (8, 17), generator=torch.Generator().manual_seed(0))
+    result = check(model=CausalLM(d=32), data=[(ids[i:i + 2],) for i in range(0, 8, 2)], loss_fn=CE,
+                   forward=lambda m, b: (m(b[0])[:, :-1].reshape(-1, 50), b[0][:, 1:].reshape(-1)))
+    assert result.status == "pass", result.summary
+    assert result.metrics["batch_size"] == 2 and result.metrics["flatten_order"] == "example-major"
+
+
+class CellTagger(nn.Module):
+    """A recurrence written by hand over dimension 0 of (L, N) tokens (nn.LSTMCell has no batch_first to read), one
+    tag per token, flattened time-major."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, tags: int = 5):
+        super().__init__()
+        self.tags = tags
+        self.embed, self.cell, self.head = nn.Embedding(vocab, dim), nn.LSTMCell(dim, dim), nn.Linear(dim, tags)
+
+    def forward(self, ids):
+        h = c = torch.zeros(ids.shape[1], self.cell.hidden_size)
+        steps = []
+        for x in self.embed(ids):
+            h, c = self.cell(x, (h, c))
+            steps.append(h)
+        return self.head(torch.stack(steps)).view(-1, self.tags)
+
+
+def test_a_layout_nothing_decides_is_assumed_and_never_fails_when_the_other_reading_is_independent():
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randint(0, 50, (12, 10), generator=g), torch.randint(0, 5, (120,), generator=g))
+            for _ in range(4)]
+    result = check(model=CellTagger(), data=data, loss_fn=CE)
+    assert result.status == "warn", result.summary
+    assert result.summary.startswith("the batch dimension is not known: read along dimension 0")
+    assert result.metrics["layout_assumed"] and result.metrics["other_reading_leak"] == 0.0
+    assert any("assumed" in n for n in result.notes) and any("dimension 1" in a for a in result.advice)
+
+
+# -- GPT-2 (Hugging Face), tiny random config ---------------------------------------------------------------
+VOCAB = 100
+
+
+def gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def shifted(model, batch):
+    """The usual forward: logits without the last step, flattened with the next tokens."""
+    ids = batch[0]
+    logits = model(input_ids=ids).logits
+    return logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1)
+
+
+def whole(model, batch):
+    ids = batch[0]
+    return model(input_ids=ids[:, :-1]).logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1)
+
+
+@pytest.mark.parametrize("forward", [shifted, whole])
+@pytest.mark.parametrize("bsz, length", [(4, 9), (16, 17)])
+def test_gpt2_with_logits_flattened_with_time_passes(forward, bsz, length):
+    model = gpt2()
+    ids = torch.randint(0, VOCAB, (4 * bsz, length), generator=torch.Generator().manual_seed(0))
+    result = check(model=model, data=[(ids[i:i + bsz],) for i in range(0, 4 * bsz, bsz)], loss_fn=CE,
+                   forward=forward)
+    assert result.status == "pass", result.summary
+    assert result.metrics["batch_size"] == bsz and result.metrics["flatten_order"] == "example-major"
+    assert result.metrics["gradient_at"] == ["output of transformer.wte (Embedding)"]
+
+
+def time_major_logits(fault: bool):
+    """Time-major next-token targets, as PyTorch's word-language-model makes them, for a batch-first model: the
+    (B, T, V) logits turned time-major by a transpose, or (``fault``) by .view(T, B, V)."""
+
+    def forward(model, batch):
+        ids = batch[0]
+        n, length = ids.shape
+        logits = model(input_ids=ids).logits
+        logits = logits.view(length, n, VOCAB) if fault else logits.transpose(0, 1)
+        return logits[:-1].reshape(-1, VOCAB), ids.t()[1:].reshape(-1)
+
+    return forward
+
+
+def transposed_or_not(fault: bool):
+    """(T, B) chunks of batchify'd data (sequence-first) given to batch-first GPT-2 transposed, or (``fault``) as
+    they come, so that its causal attention runs across the examples."""
+
+    def forward(model, batch):
+        ids, targets = batch
+        if fault:
+            return model(input_ids=ids).logits.reshape(-1, VOCAB), targets
+        return model(input_ids=ids.t()).logits.transpose(0, 1).reshape(-1, VOCAB), targets
+
+    return forward
+
+
+@pytest.mark.parametrize("tensors", [False, True])
+@pytest.mark.parametrize("fault", [False, True])
+def test_gpt2_logits_reshaped_instead_of_transposed_fail(fault, tensors):
+    # a list of batches, or a tuple of tensors cut along dimension 0 (the targets still tell the flattening order)
+    ids = torch.randint(0, VOCAB, (16, 12), generator=torch.Generator().manual_seed(0))
+    data = dict(data=(ids, ids), batch_size=4) if tensors else dict(data=[(ids[i:i + 4],) for i in range(0, 16, 4)])
+    result = check(model=gpt2(), **data, loss_fn=CE, forward=time_major_logits(fault))
+    assert result.status == ("fail" if fault else "pass"), result.summary
+    assert result.metrics["flatten_order"] == "time-major" and result.metrics["example_dim"] == 0
+    if fault:
+        assert result.metrics["mixing_after"] == "lm_head"
+
+
+@pytest.mark.parametrize("fault", [False, True])
+def test_gpt2_fed_sequence_first_chunks_untransposed_attends_across_examples_and_fails(fault):
+    data = step_zoo.lm_batches(vocab=VOCAB, bsz=8, bptt=10, n_batches=4)
+    result = check(model=gpt2(), data=data, loss_fn=CE, forward=transposed_or_not(fault))
+    assert result.status == ("fail" if fault else "pass"), result.summary
+    # the model's inputs are (B, T) when transposed: the targets' order tells the examples either way
+    assert result.metrics["example_dim"] == (1 if fault else 0) and result.metrics["batch_size"] == 8
+    assert result.metrics["flatten_order"] == "time-major"
+    if fault:
+        assert result.metrics["leaked_fraction"] > 0.5
+
+
 # -- judge on synthetic probes, without a model ------------------------------------------------------------
 from babysitter.checklist.batch_independence import (  # noqa: E402
     BatchIndependence, BatchIndependenceMeasured, Probe)
@@ -419,3 +607,78 @@ def test_judge_advice_tells_a_batch_statistic_from_a_reshape():
 def test_judge_says_when_the_examples_own_input_does_not_reach_its_outputs():
     j = BatchIndependence().judge(measured(probe([1.0, 0.0, 0.0], own=0.0)))
     assert j.status == "fail" and j.summary.endswith("its own input does not reach them")
+
+
+def test_judge_warns_instead_of_failing_when_an_assumed_layout_leaks_and_the_other_does_not():
+    from babysitter.checklist.batch_independence import OtherReading
+    bi, leaking = BatchIndependence(), probe([0.5, 0.5, 0.5])
+    undecided = bi.judge(measured(leaking, assumed=True, layout="no module tells", other=OtherReading(1, 8, 0.0)))
+    assert undecided.status == "warn", undecided.summary
+    assert undecided.summary.startswith("the batch dimension is not known: read along dimension 0 of the inputs")
+    assert "read along dimension 1 (8 examples), no gradient crosses examples" in undecided.summary
+    assert "no module tells" in undecided.advice[0] and "statistic over the batch" in undecided.advice[0]
+    # the other reading leaks too, or the layout was decided: the failure stands
+    assert bi.judge(measured(leaking, assumed=True, other=OtherReading(1, 8, 0.5))).status == "fail"
+    assert bi.judge(measured(leaking, assumed=False, other=OtherReading(1, 8, 0.0))).status == "fail"
+
+
+def test_judge_points_at_the_flattening_order_when_the_examples_mix_after_the_last_module():
+    m = measured(probe([0.5] * 9, records={"head": 0.0, "out": 0.0}), modules=(("head", "Linear"),),
+                 flattened="time-major")
+    assert not any("flatten" in a for a in BatchIndependence().judge(m).advice)  # mixed inside the model
+    m = measured(probe([0.5] * 9, records={"head": 0.5}), modules=(("head", "Linear"),), flattened="time-major")
+    advice = BatchIndependence().judge(m).advice
+    assert "read time-major" in advice[0] and "flatten outputs and targets the same way" in advice[0]
+
+
+# -- where the examples are, without a model -----------------------------------------------------------------
+from babysitter.checklist.batch_independence import _by_modules, _by_targets, _Layout, _Rows  # noqa: E402
+
+
+def stream(length, n, seed=0):
+    return torch.randint(0, 100, (length, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_next_tokens_decide_the_example_dimension_and_the_flattening_order():
+    data = stream(21, 6)  # batchify'd: (L, B)
+    x = data[:-1]
+    cases = {(1, "time-major"): data[1:].reshape(-1),                 # word_language_model's get_batch
+             (1, "example-major"): data[1:].t().reshape(-1),
+             (0, "example-major"): x.t()[:, 1:].reshape(-1),          # batch-first: ids[:, 1:].reshape(-1)
+             (0, "time-major"): x.t()[:, 1:].t().reshape(-1)}
+    for (d, split), targets in cases.items():
+        first = x if d == 1 else x.t()
+        layout = _by_targets(first, targets)
+        assert (layout.dim, layout.split, layout.n) == (d, split, 6), (d, split)
+        assert "next tokens" in layout.reason and not layout.assumed
+
+
+def test_targets_decide_by_rows_unless_they_are_shaped_like_the_inputs():
+    x = torch.randn(12, 8, 3)
+    assert (_by_targets(x, torch.zeros(8)).dim, _by_targets(x, torch.zeros(12)).dim) == (1, 0)
+    assert _by_targets(x, torch.zeros(12, 8)) is None  # a tag per step: same layout as the inputs, either way
+    assert _by_targets(torch.randn(8, 8), torch.zeros(8)) is None  # square: nothing to tell
+    assert _by_targets(stream(10, 4), torch.zeros(40, dtype=torch.long)) is None  # constant: every reading fits
+
+
+def test_modules_only_suggest_a_layout_unless_the_model_transposes():
+    x = stream(10, 4)
+    seq = _by_modules(x, [("rnn", (10, 4, 16))])
+    assert (seq.dim, seq.n, seq.assumed) == (1, 4, True)
+    transposed = _by_modules(x, [("rnn", (4, 10, 16))])
+    assert (transposed.dim, transposed.n, transposed.assumed) == (0, 10, False)
+    plain = _by_modules(x, [])
+    assert (plain.dim, plain.n, plain.assumed) == (0, 10, True)
+
+
+def test_rows_of_each_tensor_in_a_layout():
+    seq = _Layout(16, 1, "time-major")
+    assert seq.rows((20, 16, 30)) == _Rows(1) and seq.rows((16, 3)) == _Rows(0)
+    assert seq.rows((320, 30), flattened=True) == _Rows(0, "time-major") and seq.rows((320, 30)) is None
+    assert seq.rows((2, 16, 128), hidden=True) == _Rows(1)
+    first = _Layout(2, 0)
+    assert first.rows((3, 2, 8), hidden=True) == _Rows(1)  # (layers, N, H) with 3 layers
+    assert first.rows((32, 100), flattened=True) == _Rows(0, "example-major")
+    t = torch.arange(12).reshape(6, 2)  # (k*N, C) rows of N = 3 examples, time-major
+    assert _Rows(0, "time-major").examples(t, 3)[1].tolist() == [[2, 3], [8, 9]]
+    assert _Rows(0, "example-major").examples(t, 3)[1].tolist() == [[4, 5], [6, 7]]

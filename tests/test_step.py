@@ -35,10 +35,6 @@ WARN_OK = {
 
 #: (target, check) -> a false alarm of the tool, reported; strict: the test fails once it is fixed
 KNOWN_FALSE_ALARMS = {
-    ("lm_clip", "batch_independence"): (
-        "batch_independence takes dim 0 of the sequence-first (T, B) token inputs as the batch (the LSTM mixes "
-        "time steps, not examples) and fails: 'example 0's outputs depend on 1 of 1 other examples'; issue 12's "
-        "batch layouts (find the batch dim from inputs and targets) are not built yet"),
 }
 
 _RUNS: dict = {}
