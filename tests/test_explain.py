@@ -1,5 +1,6 @@
-"""`babysit explain` and the README state the numbers the code uses: both come from, or are compared with, the
-thresholds' defaults and the checks' constants."""
+"""`babysit explain`, docs/checks.md and the README state the numbers the code uses: the prose is filled from the
+thresholds' defaults and the checks' constants, docs/checks.md is generated from it (tests/test_docs.py), and the
+README's statements about the shared passes are compared with the constants here."""
 from __future__ import annotations
 
 import re
@@ -8,22 +9,11 @@ from pathlib import Path
 import pytest
 
 from babysitter.checklist import CHECKLIST
+from babysitter.evidence import TRAIN_WINDOW
+from babysitter.passes.init_pass import INIT_BATCHES
+from babysitter.passes.train_probe import TRAIN_STEPS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-#: `name` (value): a threshold named in the README with its default; the value may end in x or %, or be a/b
-NAMED = re.compile(r"`(\w+)`\s+\(([0-9.e+-]+(?:/[0-9.]+)?)(x|%|th)?[);]")
-
-
-def _section(check_id: str) -> str:
-    """The README's section for a check: from its '### `id`' heading to the next heading."""
-    match = re.search(rf"^### `{check_id}`\n(.*?)(?=^##)", README, flags=re.S | re.M)
-    assert match, f"README has no section '### `{check_id}`'"
-    return match.group(1)
-
-
-def _number(text: str, unit: str) -> float:
-    value = float(text.split("/")[0]) / float(text.split("/")[1]) if "/" in text else float(text)
-    return value / 100 if unit == "%" else value
 
 
 @pytest.mark.parametrize("cls", CHECKLIST, ids=lambda c: c.id)
@@ -35,14 +25,15 @@ def test_explain_fills_every_number_from_the_code(cls):
         assert f"{name} = {default!r}" in doc
 
 
-@pytest.mark.parametrize("cls", CHECKLIST, ids=lambda c: c.id)
-def test_the_readme_names_every_threshold_with_its_default(cls):
-    section = _section(cls.id)
-    named = {}
-    for name, value, unit in NAMED.findall(section):
-        named.setdefault(name, []).append(_number(value, unit))
-    for name, default, _ in cls.thresholds():
-        assert name in named, f"README's `{cls.id}` section does not name `{name}` with its default ({default})"
-        for value in named[name]:
-            assert value == pytest.approx(default, rel=1e-6), \
-                f"README says `{name}` ({value}) but {cls.id} uses {default}"
+def test_the_readme_lists_every_check_once_and_links_the_reference():
+    rows = re.findall(r"^\| `(\w+)` \|", README, flags=re.M)
+    assert [r for r in rows if r in {c.id for c in CHECKLIST}] == [c.id for c in CHECKLIST]
+    assert "docs/checks.md" in README
+
+
+def test_the_readme_states_the_shared_passes_as_the_code_runs_them():
+    flat = " ".join(README.split())
+    batches = set(re.findall(r"\((\d+) batches, read by", flat)) | set(re.findall(r"the (\d+) batches at init", flat))
+    steps = set(re.findall(r"\((\d+) steps, read by", flat)) | set(re.findall(r"the probe's (\d+) steps", flat))
+    window = set(re.findall(r"the last (\d+) of the probe's", flat))
+    assert batches == {str(INIT_BATCHES)} and steps == {str(TRAIN_STEPS)} and window == {str(TRAIN_WINDOW)}
