@@ -112,7 +112,8 @@ def test_deep_sigmoid_net_has_vanishing_gradients():
     assert "vanishing" in result.summary and result.metrics["first_last_ratio"] < 1e-3
     _assert_no_clip(result, "vanish")
     # the layers of an nn.Sequential named as people do, with their type; the metrics keep the qualified names
-    assert "model.0 (Linear) vs model.24 (Linear)" in result.summary, result.summary
+    # (the summary names the largest gradient of each half: model.10 is the deepest of the first half, starved)
+    assert "model.10 (Linear) vs model.24 (Linear)" in result.summary, result.summary
     assert result.metrics["first_layer"] == "0" and result.metrics["last_layer"] == "24"
 
 
@@ -338,3 +339,36 @@ def test_a_closure_optimizers_falling_norm_is_not_a_spike():
     closure = gn.judge(GradMeasured(totals=tuple(falling), lr=0.8, closure=True))
     assert plain.status == "fail" and "spike" in plain.summary
     assert closure.status == "pass", closure.summary
+
+
+def test_the_ratio_compares_the_ends_of_the_network_not_one_layer_each():
+    from babysitter.checklist.grad_norms import end_groups
+
+    assert end_groups([0, 1]) == ([0], [1]) and end_groups([3]) == ([3], [3])
+    assert end_groups(list(range(14))) == (list(range(7)), list(range(7, 14)))
+    assert end_groups(list(range(5))) == ([0, 1], [3, 4])
+    # attention at init: the query and key projections get 1e-4 of the classifier's gradient, the value projection
+    # and the feed-forward layers of the same block their share: not vanishing gradients
+    norms = {"q": 1e-4, "k": 1e-4, "v": 0.3, "out": 0.4, "ffn1": 0.5, "ffn2": 0.5, "pooler": 0.8, "classifier": 1.0}
+    layers = tuple(Layer(n, "Linear", (v,) * 24) for n, v in norms.items())
+    attention = GradNorms().judge(GradMeasured(totals=(1.0,) * 24, layers=layers, lr=1e-3))
+    assert attention.status == "pass", attention.summary
+    starved = tuple(Layer(n, "Linear", ((1e-5 if i < 4 else 1.0),) * 24) for i, n in enumerate(norms))
+    assert GradNorms().judge(GradMeasured(totals=(1.0,) * 24, layers=starved, lr=1e-3)).status == "fail"
+
+
+def test_a_healthy_bert_does_not_fail_for_vanishing_gradients():
+    """Issue 18: grad_norms failed a tiny BertForSequenceClassification ('first/last layer gradient norm ratio
+    0.000403 < 0.001 (...attention.self.query vs classifier)')."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, max_position_embeddings=64, num_labels=2)
+    ids = torch.randint(1, 100, (256, 24), generator=torch.Generator().manual_seed(0))
+    labels = (ids == 7).any(1).long()
+    batches = [{"input_ids": ids[i:i + 32], "labels": labels[i:i + 32]} for i in range(0, 256, 32)]
+    result = check(model=transformers.BertForSequenceClassification(cfg), data=batches, loss_fn=nn.CrossEntropyLoss(),
+                   optimizer=lambda p: torch.optim.AdamW(p, lr=5e-4),
+                   forward=lambda m, b: (m(input_ids=b["input_ids"]).logits, b["labels"]))
+    assert result.status == "pass", result.summary
+    assert result.metrics["first_last_ratio"] > 1e-3

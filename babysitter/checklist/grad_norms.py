@@ -73,6 +73,24 @@ def first_last(first: Sequence[float], last: Sequence[float]) -> tuple[Optional[
     return (float(np.median(good)) if good else None), ratios
 
 
+#: the first and the last this fraction of the weight layers (at least one each) are compared
+END_FRACTION = 0.5
+
+
+def end_groups(layers: Sequence[int], fraction: float = END_FRACTION) -> tuple[list[int], list[int]]:
+    """The first and the last ``fraction`` of ``layers`` (in depth order; at least one each, disjoint).
+
+    The ratio compares the largest gradient among the first layers with the largest among the last: vanishing
+    gradients starve every early layer, while one early layer may get a tiny gradient by design (the query and key
+    projections of attention at init, whose gradient is small while attention is nearly uniform: 1e-4 of the
+    classifier's in a healthy BERT, 1e-4 in a one-layer one, where only a half reaches past them to the value
+    projection)."""
+    if len(layers) < 2:
+        return list(layers), list(layers)
+    k = max(1, min(int(len(layers) * fraction), len(layers) // 2))
+    return list(layers[:k]), list(layers[-k:])
+
+
 def suggested_clip(norms: Sequence[float], spike: float, percentile: float) -> float:
     """The ``percentile`` of the finite norms that moved (zero-gradient steps say nothing about a clip) and are not
     spikes (more than ``spike`` times the median)."""
@@ -144,9 +162,12 @@ class GradNorms(Check):
     title = "Gradient norms and a clip threshold"
     what = """Over the {train_steps} optimizer steps of the shared training probe (the user's optimizer and
     learning rate): the total gradient norm per step (its histogram and percentiles), the gradient norm of each
-    layer against depth (layers in the order the forward first calls them), and the ratio of the first weight
-    layer's gradient norm to the last one's, median over steps (Linear, convolution, recurrent and attention weight
-    matrices; embeddings, biases and norm scales left out). Fails when that ratio is below {vanishing_ratio:g}
+    layer against depth (layers in the order the forward first calls them), and the ratio of the gradient norm of
+    the first weight layers to the last ones', median over steps: the largest among the first {end_fraction:.0%}
+    of the weight layers against the largest among the last {end_fraction:.0%} (at least one each; Linear,
+    convolution, recurrent and attention weight matrices; embeddings, biases and norm scales left out), since
+    vanishing gradients starve every early layer while one may be small by design (attention's query and key
+    projections at init). Fails when that ratio is below {vanishing_ratio:g}
     (vanishing) or above {exploding_ratio:g} (exploding), and when the total norm is non-finite at a step (steps a
     GradScaler would skip aside), exactly zero at more than {zero_steps:.0%} of the steps, above {huge_norm:g}
     (divided by the batch size for a loss summed over the batch), more than {spike_fail:g}x the median of the
@@ -175,10 +196,11 @@ class GradNorms(Check):
         "PyTorch docs: torch.nn.utils.clip_grad_norm_ (rescales the whole gradient, keeps its direction) and "
         "clip_grad_value_ (clamps each element)",
     )
-    constants = {"train_steps": TRAIN_STEPS, "spike_window": SPIKE_WINDOW}
+    constants = {"train_steps": TRAIN_STEPS, "spike_window": SPIKE_WINDOW, "end_fraction": END_FRACTION}
 
-    vanishing_ratio: float = threshold(1e-3, "fail when the first weight layer's gradient norm over the last one's "
-                                             "(median over steps) is below this (AUTOTRAINER)")
+    vanishing_ratio: float = threshold(1e-3, "fail when the first weight layers' gradient norm over the last ones' "
+                                             "(the largest of each half, median over steps) is below this "
+                                             "(AUTOTRAINER compares the first layer with the last)")
     exploding_ratio: float = threshold(70.0, "fail when that ratio is above this (AUTOTRAINER)")
     huge_norm: float = threshold(1e4, "fail when the total gradient norm exceeds this at any step: for a "
                                       "mean-reduced loss healthy norms are of order 0.01-10 and common clip values "
@@ -238,8 +260,11 @@ class GradNorms(Check):
         p50 = float(np.median(good))
         medians = tuple(median_or_nan(layer.norms) for layer in m.layers)
         with_grad = tuple(i for i, med in enumerate(medians) if math.isfinite(med) and med > 0)
-        ratio, ratios = first_last(m.layers[with_grad[0]].norms, m.layers[with_grad[-1]].norms) \
-            if len(with_grad) >= 2 else (None, [])
+        first, last = end_groups(with_grad)
+        ratio, ratios = first_last(_group_norms(m, first), _group_norms(m, last)) if len(with_grad) >= 2 \
+            else (None, [])
+        first_at = _largest(m, medians, first) if first else None
+        last_at = _largest(m, medians, last) if last else None
         return NormStats(
             steps=len(totals), p50=p50, p90=float(np.percentile(good, 90)), p99=float(np.percentile(good, 99)),
             max=max(good), min=min(good), clip=suggested_clip(good, self.spike, self.clip_percentile),
@@ -249,8 +274,8 @@ class GradNorms(Check):
             medians=medians, with_grad=with_grad, ratio=ratio, ratios=tuple(ratios),
             first_layer=display(m.layers[with_grad[0]].name) if with_grad else None,
             last_layer=display(m.layers[with_grad[-1]].name) if with_grad else None,
-            first_label=_label(m.layers[with_grad[0]]) if with_grad else None,
-            last_label=_label(m.layers[with_grad[-1]]) if with_grad else None)
+            first_label=_label(m.layers[first_at]) if first_at is not None else None,
+            last_label=_label(m.layers[last_at]) if last_at is not None else None)
 
     def judge(self, m: GradMeasured) -> Judgment:
         if not finite(m.totals):
@@ -473,3 +498,17 @@ def _clip_advice(clip: float) -> tuple[str, ...]:
             f"Prefer norm clipping, which rescales the whole gradient and keeps its direction; "
             f"clip_grad_value_ clamps each element and changes the direction, use it only against isolated "
             f"outlier elements.",)
+
+
+def _group_norms(m: GradMeasured, group: Sequence[int]) -> list[float]:
+    """Per step, the largest gradient norm among the layers of ``group`` (NaN where none is finite)."""
+    out = []
+    for step in range(len(m.totals)):
+        values = finite(m.layers[i].norms[step] for i in group)
+        out.append(max(values) if values else float("nan"))
+    return out
+
+
+def _largest(m: GradMeasured, medians: Sequence[float], group: Sequence[int]) -> int:
+    """The layer of ``group`` with the largest median gradient norm: the one the ratio speaks for."""
+    return max(group, key=lambda i: medians[i])
