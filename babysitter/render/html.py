@@ -8,13 +8,14 @@ from typing import Any
 from ..analysis import fmt
 from ..analysis.status import PROBLEMS
 from ..report import CheckResult, Plot, Report, Table
-from .figures import has_data, to_png
+from .figures import has_data, pngs
 from .tables import cell
 
 #: the figures people come for, shown at the top of the report when their checks drew them: the LR curve with the
 #: suggestion and the user's LR, the gradient-norm histogram with the clip line, activation scale through depth
 SUMMARY_FIGURES = (("lr_range", "lr_curve"), ("grad_norms", "total_hist"), ("activation_scale", "std_by_depth"))
-#: their size (inches): three side by side fill one screen's width
+#: their size (inches): three side by side fill one screen's width. Each is drawn once, at this size, and the same
+#: image shows in the summary and in its check's card
 SUMMARY_SIZE = (4.6, 3.2)
 
 _CSS = """
@@ -53,9 +54,23 @@ def _table(t: Table) -> str:
     return f"<h3>{esc(t.title)}</h3><table><tr>{head}</tr>{rows}</table>"
 
 
-def _img(plot: Plot, size: Any = None) -> str:
-    data = base64.b64encode(to_png(plot, size=size)).decode("ascii")
-    return f'<img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">'
+def _img(plot: Plot, images: dict[int, str]) -> str:
+    return f'<img alt="{esc(plot.title)}" src="{images[id(plot)]}">'
+
+
+def _summary_plots(report: Report) -> list[tuple[str, Plot]]:
+    """The SUMMARY_FIGURES that the run drew, with their check's id."""
+    return [(cid, p) for cid, pid in SUMMARY_FIGURES for c in report.checks if c.id == cid
+            for p in c.plots if p.id == pid and has_data(p)]
+
+
+def _images(report: Report) -> dict[int, str]:
+    """Every figure the page shows, drawn once (the summary's three at SUMMARY_SIZE), as data URIs keyed by the
+    id of their Plot: the summary and the cards share them."""
+    summary = {id(p) for _, p in _summary_plots(report)}
+    plots = [p for c in report.checks for p in c.plots if has_data(p)]
+    drawn = pngs(plots, [SUMMARY_SIZE if id(p) in summary else None for p in plots])
+    return {id(p): "data:image/png;base64," + base64.b64encode(png).decode("ascii") for p, png in zip(plots, drawn)}
 
 
 def _contents(c: CheckResult, plots: list) -> str:
@@ -65,7 +80,7 @@ def _contents(c: CheckResult, plots: list) -> str:
     return f'<span class="more">{esc(", ".join(parts))}</span>' if parts else ""
 
 
-def _check(c: CheckResult) -> str:
+def _check(c: CheckResult, images: dict[int, str]) -> str:
     plots = [p for p in c.plots if has_data(p)]
     parts = [f'<details class="check" id="{esc(c.id)}" {"open" if c.status in PROBLEMS else ""}>',
              f'<summary><h2><span class="badge {esc(c.status)}">{esc(c.status.upper())}</span> '
@@ -76,7 +91,7 @@ def _check(c: CheckResult) -> str:
     if c.notes:
         parts.append("<p class='sub'>" + "<br>".join(esc(n) for n in c.notes) + "</p>")
     if plots:
-        parts.append("<div class='figs'>" + "".join(_img(p) for p in plots) + "</div>")
+        parts.append("<div class='figs'>" + "".join(_img(p, images) for p in plots) + "</div>")
     for t in c.tables:
         parts.append(_table(t))
     if c.metrics:
@@ -88,20 +103,20 @@ def _check(c: CheckResult) -> str:
     return "".join(parts)
 
 
-def _overview(report: Report) -> str:
+def _overview(report: Report, images: dict[int, str]) -> str:
     """The one-screen summary: the verdict of every check (linked to its card, with its time), then the figures
     of SUMMARY_FIGURES that the run drew."""
     rows = "".join(
         f"<tr><td><span class='badge {esc(c.status)}'>{esc(c.status.upper())}</span></td>"
         f"<td><a href='#{esc(c.id)}'>{esc(c.id)}</a></td><td class='num'>{c.duration_s:.1f}s</td>"
         f"<td>{esc(c.summary)}</td></tr>" for c in report.checks)
-    figs = [f"<a href='#{esc(c.id)}'>{_img(p, SUMMARY_SIZE)}</a>" for cid, pid in SUMMARY_FIGURES
-            for c in report.checks if c.id == cid for p in c.plots if p.id == pid and has_data(p)]
+    figs = [f"<a href='#{esc(cid)}'>{_img(p, images)}</a>" for cid, p in _summary_plots(report)]
     figures = f"<div class='figs'>{''.join(figs)}</div>" if figs else ""
     return f"<section class='overview' id='overview'><table>{rows}</table>{figures}</section>"
 
 
 def render(report: Report) -> str:
+    images = _images(report)
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     run_rows = "".join(f"<tr><td>{esc(k)}</td><td>{_cell(v)}</td></tr>" for k, v in report.run.items())
     interrupted = (f"<p><b>Interrupted: this report is partial; {len(report.not_run)} of {len(report.checks)} checks "
@@ -111,7 +126,7 @@ def render(report: Report) -> str:
         f"<title>babysitter: {esc(report.target)}</title><style>{_CSS}</style></head><body>"
         f"<h1>babysitter: {esc(report.target)} <span class='badge {esc(report.status)}'>"
         f"{esc(report.status.upper())}</span></h1><p class='sub'>{esc(counts)}</p>{interrupted}"
-        + _overview(report)
-        + "".join(_check(c) for c in report.checks)
+        + _overview(report, images)
+        + "".join(_check(c, images) for c in report.checks)
         + f"<details><summary>Run facts</summary><table class='metrics'>{run_rows}</table></details>"
         "</body></html>")

@@ -1,0 +1,126 @@
+"""Drawing a report's figures on two cores: half of them in a forked child while this process draws the rest.
+
+Drawing is matplotlib's Python, one core's work, and the report is written after the checks, when torch has
+left the machine's other cores idle. A fork (Linux only) starts at once with matplotlib already imported; the
+child draws, sends its PNGs back through a pipe as one pickle, and leaves with ``os._exit`` (no cleanup, no
+flushing of buffers it shares with this process). Whenever the child cannot start, fails, or does not answer, its
+figures are drawn here: the report never depends on it.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+import warnings
+from typing import Callable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: fewer items than this are all drawn here: the fork and the pipe would cost more than they save
+MIN_ITEMS = 4
+#: seconds to wait for the child after this process has drawn its own half (it draws as many, as fast: a child
+#: that is this late is stuck, and is killed)
+PATIENCE_S = 60.0
+
+
+def two_cores() -> bool:
+    """Whether a forked helper can run beside this process: Linux (macOS forbids much after fork), and more than one
+    core that this process may use."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) > 1
+
+
+def split_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]``, the odd-indexed items computed in a forked child when that helps (see
+    :func:`two_cores`, MIN_ITEMS); ``fn`` must touch nothing but its argument (no torch, no CUDA: only the
+    calling thread exists in the child)."""
+    items = list(items)
+    if len(items) < MIN_ITEMS or not two_cores():
+        return [fn(x) for x in items]
+    theirs = items[1::2]
+    child = _Child.start(fn, theirs)
+    try:
+        mine = [fn(x) for x in items[0::2]]
+        got = child.result() if child is not None else None
+    finally:
+        if child is not None:
+            child.close()
+    got = got if got is not None and len(got) == len(theirs) else [fn(x) for x in theirs]
+    out: list = [None] * len(items)
+    out[0::2], out[1::2] = mine, got
+    return out
+
+
+class _Child:
+    """A forked process computing ``[fn(x) for x in items]`` into a pipe."""
+
+    def __init__(self, pid: int, fd: int):
+        self.pid, self.fd = pid, fd
+
+    @classmethod
+    def start(cls, fn: Callable, items: list) -> Optional["_Child"]:
+        read, write = os.pipe()
+        try:
+            with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads alive (torch's idle pool):
+                warnings.simplefilter("ignore", DeprecationWarning)  # the child runs none of their code
+                pid = os.fork()
+        except OSError:  # no memory for the page tables, a process limit: draw everything here
+            os.close(read)
+            os.close(write)
+            return None
+        if pid == 0:
+            os.close(read)
+            _serve(write, fn, items)  # never returns
+        os.close(write)
+        return cls(pid, read)
+
+    def result(self) -> Optional[list]:
+        """The child's list, or None if it failed or took longer than PATIENCE_S."""
+        chunks, deadline = [], time.monotonic() + PATIENCE_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            return None
+        return pickle.loads(b"".join(chunks))
+
+    def close(self) -> None:
+        """Kill the child if it is still there (an interrupt, a timeout), reap it, close the pipe."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        os.close(self.fd)
+
+
+def _serve(fd: int, fn: Callable, items: list) -> None:
+    """The child's whole life: compute, write, leave at once (``os._exit``: no atexit handlers, no buffers
+    flushed twice, no finally blocks of the parent's stack run)."""
+    code = 1
+    try:
+        data = pickle.dumps([fn(x) for x in items], protocol=pickle.HIGHEST_PROTOCOL)
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(data)
+        code = 0
+    except BaseException:  # noqa: B036 - an interrupt too: the parent draws these figures itself
+        pass
+    finally:
+        os._exit(code)
