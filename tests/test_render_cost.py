@@ -174,3 +174,19 @@ def test_the_collector_is_paused_while_writing_and_left_as_it_was(tmp_path, monk
         assert gc.isenabled()  # and back on after a failure too
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_stuck_child_is_killed_and_its_share_computed_here(monkeypatch):
+    import time
+
+    parent = os.getpid()
+    monkeypatch.setattr(parallel, "two_cores", lambda: True)
+    monkeypatch.setattr(parallel, "PATIENCE_S", 0.3)
+
+    def slow_in_child(x: int) -> int:
+        if os.getpid() != parent:
+            time.sleep(60)
+        return -x
+
+    assert parallel.split_map(slow_in_child, range(6)) == [-x for x in range(6)]

@@ -84,29 +84,43 @@ class _Child:
 
     def result(self) -> Optional[list]:
         """The child's list, or None if it failed or took longer than PATIENCE_S."""
+        data = self._read()
+        if data is None:
+            return None
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            done = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        except ChildProcessError:  # reaped by someone else (a SIGCHLD handler): the data decides
+            done = True
+        self.pid = 0
+        try:
+            return pickle.loads(data) if done else None
+        except Exception:  # cut short: the child died while writing
+            return None
+
+    def _read(self) -> Optional[bytes]:
+        """Everything the child writes, up to its end of the pipe; None if PATIENCE_S pass first. (poll, not
+        select: a process with many files open may be given a descriptor past select's limit of 1024.)"""
         chunks, deadline = [], time.monotonic() + PATIENCE_S
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 return None
             chunk = os.read(self.fd, 1 << 20)
             if not chunk:
-                break
+                return b"".join(chunks)
             chunks.append(chunk)
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = 0
-        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            return None
-        return pickle.loads(b"".join(chunks))
 
     def close(self) -> None:
         """Kill the child if it is still there (an interrupt, a timeout), reap it, close the pipe."""
         if self.pid:
             try:
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
                 pass
-            os.waitpid(self.pid, 0)
             self.pid = 0
         os.close(self.fd)
 
