@@ -76,7 +76,7 @@ def _cases():
             yield pytest.param(name, check_id, marks=marks, id=f"{name}-{check_id}")
 
 
-@pytest.mark.parametrize("name, check_id", _cases())
+@pytest.mark.parametrize("name, check_id", list(_cases()))
 def test_stepped_target_has_no_error_and_no_false_alarm(name, check_id):
     report, _, _ = run_target(name)
     result = report[check_id]
