@@ -5,6 +5,7 @@ import datetime as _dt
 import platform
 import time
 import traceback
+import warnings
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -57,8 +58,31 @@ def _ids(values: Optional[Iterable[str]], known: Sequence[str], flag: str) -> se
     return out
 
 
+def warning_notes(records: list) -> tuple[str, ...]:
+    """The warnings a check saw (the model's, the loss's, torch's), each once with its count, as a note."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in records:
+        key = (r.category.__name__, " ".join(str(r.message).split()))
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ()
+    items = [f"{cat}: {msg}" + (f" (x{n})" if n > 1 else "") for (cat, msg), n in counts.items()]
+    return (f"warnings raised while this check ran: {'; '.join(items[:8])}"
+            + (f"; and {len(items) - 8} more" if len(items) > 8 else ""),)
+
+
 def run_check(check: Check, session: Session) -> CheckResult:
-    """Run one check; a crash becomes status 'error' with its traceback, a SkipCheck becomes 'skip'."""
+    """Run one check; a crash becomes status 'error' with its traceback, a SkipCheck becomes 'skip'. Warnings raised
+    while it runs (the model's, the loss's, torch's) are kept in its notes, each once with its count; the user's
+    warning filters are as they were after it."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = _run_check(check, session)
+    notes = warning_notes(seen)
+    return result.replace(notes=tuple(result.notes) + notes) if notes else result
+
+
+def _run_check(check: Check, session: Session) -> CheckResult:
     t0 = time.perf_counter()
     try:
         result = check.run(session)

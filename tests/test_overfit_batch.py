@@ -506,3 +506,38 @@ def test_accuracy_is_asked_of_one_label_per_example_only():
     assert not one_prediction_each(torch.zeros(32 * 15, dtype=torch.long), 32)  # next tokens, flattened
     assert not one_prediction_each(torch.zeros(32, 15, dtype=torch.long), 32)  # per-position labels
     assert not one_prediction_each(None, 32)
+
+
+def test_a_loss_that_broadcasts_outputs_against_targets_is_named_from_pytorchs_warning():
+    """Issue 18: (N, 1) outputs against (N,) targets broadcast to (N, N); PyTorch says so, the report must too."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = x @ torch.randn(8)  # (N,) targets
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))  # (N, 1) outputs
+    report = babysitter.check(model, (x, y), loss_fn=nn.MSELoss(), optimizer=lambda p: torch.optim.Adam(p, 1e-2),
+                              select=["initial_loss", "overfit_batch"])
+    result = report["overfit_batch"]
+    assert result.status == "fail", result.summary
+    assert "different shapes" in result.summary and "Using a target size" in result.advice[0]
+    assert any("Using a target size" in n for n in result.notes)
+    assert any("warnings raised while this check ran" in n and "Using a target size" in n
+               for n in report["initial_loss"].notes)
+
+
+def test_warnings_are_kept_in_the_report_and_the_users_filters_restored():
+    import warnings
+
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            warnings.warn("noisy forward", UserWarning)
+            return self.fc(x)
+
+    before = list(warnings.filters)
+    report = babysitter.check(Noisy(), (torch.randn(64, 4), torch.randint(0, 3, (64,))),
+                              loss_fn=nn.CrossEntropyLoss(), select=["initial_loss"])
+    assert warnings.filters == before
+    assert any("UserWarning: noisy forward (x" in n for n in report["initial_loss"].notes)

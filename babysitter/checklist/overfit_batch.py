@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
@@ -78,6 +80,10 @@ def regularization_off(model: nn.Module):
     finally:
         for m, p in patched:
             m.dropout = p
+
+
+#: PyTorch's warning when an element-wise loss broadcasts targets of another shape against the outputs
+BROADCAST = re.compile(r"Using a target size \(.*\) that is different to the input size")
 
 
 # -- the subset and what can be said of its outputs --------------------------------------------------
@@ -222,6 +228,7 @@ class OverfitMeasured:
     step: tuple[str, ...] = ()  # the parts of the user's step each training step on the subset kept
     left_out: tuple[str, ...] = ()  # the parts it left out: 'scheduler' (the probe sets the LR), 'accumulate 4'
     loss_only: bool = False  # the user's step function returns only the loss: no outputs, no accuracy
+    warnings: tuple[str, ...] = ()  # what torch warned while the user's LR trained the subset, each once
 
     @property
     def final(self) -> Attempt:
@@ -336,7 +343,9 @@ class OverfitBatch(Check):
         subset = tiny_subset(session, self.examples)
         user_lr = session.user_lr
         why = f"your LR {fmt.lr(user_lr)}" if user_lr is not None else "the optimizer's own LR"
-        attempts = [self._attempt(session, subset, user_lr, why)]
+        with warnings.catch_warnings(record=True) as seen:  # what torch says while the subset trains
+            warnings.simplefilter("always")
+            attempts = [self._attempt(session, subset, user_lr, why)]
         reading, notes = None, (subset.note,) if subset.note else ()
         # lr_range's reading is needed only when the user's LR failed (in a full checklist it is computed once
         # anyway); its suggestion is tried when it differs enough
@@ -345,7 +354,8 @@ class OverfitBatch(Check):
             notes += more
             self._retry(session, subset, reading, attempts)
         return OverfitMeasured(examples=subset.examples, attempts=tuple(attempts), reading=reading, notes=notes,
-                               parameters=sum(p.numel() for p in params), **step)
+                               parameters=sum(p.numel() for p in params),
+                               warnings=tuple(dict.fromkeys(" ".join(str(w.message).split()) for w in seen)), **step)
 
     def _step_facts(self, session: "Session") -> dict:
         """Which parts of the user's step the attempts keep (a stepper as theirs, read, not run); a step function
@@ -552,10 +562,23 @@ class OverfitBatch(Check):
                           f"{fmt.pct(self.min_accuracy)} are asked): some inputs appear with different targets "
                           f"(duplicates with other labels, next tokens their prefix cannot determine). Check the "
                           f"labels of the examples still wrong; the model itself can fit."),)
-        found = [*self._output_causes(final, measured.examples), *self._lr_causes(final, measured.reading),
-                 self._capacity_cause(final, measured)]
+        found = [*self._warned_causes(measured.warnings), *self._output_causes(final, measured.examples),
+                 *self._lr_causes(final, measured.reading), self._capacity_cause(final, measured)]
         found.sort(key=lambda c: -c.score)
         return tuple(Cause(round(c.score, 2), c.cause, c.evidence) for c in found)
+
+    @staticmethod
+    def _warned_causes(seen: tuple[str, ...]) -> list[Cause]:
+        """What PyTorch said during training, when it names a fault: a loss that broadcast outputs against targets
+        of another shape ((N, 1) against (N,) compares every output with every target)."""
+        broadcast = [w for w in seen if BROADCAST.search(w)]
+        if not broadcast:
+            return []
+        return [Cause(1.0, "outputs and targets of different shapes, broadcast by the loss",
+                      f"PyTorch warned while the subset trained: '{broadcast[0]}'. The loss broadcast the outputs "
+                      f"against the targets, so it compares every output with every target and no model can fit "
+                      f"them: give both the same shape (outputs.squeeze(-1) for (N, 1) outputs against (N,) "
+                      f"targets, or targets.unsqueeze(-1)).")]
 
     @staticmethod
     def _output_causes(final: Attempt, n: int) -> list[Cause]:
@@ -627,6 +650,8 @@ class OverfitBatch(Check):
         notes = ["weight decay set to zero for the probe: " + ", ".join(final.decay)] if final.decay else []
         notes.append("dropout switched off (modules, F.dropout calls, attention and recurrent dropout); "
                      "BatchNorm kept in training mode")
+        if m.warnings:
+            notes.append("PyTorch warned while the subset trained: " + "; ".join(m.warnings[:4]))
         return tuple(notes) + OverfitBatch._step_notes(m) + m.notes
 
     @staticmethod
