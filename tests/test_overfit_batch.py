@@ -508,6 +508,7 @@ def test_accuracy_is_asked_of_one_label_per_example_only():
     assert not one_prediction_each(None, 32)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the first-batch validation's own warning, outside the checks
 def test_a_loss_that_broadcasts_outputs_against_targets_is_named_from_pytorchs_warning():
     """Issue 18: (N, 1) outputs against (N,) targets broadcast to (N, N); PyTorch says so, the report must too."""
     torch.manual_seed(0)
@@ -524,6 +525,7 @@ def test_a_loss_that_broadcasts_outputs_against_targets_is_named_from_pytorchs_w
                for n in report["initial_loss"].notes)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_warnings_are_kept_in_the_report_and_the_users_filters_restored():
     import warnings
 
