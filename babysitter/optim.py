@@ -84,18 +84,6 @@ class OptimizerGroup:
     def param_groups(self) -> list[dict]:
         return [g for opt in self.optimizers for g in opt.param_groups]
 
-    @property
-    def state(self) -> dict:
-        return {k: v for opt in self.optimizers for k, v in opt.state.items()}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None) -> None:
-        for opt in self.optimizers:
-            opt.step()
-
 
 def as_optimizer(value: Any) -> Any:
     """What a target's optimizer factory returned, as one optimizer: a torch optimizer as it is, a list, tuple or

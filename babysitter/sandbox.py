@@ -35,6 +35,13 @@ def _tree_to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every RNG the sandbox restores: Python's, numpy's, torch's (CUDA's too)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
 @dataclass
 class RngState:
     """The global RNGs: torch's CPU generator, every CUDA generator, numpy's and Python's.

@@ -9,11 +9,9 @@ batches), :class:`~babysitter.usercode.UserCode` (calling the user's forward, lo
 from __future__ import annotations
 
 import itertools
-import random
 import time
 from typing import Any, Mapping, Optional
 
-import numpy as np
 import torch
 
 from .analysis.batches import batch_size_of
@@ -21,7 +19,7 @@ from .errors import TargetError, UsageError
 from .evidence import EvidenceCache
 from .optim import lr_of
 from .pool import DEFAULT_MAX_BATCHES, BatchPool, draw
-from .sandbox import Snapshot
+from .sandbox import Snapshot, seed_everything  # noqa: F401  (seed_everything re-exported)
 from .target import Target, validate_first_batch, validate_pool
 from .usercode import ModelInputs, UserCode
 
@@ -38,12 +36,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise UsageError("--device cuda was asked for, but torch.cuda.is_available() is False "
                          f"(torch {torch.__version__}); use --device cpu or auto")
     return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # seeds CUDA too
 
 
 def _step_fact(step: Any) -> Optional[str]:

@@ -27,7 +27,7 @@ from torch import nn
 from .analysis.batches import describe, short_repr, type_name
 from .errors import NoTargetsError, TargetError
 from .optim import default_optimizer  # noqa: F401  (re-exported: the optimizer of targets that give none)
-from .pool import DEFAULT_BATCH_SIZE, is_map_dataset  # noqa: F401  (DEFAULT_BATCH_SIZE re-exported)
+from .pool import is_map_dataset
 
 #: the function ``babysit check`` looks for in a file when none is named
 DEFAULT_FUNCTION = "babysit"
@@ -354,8 +354,7 @@ def importable(ref: TargetRef):
 @contextlib.contextmanager
 def seeded(seed: int):
     """Every RNG (torch and CUDA, numpy, ``random``) seeded with ``seed`` inside; their states restored after."""
-    from .sandbox import RngState
-    from .session import seed_everything
+    from .sandbox import RngState, seed_everything
 
     saved = RngState.capture()
     seed_everything(seed)

@@ -204,15 +204,6 @@ def _graph_nodes(roots: list) -> list:
     return out
 
 
-def watch_backward(loss: torch.Tensor, nodes: Mapping, step: int) -> Optional[Origin]:
-    """``loss.backward()`` with a hook on every node of its graph: the first node that turned finite incoming
-    gradients into non-finite ones, attributed through ``nodes`` (node -> (forward op, module))."""
-    found: list[Origin] = []
-    with hook_graph([loss.grad_fn], nodes, step, found):
-        loss.backward()
-    return found[0] if found else None
-
-
 def hook_graph(roots: list, nodes: Mapping, step: int, found: list) -> HookSet:
     """A hook on every node of the graphs below ``roots`` that appends to ``found`` the first node turning finite
     incoming gradients into non-finite ones; returns the hooks (a context manager that removes them)."""
