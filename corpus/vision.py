@@ -1,0 +1,3 @@
+"""(filled in by the corpus work)"""
+CASES: list = []
+FAULTS: list = []
