@@ -3,16 +3,46 @@
     report = babysitter.check(model, data, loss_fn=nn.CrossEntropyLoss(),
                               optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
     report.save("reports/run1")
+
+The public names are imported on first use (PEP 562), so that importing a light module of the package (the pytest
+plugin, which pytest imports in every run of every project where babysitter is installed; the configuration) does
+not import torch.
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .api import Sitter, check, wrap  # noqa: E402
-from .errors import ExitCode, TargetError, UsageError  # noqa: E402
-from .report import CheckResult, Report  # noqa: E402
-from .step import Step  # noqa: E402
-from .target import Target  # noqa: E402
+#: public name -> the module that defines it
+_EXPORTS = {
+    "check": ".api", "wrap": ".api", "Sitter": ".api",
+    "ExitCode": ".errors", "TargetError": ".errors", "UsageError": ".errors",
+    "CheckResult": ".report", "Report": ".report",
+    "Step": ".step",
+    "Target": ".target",
+}
 
 __all__ = ["check", "wrap", "Sitter", "Target", "Step", "Report", "CheckResult", "ExitCode", "TargetError",
            "UsageError", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .api import Sitter, check, wrap
+    from .errors import ExitCode, TargetError, UsageError
+    from .report import CheckResult, Report
+    from .step import Step
+    from .target import Target
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'babysitter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

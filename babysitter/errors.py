@@ -15,6 +15,22 @@ class ExitCode(enum.IntEnum):
     NO_TARGETS = 5  #: nothing to check was found
 
 
+_KINDS = {bool: "boolean", str: "string", int: "integer", float: "number", list: "list", tuple: "list",
+          dict: "table"}
+
+
+def kind_words(value: object) -> str:
+    """A value's kind as a message names it: ``a string``, ``an integer``, ``a table``."""
+    kind = _KINDS.get(type(value), type(value).__name__)
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def value_words(value: object) -> str:
+    """A value with its kind, as an error message names it: ``the string 'fast'``, ``the number 0.5``."""
+    kind = _KINDS.get(type(value))
+    return f"the {kind} {value!r}" if kind else f"{kind_words(value)} {value!r}"
+
+
 class BabysitterError(Exception):
     """Base class of errors that carry their exit code and a message meant for a user."""
 
@@ -25,6 +41,18 @@ class UsageError(BabysitterError):
     """The command line or an argument of the Python API is wrong."""
 
     exit_code = ExitCode.USAGE_ERROR
+
+
+class OptionError(UsageError):
+    """A check id, a threshold name or a threshold value the checklist does not take. ``key`` says where it was
+    given (``select``, ``lr_range``, ``lr_range.steps``), ``value`` what was given and ``reason`` what is wrong
+    with it, so that a caller (the configuration file, the command line) can name them in its own terms."""
+
+    def __init__(self, message: str, *, key: str, value: object, reason: str):
+        super().__init__(message)
+        self.key = key
+        self.value = value
+        self.reason = reason
 
 
 class TargetError(BabysitterError):

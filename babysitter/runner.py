@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import datetime as _dt
+import numbers
 import platform
 import time
 import traceback
 import warnings
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
 from . import __version__
 from .checklist import CHECKLIST
 from .checklist.base import Check
-from .errors import SkipCheck, UsageError
+from .errors import OptionError, SkipCheck, value_words
 from .report import CheckResult, Report
 from .session import Session
 from .target import Target
@@ -24,28 +25,17 @@ ProgressFn = Callable[[str, str, Optional[CheckResult]], None]  # (event, check 
 def select_checks(select: Optional[Iterable[str]] = None, ignore: Optional[Iterable[str]] = None,
                   options: Optional[Mapping[str, Mapping]] = None) -> list[Check]:
     """Instantiate the checklist in order, filtered by id, with per-check threshold overrides."""
+    select = check_ids(select, "--select")
+    ignore = check_ids(ignore, "--ignore")
+    options = validate_options(options)
+    return [cls(**options.get(cls.id, {})) for cls in CHECKLIST
+            if not (select and cls.id not in select) and cls.id not in ignore]
+
+
+def check_ids(values: Optional[Iterable[str]], flag: str) -> set[str]:
+    """The check ids of a ``--select``/``--ignore`` value (strings, each a comma list); an unknown one is an
+    :class:`OptionError`."""
     known = [c.id for c in CHECKLIST]
-    select = _ids(select, known, "--select")
-    ignore = _ids(ignore, known, "--ignore")
-    options = dict(options or {})
-    for cid in options:
-        if cid not in known:
-            raise UsageError(f"options: unknown check id {cid!r}; the checks are: {', '.join(known)}")
-    checks = []
-    for cls in CHECKLIST:
-        if (select and cls.id not in select) or cls.id in ignore:
-            continue
-        opts = dict(options.get(cls.id, {}))
-        names = {name for name, *_ in cls.thresholds()}
-        bad = sorted(set(opts) - names)
-        if bad:
-            raise UsageError(f"options[{cls.id!r}]: unknown threshold {bad[0]!r}; {cls.id} takes: "
-                             f"{', '.join(sorted(names)) or 'none'}")
-        checks.append(cls(**opts))
-    return checks
-
-
-def _ids(values: Optional[Iterable[str]], known: Sequence[str], flag: str) -> set[str]:
     out = set()
     for v in values or ():
         for part in str(v).split(","):
@@ -53,9 +43,61 @@ def _ids(values: Optional[Iterable[str]], known: Sequence[str], flag: str) -> se
             if not part:
                 continue
             if part not in known:
-                raise UsageError(f"{flag}: unknown check id {part!r}; the checks are: {', '.join(known)}")
+                reason = f"unknown check id {part!r}; the checks are: {', '.join(known)}"
+                raise OptionError(f"{flag}: {reason}", key=flag.lstrip("-"), value=part, reason=reason)
             out.add(part)
     return out
+
+
+def validate_options(options: Optional[Mapping[str, Mapping]]) -> dict[str, dict]:
+    """The per-check thresholds ``{check id: {name: value}}``, checked against the checklist (the ids, the names
+    ``babysit explain`` shows, the type of each default) and converted (an int given for a float threshold becomes
+    a float); anything else is an :class:`OptionError` naming the id, the name and the value."""
+    known = {c.id: c for c in CHECKLIST}
+    out: dict[str, dict] = {}
+    for cid, given in dict(options or {}).items():
+        if cid not in known:
+            reason = f"unknown check id {cid!r}; the checks are: {', '.join(known)}"
+            raise OptionError(f"options: {reason}", key=str(cid), value=given, reason=reason)
+        if not isinstance(given, Mapping):
+            reason = f"the thresholds of {cid} are a mapping {{name: value}}, not {type(given).__name__}"
+            raise OptionError(f"options[{cid!r}]: {reason}", key=cid, value=given, reason=reason)
+        out[cid] = {name: threshold_value(known[cid], name, value) for name, value in given.items()}
+    return out
+
+
+def threshold_value(cls: type[Check], name: str, value: Any) -> Any:
+    """``value`` as the threshold ``name`` of the check ``cls`` takes it: a bool for a bool default, an integer for
+    an int default, a number (not NaN) for a float default, else the default's type."""
+    defaults = {n: d for n, d, _ in cls.thresholds()}
+    if name not in defaults:
+        reason = f"unknown threshold {name!r}; {cls.id} takes: {', '.join(sorted(defaults)) or 'none'}"
+        raise OptionError(f"options[{cls.id!r}]: {reason}", key=f"{cls.id}.{name}", value=value, reason=reason)
+    default = defaults[name]
+    kind, ok = _kind_of(default, value)
+    if not ok:
+        reason = f"{cls.id}'s threshold {name} takes {kind} (default {default!r}), not {value_words(value)}"
+        raise OptionError(f"options[{cls.id!r}][{name!r}]: {reason}", key=f"{cls.id}.{name}", value=value,
+                          reason=reason)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, int) and not isinstance(default, bool):
+        return int(value)
+    return value
+
+
+def _kind_of(default: Any, value: Any) -> tuple[str, bool]:
+    """What a threshold with this default takes, in words, and whether ``value`` is one."""
+    if default is None:
+        return "any value", True
+    if isinstance(default, bool):
+        return "true or false", isinstance(value, bool)
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return "an integer", number and isinstance(value, numbers.Integral)
+    if isinstance(default, float):
+        return "a number", number and value == value  # NaN is not a threshold: every comparison with it is false
+    return f"a {type(default).__name__}", isinstance(value, type(default))
 
 
 def warning_notes(records: list) -> tuple[str, ...]:
@@ -106,6 +148,7 @@ def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=No
     """Check one target and return its report. Ctrl-C, at any point of the run, returns a partial report with the
     status ``interrupted``: the checks that did not run are there as ``skip`` "not run: interrupted", and listed
     in ``not_run``; the model and every RNG are as they were found."""
+    options = validate_options(options)
     checks = select_checks(select, ignore, options)
     started = _dt.datetime.now(_dt.timezone.utc)
     kwargs = {} if max_batches is None else {"max_batches": max_batches}

@@ -232,3 +232,131 @@ def test_a_terminal_sees_which_check_runs(tmp_path, monkeypatch):
     assert "running checks…" not in screen
     assert re.search(r"initial_loss\s+1/2", screen) and re.search(r"dead_relu\s+2/2", screen), screen
     assert re.search(r"✓ PASS dead_relu \(\d+\.\d+s\)", screen)  # each finished check stays on the screen
+
+
+# -- issue 17: output for machines and CI -----------------------------------------------------------------------------
+FAULTY = GOOD.replace("x = torch.randn(256, 10)", "x = torch.randn(256, 10)\n    x[:, 3] *= 1000")
+BROKEN = "def babysit():\n    return 3\n"
+
+
+def run_split(args, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """``babysit ARGS`` on the real stdout and stderr: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_format_json_prints_the_report_json_and_nothing_else(tmp_path, monkeypatch, capsys):
+    write(tmp_path, "good.py", GOOD)
+    code, out, err = run_split(["check", "good.py", *SELECT, "--format", "json"], tmp_path, monkeypatch, capsys)
+    assert code == ExitCode.OK, err
+    report = json.loads(out)  # one target named: the object report.json holds, exactly
+    assert report == json.loads((tmp_path / "reports/good/report.json").read_text())
+    assert report["status"] == "pass" and report["checks"][0]["metrics"]["observed"] > 0
+    assert "checking" not in err and "PASS" not in err
+
+
+def test_format_json_over_a_folder_is_a_list_even_of_one(tmp_path, monkeypatch, capsys):
+    write(tmp_path, "checks/good.py", GOOD)
+    write(tmp_path, "checks/helper.py", "X = 1\n")
+    code, out, err = run_split(["check", *SELECT, "--format", "json", "--no-report"], tmp_path, monkeypatch, capsys)
+    assert code == ExitCode.OK and [r["target"] for r in json.loads(out)] == ["good"]
+    assert "helper.py skipped" in err  # notes go to stderr
+    write(tmp_path, "checks/hot.py", HOT)
+    write(tmp_path, "checks/broken.py", BROKEN)
+    code, out, err = run_split(["check", *SELECT, "--format", "json", "--no-report"], tmp_path, monkeypatch, capsys)
+    assert code == ExitCode.USAGE_ERROR  # a target that cannot be loaded: exit 4, its error on stderr
+    assert [(r["target"], r["status"]) for r in json.loads(out)] == [("good", "pass"), ("hot", "fail")]
+    assert "target error" in err and "broken.py" in err
+
+
+def test_quiet_prints_one_line_per_target(tmp_path, monkeypatch):
+    write(tmp_path, "checks/good.py", GOOD)
+    write(tmp_path, "checks/hot.py", HOT)
+    write(tmp_path, "checks/broken.py", BROKEN)
+    code, out = run(["check", "--select", "initial_loss,saturation", "-q"], tmp_path, monkeypatch)
+    assert code == ExitCode.USAGE_ERROR, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 3, out
+    assert lines[0].startswith("E ERROR  broken  target error: ")
+    assert re.fullmatch(r"✓ PASS  good  1 pass, 1 skip · \d+\.\ds · reports/good/report\.html", lines[1]), lines[1]
+    assert re.fullmatch(r"✗ FAIL  hot  1 fail, 1 skip · fail: initial_loss · \d+\.\ds · reports/hot/report\.html",
+                        lines[2]), lines[2]
+
+
+def _junit(path: Path):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    return root, {s.get("name"): s for s in root.findall("testsuite")}
+
+
+def test_junit_xml_has_a_testsuite_per_target_and_a_testcase_per_check(tmp_path, monkeypatch):
+    write(tmp_path, "checks/good.py", GOOD)
+    write(tmp_path, "checks/faulty.py", FAULTY)
+    write(tmp_path, "checks/broken.py", BROKEN)
+    code, out = run(["check", "--select", "initial_loss,saturation,input_scale", "--no-report",
+                     "--junit-xml", "out/junit.xml"], tmp_path, monkeypatch)
+    assert code == ExitCode.USAGE_ERROR, out
+    root, suites = _junit(tmp_path / "out/junit.xml")
+    assert root.tag == "testsuites" and sorted(suites) == ["broken", "faulty", "good"]
+    assert {k: root.get(k) for k in ("tests", "failures", "errors", "skipped")} == \
+        {"tests": "7", "failures": "2", "errors": "1", "skipped": "2"}
+    faulty = suites["faulty"]
+    assert {k: faulty.get(k) for k in ("tests", "failures", "errors", "skipped")} == \
+        {"tests": "3", "failures": "2", "errors": "0", "skipped": "1"}
+    cases = {c.get("name"): c for c in faulty.findall("testcase")}
+    assert list(cases) == ["initial_loss", "saturation", "input_scale"]
+    assert cases["input_scale"].get("classname") == "babysitter.faulty" and float(cases["input_scale"].get("time")) >= 0
+    failure = cases["input_scale"].find("failure")
+    assert failure.get("message").startswith("feature 3 of input has mean") and "→ Standardize" in failure.text
+    assert cases["saturation"].find("skipped").get("message").startswith("no tanh, sigmoid or softmax")
+    good = {c.get("name"): c for c in suites["good"].findall("testcase")}
+    assert list(good["initial_loss"]) == [good["initial_loss"].find("system-out")]  # a pass: nothing but its summary
+    props = {p.get("name"): p.get("value") for p in suites["good"].find("properties")}
+    assert props["source"] == "checks/good.py:babysit" and props["status"] == "pass" and props["seed"] == "0"
+    (load,) = suites["broken"].findall("testcase")
+    assert load.get("name") == "load" and load.find("error").get("message").startswith("target error: ")
+
+
+def test_junit_xml_a_warning_passes_unless_strict(tmp_path, monkeypatch):
+    warm = GOOD.replace("return dict(", "model[2].weight.data.mul_(12)\n    return dict(")
+    write(tmp_path, "warm.py", warm)
+    for flags, expect in (([], "system-out"), (["--strict"], "failure")):
+        code, out = run(["check", "warm.py", *SELECT, "--no-report", "--junit-xml", "j.xml", *flags], tmp_path,
+                        monkeypatch)
+        root, suites = _junit(tmp_path / "j.xml")
+        (case,) = suites["warm"].findall("testcase")
+        assert [child.tag for child in case] == [expect], flags
+        assert root.get("failures") == ("1" if flags else "0")
+        assert (case.find("failure").get("type") == "warn") if flags else case.find("system-out").text.startswith(
+            "WARN: loss at init")
+
+
+def test_junit_xml_error_and_escaping():
+    import xml.etree.ElementTree as ET
+
+    from babysitter.render.junit import junit_xml
+    from babysitter.report import CheckResult, Report
+
+    checks = (CheckResult(id="a", status="error", summary="the check crashed: <boom> & \x1b[31m",
+                          traceback="Traceback ...\nRuntimeError: <boom>"),
+              CheckResult(id="b", status="fail", summary="ratio > 3 \"quoted\""))
+    text = junit_xml([("net.py:babysit", Report(target="net", checks=checks, run={"duration_s": 1.5}))])
+    root = ET.fromstring(text.encode())
+    (suite,) = root
+    assert (suite.get("errors"), suite.get("failures"), suite.get("time")) == ("1", "1", "1.500")
+    error = suite.find("testcase/error")
+    assert error.get("message") == "the check crashed: <boom> & \\x1b[31m" and "RuntimeError: <boom>" in error.text
+    assert suite.find("testcase/failure").get("message") == 'ratio > 3 "quoted"'
+
+
+def test_report_flags_can_be_turned_both_ways(tmp_path, monkeypatch):
+    write(tmp_path, "pyproject.toml", "[tool.babysitter]\nreport = false\nstrict = true\n")
+    write(tmp_path, "good.py", GOOD)
+    code, out = run(["check", "good.py", *SELECT], tmp_path, monkeypatch)
+    assert code == ExitCode.OK and not (tmp_path / "reports").exists(), out
+    code, out = run(["check", "good.py", *SELECT, "--report"], tmp_path, monkeypatch)
+    assert code == ExitCode.OK and (tmp_path / "reports/good/report.json").exists(), out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from ..analysis.status import PROBLEMS
+from ..analysis.status import PROBLEMS, failing
 from ..report import CheckResult, Report
 
 STYLES = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "skip": "dim", "error": "bold magenta",
@@ -36,10 +36,12 @@ def checks_table(report: Report) -> RichTable:
     return table
 
 
-def next_steps(report: Report, verbose: bool = False) -> list:
+def next_steps(report: Report, verbose: bool = False, *, only: Optional[Callable[[CheckResult], bool]] = None) -> list:
+    """Each problem check (every check with ``verbose``; those ``only`` keeps, when given) with its summary, its
+    advice and the last line of its traceback."""
     out = []
     for c in report.checks:
-        if c.status not in PROBLEMS and not verbose:
+        if not (only(c) if only is not None else (c.status in PROBLEMS or verbose)):
             continue
         lines = [Text.assemble(status_text(c.status), " ", (c.id, "cyan"), ": ", c.summary)]
         for a in c.advice:
@@ -74,9 +76,46 @@ def render(report: Report, console: Console, *, saved_to: Optional[str] = None, 
         console.print(Text("Next steps", style="bold"))
         for s in steps:
             console.print(s)
-    counts = report.counts()
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    console.print(Text(f"{tally or 'no checks ran'}" + (f" · report: {saved_to}" if saved_to else ""), style="dim"))
+    console.print(Text(tally(report) + (f" · report: {saved_to}" if saved_to else ""), style="dim"))
+
+
+def tally(report: Report) -> str:
+    """``6 pass, 1 warn, 3 fail, 1 skip``: the report's counts, those that are not zero."""
+    return ", ".join(f"{n} {s}" for s, n in report.counts().items() if n) or "no checks ran"
+
+
+def one_line(report: Report, *, saved_to: Optional[str] = None, strict: bool = False) -> Text:
+    """``--quiet``: the report in one line: its status, the target, the counts, the checks that failed (and
+    warned), the time and where the report is."""
+    line = Text.assemble(status_text(report.status), "  ", (report.target, "bold cyan"), "  ", tally(report))
+    for status in ("fail", "error", "warn"):
+        ids = [c.id for c in report.checks if c.status == status]
+        if ids:
+            style = STYLES["fail"] if failing(status, strict=strict) else STYLES[status]
+            line.append(f" · {status}: {', '.join(ids)}", style=style)
+    line.append(f" · {report.run.get('duration_s', 0):.1f}s", style="dim")
+    if saved_to:
+        line.append(f" · {saved_to}", style="dim")
+    return line
+
+
+def failure_summary(report: Report, *, strict: bool = False) -> str:
+    """The terminal's summary of the checks that fail the run (fail and error; warn too under ``strict``), as plain
+    text: the message of a failing pytest item and of ``babysitter.testing.assert_healthy``."""
+    import io
+
+    bad = [c for c in report.checks if failing(c.status, strict=strict)]
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, color_system=None, force_terminal=False, highlight=False, _environ={})
+    ran = len(report.checks) - len(report.not_run)
+    head = f"babysitter {report.target}: {report.status.upper()}, " + (
+        f"interrupted after {ran} of {len(report.checks)} checks" if report.interrupted else
+        f"{len(bad)} of {len(report.checks)} checks {'fail' if len(bad) != 1 else 'fails'} the run")
+    console.print(Text(head + (f" ({', '.join(c.id for c in bad)})" if bad else "")), soft_wrap=True)
+    for step in next_steps(report, only=lambda c: failing(c.status, strict=strict)):
+        console.print(step, soft_wrap=True)  # one line per summary and per advice: the CI log wraps them
+    console.print(Text(tally(report)), soft_wrap=True)
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines())
 
 
 def _count(n) -> str:
@@ -108,13 +147,14 @@ class _CheckClock(ProgressColumn):
 
 
 @contextlib.contextmanager
-def live_progress(console: Console, total: int) -> Iterator:
+def live_progress(console: Console, total: int, *, lines: bool = True) -> Iterator:
     """The runner's progress callback while checks run. On a terminal, a live line names the running check, its
     place in the list and its elapsed time, over the whole run's bar and clock, with a line per finished check
-    above it; elsewhere (a pipe, a CI log) only the lines per finished check."""
-    printer = progress_printer(console)
+    above it; elsewhere (a pipe, a CI log) only the lines per finished check. Without ``lines`` (``--quiet``,
+    ``--format json``) only the live line, which leaves nothing behind, and nothing off a terminal."""
+    printer = progress_printer(console) if lines else (lambda event, check_id, result: None)
     if not console.is_terminal:
-        yield printer
+        yield printer if lines else None
         return
     progress = Progress(SpinnerColumn(), TextColumn("[cyan]{task.description}"), TextColumn("{task.fields[place]}"),
                         _CheckClock(), BarColumn(bar_width=24), TextColumn("[dim]all"), TimeElapsedColumn(),
