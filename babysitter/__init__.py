@@ -11,6 +11,7 @@ not import torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -37,9 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # ``babysitter.target`` after ``import babysitter``
+    else:
         raise AttributeError(f"module 'babysitter' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # once imported, a plain attribute
     return value
 
