@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from ..analysis import fmt
-from ..analysis.params import display, grouped, is_weight_matrix, layers_of, module_at, owner_of, reference_norm
+from ..analysis.params import (Init, InitFit, display, grouped, init_fit, init_match, is_weight_matrix, layers_of,
+                               module_at, owner_of, reference_norm)
 from ..analysis.status import Status
 from ..passes.train_probe import TRAIN_STEPS, TrainProbe
 from ..report import CheckResult, Marker, Plot, Series, Table
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 CS231N_RATIO = 1e-3
 #: how advice cites it, and how the pass summary names it beside the measured ratio
 CS231N, CS231N_NAMED = "CS231n: ~1e-3", "CS231n's ~1e-3"
+#: a draw from a continuous distribution repeats no value: a frozen weight with fewer distinct values than this
+#: fraction of its entries was set by hand (Sobel or Haar filters, a one-hot table) or quantized, not drawn
+DISTINCT_MIN = 0.5
+#: how messages name the standard inits of analysis.params.init_stds
+INIT_NAMES = {"default": "PyTorch's default init U(+-1/sqrt(fan_in))", "kaiming": "Kaiming's init",
+              "xavier": "Xavier's init", "lecun": "LeCun's init (or an orthogonal one)",
+              "normal(0, 0.02)": "normal(0, 0.02) as in Hugging Face", "normal(0, 1)": "nn.Embedding's normal(0, 1)"}
 
 
 # -- measured data -------------------------------------------------------------------------------------------
@@ -49,6 +57,7 @@ class Param:
     grad_always_zero: bool = False  # its gradient norm is exactly 0 at every probe step
     ratios: tuple[float, ...] = ()  # ||w_after - w_before|| / ||w_before|| at the measured steps
     weight_norms: tuple[float, ...] = ()  # ||w_before|| at the measured steps
+    init: Optional[InitFit] = None  # a frozen tensor of 2+ dimensions: how much it looks like a fresh random draw
 
     @property
     def moved(self) -> bool:
@@ -89,9 +98,12 @@ class Findings:
     prefix: list[str]  # frozen, before the first trainable layer
     constants: list[str]  # frozen scalars and vectors among trainable layers
     zero_init: list[str]
+    random_init: list[str]  # frozen, in a layer whose frozen weight is still a fresh draw of a standard init
+    structured: list[str]  # frozen between or after trainable layers, whose frozen weight has learned structure
     ratios: dict[str, float]  # median floored update ratio per trainable parameter
     peaks: dict[str, float]  # largest floored update ratio per trainable parameter
     judged: dict[str, float] = field(default_factory=dict)  # the weight matrices whose ratio is judged
+    reads: dict[str, Param] = field(default_factory=dict)  # the frozen weights read for their init
     low: list[str] = field(default_factory=list)
     high: list[str] = field(default_factory=list)
 
@@ -162,22 +174,38 @@ class ParamUpdates(Check):
     which trainable parameters the optimizer does not hold, which never receive a gradient (in a module that runs
     in the forward pass: the gradient path is cut; in a module that never runs: an unused module), which never move
     (weight matrices, and any parameter whose gradient is exactly zero at every step), and which layers are frozen
-    (requires_grad=False) between or after layers that train. Fails on the first three; warns on unused modules and
-    on layers frozen between or after trainable ones that hold a frozen tensor of two or more dimensions (frozen
-    scalars and vectors, and frozen layers before the first trainable one, as in fine-tuning, are notes). Per
-    parameter, the update-to-weight ratio ||w_after - w_before|| / ||w_before|| (median over the measured steps),
-    judged on weight matrices: a warning when the median is below {low_ratio:g} or above {high_ratio:g}, or when a
-    single step's ratio is above {rewrite_ratio:g}. A weight matrix initialised below the standard scale is
-    measured against the norm of that scale; zero-initialised ones are not judged."""
+    (requires_grad=False). Every frozen weight of {min_entries} entries or more is read for its initialization from
+    its values alone: its top singular value against that of its own entries shuffled (an i.i.d. matrix of the same
+    values: the Marchenko-Pastur edge, measured), the kurtosis of its entries (1.8 for a uniform draw, 3 for a
+    Gaussian one), their mean and their std against the standard inits for its shape (PyTorch's default, Kaiming,
+    Xavier, LeCun, normal(0, 0.02) as in Hugging Face, normal(0, 0.01), normal(0, 1) for embeddings). It is still
+    a fresh random draw when its top singular value is within {random_spike:g} fluctuation units of its shuffled
+    entries', its mean within {random_sigmas:g} standard errors of zero, and its std and kurtosis those of one
+    standard init (the std within {random_scale:.0%} plus {random_sigmas:g} standard errors, the kurtosis from
+    {random_low_sigmas:g} standard errors below to {random_sigmas:g} above the init's uniform or Gaussian draws);
+    it carries learned structure (pretrained) when its top singular value is {structured_spike:g} units or more
+    above, or its kurtosis {heavy_tails:g} standard errors or more above a Gaussian's. Fails on the first three
+    and on frozen weights still at their random initialization, wherever they sit; warns on unused modules and on
+    layers frozen between or after trainable ones that hold a frozen tensor of two or more dimensions that reads as
+    neither; frozen scalars and vectors, frozen layers before the first trainable one (a frozen backbone) and frozen
+    pretrained weights (fine-tuning) are notes. Per parameter, the update-to-weight ratio
+    ||w_after - w_before|| / ||w_before|| (median over the measured steps), judged on weight matrices: a warning
+    when the median is below {low_ratio:g} or above {high_ratio:g}, or when a single step's ratio is above
+    {rewrite_ratio:g}. A weight matrix initialised below the standard scale is measured against the norm of that
+    scale; zero-initialised ones are not judged."""
     why = """A parameter that the loss depends on but the optimizer does not hold (a module created after the
     optimizer, a param group that forgot it) or whose gradient path is cut (.detach(), .data, torch.no_grad(),
     an argmax or integer cast in the forward) silently stays at its initial value. A frozen layer in the middle of
-    a trainable stack is usually a leftover from a fine-tuning recipe. The update/weight ratio says whether the
-    learning rate fits the parameters' scale: about {cs231n_ratio:g} is healthy; far below, the weights barely
-    change; far above, each step rewrites them."""
+    a trainable stack is usually a leftover from a fine-tuning recipe; a frozen layer that was never trained (a loop
+    meant to freeze a pretrained backbone that froze the new head too, a stem frozen by mistake in a model trained
+    from scratch) stays a random projection forever, and nothing else in training reveals it. The update/weight
+    ratio says whether the learning rate fits the parameters' scale: about {cs231n_ratio:g} is healthy; far below,
+    the weights barely change; far above, each step rewrites them."""
     todo = """Create the optimizer after the model is complete and pass it model.parameters() (or check the param
     groups); remove .detach()/.data/no_grad from the forward path; delete unused modules or pass
-    find_unused_parameters where intended; set requires_grad=True on layers meant to train. For a ratio far from
+    find_unused_parameters where intended; set requires_grad=True on layers meant to train, or load the pretrained
+    weights meant to be frozen (a fixed random projection by design, such as random features or a random target
+    network, is the exception: ignore the failure there). For a ratio far from
     {cs231n_ratio:g}, tune the learning rate (see lr_range)."""
     sources = (
         "CS231n, 'Neural Networks Part 3: Learning and Evaluation', ratio of weights:updates: 'a rough heuristic is "
@@ -187,6 +215,20 @@ class ParamUpdates(Check):
         "and trains",
         "Thresholds 1e-5 and 1e-1: two orders of magnitude either side of CS231n's 1e-3; Adam's first steps move "
         "each weight by about the learning rate, so lr 1e-3 on weights of std 0.02-0.1 gives 1e-2-5e-2, inside",
+        "V. Marchenko, L. Pastur (1967): the singular values of an i.i.d. matrix fill a bulk with a sharp edge, "
+        "whose fluctuations shrink as (m n)^(-1/3) (Tracy-Widom); C. Martin, M. Mahoney, 'Implicit "
+        "Self-Regularization in Deep Neural Networks' (JMLR 2021): trained weight matrices have spikes beyond the "
+        "edge and heavy tails",
+        "Calibration of the random-init reading (tests/test_param_updates.py holds a part of it): 1,140 fresh draws "
+        "(nn.Linear, Conv2d, Embedding with and without padding_idx, LSTM, GRU, MultiheadAttention defaults; "
+        "Kaiming, Xavier, orthogonal, normal(0, 0.02), truncated normal(0, 0.02), normal(0, 0.01); shapes 4x64 to "
+        "30522x128) all read as random: spike at most 1.25 units, kurtosis -3.0 to +3.0 standard errors from its "
+        "init's, mean within 3.2. Weights trained 300-1000 steps (MLPs with Adam, AdamW and SGD with momentum, a "
+        "CNN, a Transformer) read as trained or as 'cannot tell' (hidden layers: spikes of 2.5-22 units, means "
+        "shifted by 10-40 standard errors, kurtosis moved off the init's), except small layers that barely moved "
+        "(a 8x64 head, a 64x16 first layer on 16 independent features, an N(0, 1) embedding at Adam 1e-3): the "
+        "reading is meant for pretrained weights, trained long. Sinusoidal position tables, an identity, a DCT and "
+        "a Sobel filter bank do not read as random",
     )
     constants = {"train_steps": TRAIN_STEPS, "cs231n_ratio": CS231N_RATIO}
 
@@ -197,6 +239,26 @@ class ParamUpdates(Check):
                                           "blow up and the ratio falls as they grow). Ratios of a weight matrix "
                                           "initialised below the standard scale are taken against the norm of that "
                                           "scale (std 1/sqrt(3 max(fan_in, fan_out)))")
+    min_entries: int = threshold(256, "frozen weights with fewer entries are not read for their initialization: too "
+                                      "few values to tell a fresh draw from a trained weight")
+    random_spike: float = threshold(1.5, "a frozen weight is still a fresh random draw only if its top singular value "
+                                         "exceeds that of its own entries shuffled by less than this many units of "
+                                         "the edge's fluctuation scale (m n)^(-1/3) (fresh draws measured: at most "
+                                         "1.25)")
+    random_sigmas: float = threshold(5.0, "... and its entries' kurtosis is at most this many standard errors above "
+                                          "a uniform draw's 1.8 or a Gaussian's 3 (as the init allows), their mean "
+                                          "within this many of 0, and their std within random_scale plus this many "
+                                          "standard errors of that init's")
+    random_scale: float = threshold(0.1, "the fraction by which a fresh draw's std may differ from the standard "
+                                         "init's, beyond its sampling error")
+    structured_spike: float = threshold(4.0, "a frozen weight carries learned structure (a pretrained layer, frozen "
+                                             "as in fine-tuning: a note) when its top singular value exceeds its "
+                                             "shuffled entries' by this many units or more")
+    heavy_tails: float = threshold(10.0, "... or when its entries' kurtosis is above a Gaussian's 3 by this many "
+                                         "standard errors or more (trained weights grow heavy tails)")
+    random_low_sigmas: float = threshold(3.5, "the kurtosis of a fresh draw may fall this many standard errors below "
+                                              "1.8 or 3 (its lower tail is short: 2.2-2.8 at the 0.1% quantile over "
+                                              "256-4096 entries, where the upper reaches 3.1-4.6)")
 
     # -- measure ------------------------------------------------------------------------------------------
     def measure(self, session: "Session") -> UpdatesMeasured:
@@ -210,8 +272,7 @@ class ParamUpdates(Check):
         return UpdatesMeasured(tuple(self._param(model, probe, n, p, index.get(n), called) for n, p in named),
                                probe.lr, probe.closure)
 
-    @staticmethod
-    def _param(model: "nn.Module", probe: TrainProbe, name: str, p: "nn.Parameter", i: Optional[int],
+    def _param(self, model: "nn.Module", probe: TrainProbe, name: str, p: "nn.Parameter", i: Optional[int],
                called: set[int]) -> Param:
         """The record of one parameter (``i``: its index in the probe, None when it is frozen)."""
         owner = module_at(model, owner_of(name))
@@ -219,7 +280,8 @@ class ParamUpdates(Check):
         where = dict(name=name, shape=tuple(p.shape), matrix=matrix, called=id(owner) in called,
                      leaf=not list(owner.children()))
         if i is None:
-            return Param(**where, trainable=False)
+            read = p.numel() >= self.min_entries and p.is_floating_point()
+            return Param(**where, trainable=False, init=init_fit(p.detach()) if read else None)
         return Param(**where, zero_init=matrix and float(p.detach().float().norm()) == 0.0,
                      reference=reference_norm(tuple(p.shape)) if matrix else 0.0,
                      in_optimizer=name not in probe.not_in_optimizer, got_grad=name not in probe.no_grad,
@@ -232,8 +294,10 @@ class ParamUpdates(Check):
         """What is wrong with which parameter, under this check's thresholds (pure)."""
         params = m.params
         not_in_opt, cut, unused = missing(params)
+        random_init, structured = self.frozen_by_init(params)
         sandwiched, suffix, prefix = frozen_layout(params)
         constants = frozen_constants(params, sandwiched + suffix)
+        read = set(random_init) | set(structured) | set(constants)
         ratios, peaks = ratio_summary(params)
         zero_init = sorted(p.name for p in params if p.trainable and p.zero_init)
         judged = {p.name: ratios[p.name] for p in params
@@ -242,10 +306,38 @@ class ParamUpdates(Check):
         return Findings(
             trainable=sum(p.trainable for p in params), frozen=sum(not p.trainable for p in params),
             not_in_opt=not_in_opt, cut=cut, unused=unused, still=still(params),
-            sandwiched=[n for n in sandwiched if n not in constants], suffix=[n for n in suffix if n not in constants],
-            prefix=prefix, constants=constants, zero_init=zero_init, ratios=ratios, peaks=peaks, judged=judged,
+            sandwiched=[n for n in sandwiched if n not in read], suffix=[n for n in suffix if n not in read],
+            prefix=[n for n in prefix if n not in random_init], constants=[n for n in constants if n not in random_init],
+            zero_init=zero_init, random_init=random_init, structured=[n for n in structured if n not in prefix],
+            ratios=ratios, peaks=peaks, judged=judged, reads={p.name: p for p in params if p.init is not None},
             low=[n for n, r in judged.items() if r < self.low_ratio],
             high=[n for n, r in judged.items() if r > self.high_ratio or peaks[n] > self.rewrite_ratio])
+
+    def init_reading(self, p: Param) -> tuple[str, Optional[Init]]:
+        """What a frozen weight's values say: 'random' (still a fresh draw of a standard init, with that init),
+        'structured' (learned: pretrained), or '' (cannot tell, or not read)."""
+        fit = p.init
+        if fit is None or fit.entries < self.min_entries:
+            return "", None
+        if fit.spike_z >= self.structured_spike or fit.kurtosis_z("Gaussian") >= self.heavy_tails:
+            return "structured", None
+        if (fit.distinct is not None and fit.distinct < DISTINCT_MIN) or fit.spike_z >= self.random_spike or \
+                fit.mean_z > self.random_sigmas:
+            return "", None
+        shape = p.shape[1:] if len(p.shape) > 2 and p.shape[0] == 1 else p.shape  # a (1, N, D) table is N x D
+        init = init_match(fit, shape, self.random_scale, self.random_low_sigmas, self.random_sigmas)
+        return ("random" if init is not None else ""), init
+
+    def frozen_by_init(self, params: Sequence[Param]) -> tuple[list[str], list[str]]:
+        """Frozen parameters of layers whose frozen weight is still a fresh random draw (with that layer's other
+        frozen parameters, its bias), and of layers whose frozen weight carries learned structure."""
+        kinds = {p.name: self.init_reading(p)[0] for p in params if not p.trainable}
+        owners = {k: {owner_of(n) for n, v in kinds.items() if v == k} - {""} for k in ("random", "structured")}
+        owners["structured"] -= owners["random"]
+        random_init = [n for n, v in kinds.items() if v == "random" or owner_of(n) in owners["random"]]
+        structured = [n for n, v in kinds.items() if n not in random_init and
+                      (v == "structured" or owner_of(n) in owners["structured"])]
+        return random_init, structured
 
     def judge(self, m: UpdatesMeasured) -> Judgment:
         f = self.findings(m)
@@ -272,8 +364,7 @@ class ParamUpdates(Check):
         return (f"{every}; median update/weight {fmt.small(f.ratio_median)}, within [{fmt.lr(self.low_ratio)}, "
                 f"{fmt.lr(self.high_ratio)}] around {CS231N_NAMED}")
 
-    @staticmethod
-    def _failures(f: Findings) -> list[tuple[str, str]]:
+    def _failures(self, f: Findings) -> list[tuple[str, str]]:
         """(summary, advice) of each failure: parameters that cannot train."""
         out = []
         if f.not_in_opt:
@@ -290,6 +381,17 @@ class ParamUpdates(Check):
             out.append((f"{len(f.still)} parameter(s) never move",
                         f"These get a gradient and are in the optimizer but did not change over the probe "
                         f"(gradient exactly zero, or a param group with lr 0): {grouped(f.still)}."))
+        if f.random_init:
+            weights = [n for n in f.random_init if n in f.reads]
+            their = "its" if len(weights) == 1 else "their"
+            out.append((f"{_frozen_weights(len(weights))} still at {their} random initialization: "
+                        f"{grouped(f.random_init, 3)}",
+                        f"Frozen (requires_grad=False) and never trained: {grouped(f.random_init)}. Each still reads as "
+                        f"a fresh random draw: {fmt.listed([self._init_text(f.reads[n]) for n in weights], 3)}. A "
+                        f"frozen layer that was never trained stays a random projection for the whole run. Set "
+                        f"requires_grad=True on it (a loop meant to freeze a pretrained backbone may have frozen the "
+                        f"new head or the stem too), or load the pretrained weights meant to be frozen; a fixed "
+                        f"random projection by design (random features, a random target network) is the exception."))
         return out
 
     def _warnings(self, f: Findings, lr: Optional[float]) -> list[tuple[str, str]]:
@@ -331,8 +433,33 @@ class ParamUpdates(Check):
         table = Table("parameters", "Parameters: gradient, optimizer, update/weight ratio (median over steps)",
                       ("parameter", "shape", "requires_grad", "in optimizer", "got grad", "update/weight",
                        "judged", "verdict"), self._rows(m, f))
+        tables = (table, self._frozen_table(f)) if f.reads else (table,)
         return self.result(judgment.status, judgment.summary, metrics=self._metrics(m, f), advice=judgment.advice,
-                           notes=self._notes(f, m.closure), tables=(table,), plots=(self._plot(f),))
+                           notes=self._notes(f, m.closure), tables=tables, plots=(self._plot(f),))
+
+    def _frozen_table(self, f: Findings) -> Table:
+        """Each frozen weight read for its initialization, with the statistics the reading rests on."""
+        readings = {"random": "fresh random draw", "structured": "learned structure", "": "cannot tell"}
+        return Table("frozen", "Frozen weights: a fresh random draw or trained? (spike: top singular value over "
+                               "that of the same entries shuffled)",
+                     ("parameter", "entries", "spike", "spike units", "kurtosis", "|mean| (s.e.)", "std",
+                      "init it matches", "its std", "reading"),
+                     [self._frozen_row(p, readings) for p in f.reads.values()])
+
+    def _frozen_row(self, p: Param, readings: dict[str, str]) -> tuple:
+        x, (kind, init) = p.init, self.init_reading(p)
+        return (p.name, x.entries, x.spike, x.spike_z, x.kurtosis, x.mean_z, x.std, init.name if init else None,
+                init.std if init else None, readings[kind])
+
+    def _init_text(self, p: Param) -> str:
+        """Why a frozen weight reads as a fresh random draw, for people."""
+        fit, init = p.init, self.init_reading(p)[1]
+        shape = "uniform" if "uniform" in init.shapes and abs(fit.kurtosis_z("uniform")) < abs(
+            fit.kurtosis_z("Gaussian")) else "Gaussian"
+        return (f"{display(p.name, '')} has std {fmt.num(fit.std, 3)} against {fmt.num(init.std, 3)} for "
+                f"{INIT_NAMES.get(init.name, init.name)}, {shape} entries (kurtosis {fmt.num(fit.kurtosis, 3)}) "
+                f"and a top singular value {fmt.num(fit.spike, 3)}x that of its own entries shuffled (no learned "
+                f"structure)")
 
     @staticmethod
     def _metrics(m: UpdatesMeasured, f: Findings) -> dict:
@@ -341,7 +468,8 @@ class ParamUpdates(Check):
             "trainable": f.trainable, "frozen": f.frozen, "not_in_optimizer": len(f.not_in_opt),
             "no_grad_path": len(f.cut), "unused": len(f.unused), "never_moved": len(f.still),
             "frozen_between_trainable": len(f.sandwiched), "frozen_after_trainable": len(f.suffix),
-            "frozen_prefix": len(f.prefix), "ratio_median": f.ratio_median,
+            "frozen_prefix": len(f.prefix), "frozen_random_init": len(f.random_init),
+            "frozen_pretrained": len(f.structured), "ratio_median": f.ratio_median,
             "ratio_min": min(judged) if judged else None, "ratio_max": max(judged) if judged else None,
             "ratio_low": len(f.low), "ratio_high": len(f.high), "lr": m.lr,
             "ratio_peak": max((f.peaks[n] for n in f.judged), default=None),
@@ -360,6 +488,9 @@ class ParamUpdates(Check):
         if f.prefix:
             notes.append(f"{len(f.prefix)} frozen parameters before the first trainable layer (a frozen backbone, "
                          f"as in fine-tuning): {grouped(f.prefix)}")
+        if f.structured:
+            notes.append(f"{len(f.structured)} frozen parameters between or after trainable layers carry learned "
+                         f"structure (pretrained layers, frozen as in fine-tuning): {grouped(f.structured)}")
         if f.zero_init:
             notes.append(f"zero-initialised parameters have no meaningful update/weight ratio: {grouped(f.zero_init)}")
         return tuple(notes)
@@ -378,7 +509,9 @@ class ParamUpdates(Check):
     def _rows(self, m: UpdatesMeasured, f: Findings) -> list[tuple]:
         labels = {**{n: "not in optimizer" for n in f.not_in_opt}, **{n: "gradient path cut" for n in f.cut},
                   **{n: "unused module" for n in f.unused}, **{n: "never moves" for n in f.still},
-                  **{n: "frozen (between/after trainable layers)" for n in f.sandwiched + f.suffix}}
+                  **{n: "frozen (between/after trainable layers)" for n in f.sandwiched + f.suffix},
+                  **{n: "frozen at its random init" for n in f.random_init},
+                  **{n: "frozen (pretrained)" for n in f.structured}}
         return [(p.name, "x".join(map(str, p.shape)) or "scalar", p.trainable,
                  p.in_optimizer if p.trainable else None, p.got_grad if p.trainable else None, f.ratios.get(p.name),
                  p.name in f.judged, self._verdict_of(p, f, labels)) for p in m.params]
@@ -395,6 +528,10 @@ class ParamUpdates(Check):
 
 def _matrices(n: int) -> str:
     return fmt.plural(n, "weight matrix", "weight matrices")
+
+
+def _frozen_weights(n: int) -> str:
+    return fmt.plural(n, "frozen weight")
 
 
 def _ratios_text(names: Sequence[str], f: Findings) -> str:
