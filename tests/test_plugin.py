@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,18 @@ def test_the_failure_message_has_one_line_per_summary_and_advice():
     lines = str(info.value).splitlines()
     assert lines[1] == f"✗ FAIL a: {long}" and lines[2] == f"  → {long}"
     assert all(line == line.rstrip() for line in lines)
+
+
+def test_the_installed_entry_point_loads_it_in_a_plain_pytest_run(tmp_path):
+    """pytest finds the plugin through the installed entry point (skipped where the package is not installed)."""
+    from importlib.metadata import entry_points
+
+    if not any(e.name == "babysitter" for e in entry_points(group="pytest11")):
+        pytest.skip("babysitter is not installed with its entry points here (pip install -e .)")
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks/net.py").write_text(HEALTHY)
+    (tmp_path / "pyproject.toml").write_text("[tool.babysitter]\nselect = ['initial_loss']\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_DISABLE_PLUGIN_AUTOLOAD"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--babysit", "--collect-only",
+                           "-q"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert "checks/net.py::babysit" in proc.stdout, proc.stdout + proc.stderr
