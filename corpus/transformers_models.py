@@ -361,8 +361,8 @@ FAULTS = [
           "0.02 forgotten): activations and gradients hundreds of times too large"),
     Fault("llama-seq-first-attention", "llama", "batch_independence", lambda s: llama(s, seq_first=True),
           "a hand-written attention registered with transformers.AttentionInterface, ported from sequence-first "
-          "code (nn.MultiheadAttention/fairseq), returns its output as (T, B, H, D) where the model reads (B, T, H, D): "
-          "examples mixed"),
+          "code (nn.MultiheadAttention/fairseq), returns its output as (T, B, H, D) where the model reads "
+          "(B, T, H, D): examples mixed"),
     Fault("vit-frozen-head", "vit", "param_updates", lambda s: vit(s, frozen_head=True),
           "a freeze loop inverted: every parameter frozen, then `model.vit` unfrozen, so the new classifier head stays "
           "at its random init with requires_grad=False"),
