@@ -131,6 +131,23 @@ def test_unknown_loss_is_skipped_with_the_reason():
     fields["loss_fn"] = lambda o, t: F.multi_margin_loss(o, t)
     result = check(**fields)
     assert result.status == "skip" and "not one babysitter can reason about" in result.summary
+    assert "nothing to be compared with" in result.summary
+
+
+def test_the_pytorch_vae_example_with_its_summed_elbo_is_skipped_with_the_reason():
+    from test_overfit_batch import vae_target  # the PyTorch VAE example, shrunk, on grey-level 8 x 8 images
+
+    result = check(**vae_target())
+    assert result.status == "skip", result.summary  # a summed custom loss: no chance level to fail it against
+    assert "a tuple of 3 ((32, 64), (32, 8), (32, 8)), which the loss (vae_loss) takes whole" in result.summary
+    assert "value at chance is unknown" in result.summary and "summed over the batch" in result.summary
+
+
+def test_a_summed_bce_on_an_autoencoder_fails_per_output_not_per_example():
+    x = torch.rand(128, 16)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 16), nn.Sigmoid())
+    result = check(model=model, data=(x, x), batch_size=32, loss_fn=nn.BCELoss(reduction="sum"))
+    assert result.status == "fail" and "= 512 x 0.70" in result.summary and "per output" in result.summary
 
 
 def test_figure_and_zeroed_input_baseline_are_reported():

@@ -2,6 +2,8 @@
 a softmax before CrossEntropyLoss and an output that ignores its input do not, and the cause is named."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,10 +11,11 @@ from torch import nn
 
 import babysitter
 import zoo
+from babysitter.analysis.loss import binary_entropy, bce_floor, loss_floor, soft_targets
 from babysitter.analysis.lr_curve import LrReading
 from babysitter.analysis.status import Status
 from babysitter.checklist.overfit_batch import (SAME_OUTPUT_SPREAD, Attempt, OutputFacts, OverfitBatch,
-                                                OverfitMeasured, regularization_off)
+                                                OverfitMeasured, fall_of, regularization_off)
 
 
 def check(options=None, **fields):
@@ -543,3 +546,132 @@ def test_warnings_are_kept_in_the_report_and_the_users_filters_restored():
                               loss_fn=nn.CrossEntropyLoss(), select=["initial_loss"])
     assert warnings.filters == before
     assert any("UserWarning: noisy forward (x" in n for n in report["initial_loss"].notes)
+
+
+# -- the loss the subset can reach: soft targets and losses of the user's own (issue 18) ---------------------
+def grey_images(n: int = 256, size: int = 8, seed: int = 0) -> torch.Tensor:
+    """(n, 1, size, size) images of a soft blob of random place and width: grey levels in [0, 1], not binary."""
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    centre, width = torch.rand(n, 2, generator=g), 0.02 + 0.08 * torch.rand(n, generator=g)
+    d2 = (xx - centre[:, 0, None, None]) ** 2 + (yy - centre[:, 1, None, None]) ** 2
+    return torch.exp(-d2 / width[:, None, None])[:, None].clamp(0, 1)
+
+
+class VAE(nn.Module):
+    """The PyTorch VAE example (examples/vae/main.py), shrunk from 784-400-20 to 64-32-8 for 8 x 8 images:
+    forward returns (reconstruction, mu, logvar)."""
+
+    def __init__(self, detach_decoder: bool = False):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(64, 32), nn.Linear(32, 8), nn.Linear(32, 8)
+        self.fc3, self.fc4 = nn.Linear(8, 32), nn.Linear(32, 64)
+        self.detach_decoder = detach_decoder  # the fault: the reconstruction reaches the loss detached
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        return mu + torch.randn_like(std) * std
+
+    def decode(self, z):
+        recon = torch.sigmoid(self.fc4(F.relu(self.fc3(z))))
+        return recon.detach() if self.detach_decoder else recon
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, 64))
+        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+
+def vae_loss(outputs, x):
+    """The example's loss_function, as a loss_fn(outputs, targets): reconstruction BCE + KL, both summed."""
+    recon, mu, logvar = outputs
+    bce = F.binary_cross_entropy(recon, x.view(-1, 64), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def vae_target(detach_decoder: bool = False) -> dict:
+    torch.manual_seed(0)
+    x = grey_images()
+    return dict(model=VAE(detach_decoder), data=(x, x), batch_size=32, loss_fn=vae_loss,
+                optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+
+
+def test_the_pytorch_vae_example_on_grey_images_passes_on_the_fall_of_its_loss():
+    # its summed ELBO cannot approach 0 (the KL term, the targets' entropy): it failed here before
+    result = check(**vae_target())
+    assert result.status == "pass", result.summary
+    assert "its floor is unknown" in result.summary and result.metrics["floor_known"] is False
+    assert result.metrics["fall"] > 0.3 and result.metrics["steps"] == 200
+    assert any("verdict is about how far the loss fell" in n for n in result.notes)
+    assert any("cannot go below their entropy" in n for n in result.notes)
+
+
+def test_a_vae_whose_reconstruction_reaches_the_loss_detached_fails():
+    result = check(**vae_target(detach_decoder=True))
+    assert result.status == "fail", result.summary
+    assert "barely fell" in result.summary and result.metrics["fall"] < 0.02
+    assert result.metrics["likely_cause"] == "the loss's main term gets no gradient"
+    assert ".detach()" in result.advice[0]
+
+
+def test_bce_on_soft_targets_is_judged_against_their_entropy():
+    # a sigmoid autoencoder on grey images with a summed BCE: the floor is the targets' entropy, summed
+    torch.manual_seed(0)
+    x = grey_images(n=32).flatten(1)  # the subset is the whole data
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 64), nn.Sigmoid())
+    result = check(model=model, data=(x, x), batch_size=32, loss_fn=nn.BCELoss(reduction="sum"),
+                   optimizer=lambda p: torch.optim.Adam(p, 3e-3))
+    assert result.status == "pass", result.summary
+    assert result.metrics["floor"] == pytest.approx(bce_floor(x, "sum"), rel=1e-4)
+    assert result.metrics["floor_known"] and result.metrics["best_loss"] > result.metrics["floor"]
+
+
+def test_bce_floor_is_the_entropy_of_the_targets_with_the_losss_reduction():
+    t = torch.tensor([[0.0, 1.0, 0.5, 0.2]])
+    h = -(0.5 * math.log(0.5) * 2) - (0.2 * math.log(0.2) + 0.8 * math.log(0.8))
+    assert binary_entropy(t)[0].tolist() == pytest.approx([0.0, 0.0, math.log(2), h - math.log(2)])
+    assert bce_floor(t, "sum") == pytest.approx(h) and bce_floor(t, "mean") == pytest.approx(h / 4)
+    g = torch.Generator().manual_seed(0)
+    t, logits = torch.rand(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    for loss in (nn.BCELoss(), nn.BCELoss(reduction="sum")):
+        assert loss_floor(loss, "bce", logits.sigmoid(), t) == pytest.approx(bce_floor(t, loss.reduction), rel=1e-5)
+    for loss in (nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss(reduction="sum")):
+        assert loss_floor(loss, "bce_logits", logits, t) == pytest.approx(bce_floor(t, loss.reduction), rel=1e-4)
+    w = torch.rand(16, generator=g)
+    assert loss_floor(nn.BCELoss(weight=w), "bce", logits.sigmoid(), t) == pytest.approx(bce_floor(t, weight=w))
+    # with pos_weight the lowest loss is not at p = t: the floor is the loss's true minimum
+    pos = nn.BCEWithLogitsLoss(pos_weight=torch.full((16,), 3.0))
+    z = torch.zeros(8, 16, requires_grad=True)
+    opt = torch.optim.LBFGS([z], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        value = pos(z, t)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    assert loss_floor(pos, "bce_logits", logits, t) == pytest.approx(float(pos(z, t).detach()), rel=1e-4)
+    assert soft_targets(t) and not soft_targets((t > 0.5).float()) and not soft_targets(t * 2)
+
+
+def unknown(best, start=1000.0, **fields):
+    """An attempt at a loss babysitter does not know: its fall is judged."""
+    return Attempt(lr=1e-3, why_lr="your LR 0.001", losses=(start, best), best=best, start=start,
+                   reduction=1 - (start - best) / abs(start), accuracy=None, passed=fields.pop("passed", False),
+                   steps=200, family=None, outputs=None, floor_known=False, **fields)
+
+
+def test_judge_a_loss_of_unknown_floor_by_its_fall():
+    ob = OverfitBatch()
+    passed = ob.judge(measured(unknown(600.0, passed=True)))
+    assert passed.status == Status.PASS and "fell by 40%, from 1000 to 600" in passed.summary
+    stuck = ob.judge(measured(unknown(995.0)))
+    assert stuck.status == Status.FAIL and "barely fell: best 995 is 99.5% of its start 1000" in stuck.summary
+    assert stuck.causes[0].cause == "the loss's main term gets no gradient"
+    assert fall_of(-2.0, -3.0) == pytest.approx(0.5)  # a loss below zero (a Gaussian NLL) falls from its magnitude

@@ -3,8 +3,9 @@
 Given outputs and targets (host or device tensors, no model), it recognises the loss (by its module type, or by
 computing the same numbers as a known loss), and computes the losses of reference predictions with the user's
 own settings: chance (uniform logits, the mean), the label prior, the best prediction that ignores the input,
-the floor (the lowest reachable loss: label smoothing and soft labels keep it above zero), and accuracy. How
-a loss is reduced over the batch is read from two values of it (:func:`batch_factor`).
+the floor (the lowest reachable loss: label smoothing and soft labels keep it above zero; binary cross-entropy on
+soft targets, such as an autoencoder's grey levels, keeps their entropy), and accuracy. How a loss is reduced over
+the batch is read from two values of it (:func:`batch_factor`).
 """
 from __future__ import annotations
 
@@ -166,6 +167,33 @@ def reference_losses(model: LossModel, outputs: torch.Tensor, targets: torch.Ten
         return _regression_references(model, outputs, t)
 
 
+def binary_entropy(targets: torch.Tensor) -> torch.Tensor:
+    """-(t ln t + (1 - t) ln(1 - t)) per element of targets in [0, 1] (0 at 0 and 1): binary cross-entropy's value
+    at its minimum, the prediction p = t, so the lowest loss BCE can reach on soft targets."""
+    t = targets.detach().double()
+    return -(torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t))
+
+
+def soft_targets(targets: Any) -> bool:
+    """Float targets in [0, 1] that are not all 0 or 1 (grey levels, soft labels): BCE on them has a floor above
+    zero."""
+    if not isinstance(targets, torch.Tensor) or not targets.dtype.is_floating_point or not targets.numel():
+        return False
+    t = targets.detach()
+    return bool(((t >= 0) & (t <= 1)).all()) and not bool(((t == 0) | (t == 1)).all())
+
+
+def bce_floor(targets: torch.Tensor, reduction: str = "mean", weight: Optional[torch.Tensor] = None) -> float:
+    """The floor of binary cross-entropy on these targets: their binary entropy (times ``weight``, broadcast as
+    the loss broadcasts it), summed (reduction='sum') or averaged over the elements (reduction='mean')."""
+    h = binary_entropy(targets)
+    if weight is not None:
+        h = h * weight.detach().double()
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return float(h.sum() if reduction == "sum" else h.mean())
+
+
 def _ideal_outputs(loss_fn: Callable, family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor
                    ) -> Optional[torch.Tensor]:
     if family == "ce":
@@ -176,7 +204,11 @@ def _ideal_outputs(loss_fn: Callable, family: Optional[str], outputs: torch.Tens
         q = F.one_hot(targets.clamp(0, c - 1), c).movedim(-1, 1).to(outputs.dtype)
         return (q * (1 - eps) + eps / c).clamp_min(1e-12).log()
     if family == "bce_logits":
-        return torch.logit(targets.to(outputs.dtype).clamp(1e-6, 1 - 1e-6))
+        # with pos_weight w the loss -(w t ln p + (1 - t) ln(1 - p)) is lowest at p = w t / (w t + 1 - t)
+        t = targets.to(outputs.dtype).clamp(1e-6, 1 - 1e-6)
+        pos = getattr(loss_fn, "pos_weight", None)
+        w = pos.detach().to(t) if isinstance(pos, torch.Tensor) else torch.ones((), dtype=t.dtype)
+        return torch.log(w * t) - torch.log1p(-t)
     if family in ("bce", "mse", "l1"):
         return targets.to(outputs.dtype)
     return None
@@ -184,7 +216,9 @@ def _ideal_outputs(loss_fn: Callable, family: Optional[str], outputs: torch.Tens
 
 def loss_floor(loss_fn: Callable, family: Optional[str], outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """The lowest loss the user's loss can reach on these targets (label smoothing and soft labels keep it
-    above zero), computed with the user's loss on ideal outputs; 0 when unknown."""
+    above zero), computed with the user's loss on ideal outputs, so with its own reduction and weights: for binary
+    cross-entropy on soft targets, their entropy (:func:`bce_floor`), summed or averaged as the loss is; 0 when
+    unknown."""
     with torch.no_grad():
         try:
             ideal = _ideal_outputs(loss_fn, family, outputs, targets)

@@ -104,13 +104,13 @@ class InitialLoss(Check):
     def measure(self, session: "Session") -> InitMeasured:
         ev = session.evidence("init_pass")
         outputs, targets = ev.outputs[0], ev.targets[0]
-        if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-            self.skip(f"outputs or targets are not tensors (outputs: {type(outputs).__name__}, targets: "
-                      f"{type(targets).__name__}); give a forward(model, batch) that returns (logits, targets)")
         facts = session.evidence("loss_facts")
+        if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+            self.skip(self._not_tensors(session, outputs, targets, facts.summed))
         model = facts.model
         if model is None:
-            self.skip(facts.unknown)
+            self.skip(f"{facts.unknown}: the loss at chance of a loss it does not know is unknown, so the loss at "
+                      f"initialization has nothing to be compared with")
         all_targets = torch.cat([t for t in ev.targets if isinstance(t, torch.Tensor)])
         all_outputs = torch.cat([o for o in ev.outputs if isinstance(o, torch.Tensor)]).float()
         all_targets = all_targets[:all_outputs.shape[0]]
@@ -124,6 +124,26 @@ class InitialLoss(Check):
         zeroed, notes = self._zeroed_input_loss(session)
         sample, target_sample = self._samples(model.family, all_outputs, all_targets)
         return dataclasses.replace(measured, zeroed=zeroed, sample=sample, target_sample=target_sample, notes=notes)
+
+    @staticmethod
+    def _not_tensors(session: "Session", outputs: Any, targets: Any, summed: bool) -> str:
+        """Why outputs that are not one tensor (a VAE's (reconstruction, mu, logvar)) cannot be judged."""
+        parts = list(outputs.values()) if isinstance(outputs, dict) else list(outputs) \
+            if isinstance(outputs, (tuple, list)) else [outputs]
+        shapes = ", ".join(str(tuple(p.shape)) if isinstance(p, torch.Tensor) else type(p).__name__ for p in parts)
+        name = getattr(session.loss_fn, "__qualname__", None) or type(session.loss_fn).__name__
+        what = f"the outputs are a {type(outputs).__name__} of {len(parts)} ({shapes})" \
+            if isinstance(outputs, (tuple, list, dict)) else f"the outputs are a {type(outputs).__name__}"
+        if not isinstance(targets, torch.Tensor):
+            what += f" and the targets a {type(targets).__name__}"
+        reason = (f"{what}, which the loss ({name}) takes whole: a loss of its own (such as a VAE's reconstruction "
+                  f"plus KL term), whose value at chance is unknown, so the loss at initialization has nothing to be "
+                  f"compared with")
+        if summed:
+            reason += ("; it is summed over the batch (it doubles on the batch repeated twice), as PyTorch's VAE "
+                       "example sums its ELBO: keep the learning rate tuned at this batch size")
+        return reason + ". If the outputs hold logits that a standard loss reads, a forward(model, batch) returning " \
+                        "(logits, targets) lets this check judge them"
 
     @staticmethod
     def _samples(family: str, outputs: torch.Tensor, targets: torch.Tensor
@@ -177,8 +197,9 @@ class InitialLoss(Check):
 
     @staticmethod
     def _judge_summed(m: InitMeasured) -> tuple[Status, str, tuple[str, ...]]:
+        each = "per example" if m.classification and m.family in ("ce", "nll") else "per output"
         summary = (f"loss is summed over the batch (reduction='sum'): {fmt.num(m.observed)} = {round(m.scale)} x "
-                   f"{fmt.num(m.observed / m.scale)} per example; expected ~{fmt.num(m.chance)} ({m.expected})")
+                   f"{fmt.num(m.observed / m.scale)} {each}; expected ~{fmt.num(m.chance)} ({m.expected})")
         return Status.FAIL, summary, (
             "Use reduction='mean' (the default): with a summed loss the gradient grows with the batch size, so a "
             "learning rate tuned at one batch size diverges at another.",)

@@ -307,7 +307,7 @@ class ParamUpdates(Check):
             trainable=sum(p.trainable for p in params), frozen=sum(not p.trainable for p in params),
             not_in_opt=not_in_opt, cut=cut, unused=unused, still=still(params),
             sandwiched=[n for n in sandwiched if n not in read], suffix=[n for n in suffix if n not in read],
-            prefix=[n for n in prefix if n not in random_init], constants=[n for n in constants if n not in random_init],
+            prefix=[n for n in prefix if n not in random_init], constants=constants,
             zero_init=zero_init, random_init=random_init, structured=[n for n in structured if n not in prefix],
             ratios=ratios, peaks=peaks, judged=judged, reads={p.name: p for p in params if p.init is not None},
             low=[n for n, r in judged.items() if r < self.low_ratio],
@@ -386,8 +386,8 @@ class ParamUpdates(Check):
             their = "its" if len(weights) == 1 else "their"
             out.append((f"{_frozen_weights(len(weights))} still at {their} random initialization: "
                         f"{grouped(f.random_init, 3)}",
-                        f"Frozen (requires_grad=False) and never trained: {grouped(f.random_init)}. Each still reads as "
-                        f"a fresh random draw: {fmt.listed([self._init_text(f.reads[n]) for n in weights], 3)}. A "
+                        f"Frozen (requires_grad=False) and never trained: {grouped(f.random_init)}. Each still reads "
+                        f"as a fresh random draw: {fmt.listed([self._init_text(f.reads[n]) for n in weights], 3)}. A "
                         f"frozen layer that was never trained stays a random projection for the whole run. Set "
                         f"requires_grad=True on it (a loop meant to freeze a pretrained backbone may have frozen the "
                         f"new head or the stem too), or load the pretrained weights meant to be frozen; a fixed "
