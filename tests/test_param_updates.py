@@ -497,3 +497,15 @@ def test_judge_reads_frozen_weights_at_its_thresholds():
     assert pretrained.status == "pass", pretrained.summary
     assert stack(frozen("mid.weight", fit(kurtosis=3 + 10.5 * 4.9 / 64, std=0.3))).status == "pass"
     assert stack(frozen("mid.weight", fit(spike=1 + 3.9 * unit, std=0.3))).status == "warn"
+
+
+def test_judge_a_slow_matrix_in_a_model_that_trains_is_flagged_only_when_it_lags_the_median_far():
+    # a healthy MobileNetV3 under RMSprop: squeeze-excite layers at 1e-5, the rest around 1.4e-4 (15x faster)
+    rest = [weight(f"conv{i}.weight", ratio=1.4e-4) for i in range(6)]
+    assert judge(weight("se.fc1.weight", ratio=0.9e-5), *rest).status == "pass"
+    j = judge(weight("se.fc1.weight", ratio=1.3e-6), *rest)  # 108x below the median: left behind
+    assert j.status == "warn" and "1 weight matrix with update/weight below 1e-05" in j.summary
+    assert judge(weight("se.fc1.weight", ratio=1.3e-6), *rest, lag_ratio=1000).status == "pass"
+    # the whole model that slow: every low matrix is flagged, whatever the lag
+    slow = [weight(f"conv{i}.weight", ratio=5e-6) for i in range(6)]
+    assert "7 weight matrices with update/weight below" in judge(weight("se.fc1.weight", ratio=4e-6), *slow).summary

@@ -191,7 +191,9 @@ class ParamUpdates(Check):
     pretrained weights (fine-tuning) are notes. Per parameter, the update-to-weight ratio
     ||w_after - w_before|| / ||w_before|| (median over the measured steps), judged on weight matrices: a warning
     when the median is below {low_ratio:g} or above {high_ratio:g}, or when a single step's ratio is above
-    {rewrite_ratio:g}. A weight matrix initialised below the standard scale is measured against the norm of that
+    {rewrite_ratio:g}. A matrix below {low_ratio:g} is flagged when the model as a whole is that slow (the median
+    over its weight matrices is below it too: the learning rate is too low for all of them) or when it lags that
+    median by more than {lag_ratio:g}x; one that is merely slower than the rest in a model that trains is not. A weight matrix initialised below the standard scale is measured against the norm of that
     scale; zero-initialised ones are not judged."""
     why = """A parameter that the loss depends on but the optimizer does not hold (a module created after the
     optimizer, a param group that forgot it) or whose gradient path is cut (.detach(), .data, torch.no_grad(),
@@ -234,6 +236,10 @@ class ParamUpdates(Check):
 
     low_ratio: float = threshold(1e-5, "warn when a weight matrix's median update/weight ratio is below this")
     high_ratio: float = threshold(1e-1, "warn when it is above this")
+    lag_ratio: float = threshold(100.0, "a weight matrix below low_ratio in a model whose median ratio is above "
+                                        "it is flagged only when it is this many times below that median (a layer "
+                                        "left behind, not one that is merely slower: a squeeze-excite layer under "
+                                        "RMSprop moves about 15x slower than the rest of a healthy MobileNetV3)")
     rewrite_ratio: float = threshold(1.0, "warn when a single measured step of a weight matrix changes it by more "
                                           "than this fraction of its norm (the median hides this when the weights "
                                           "blow up and the ratio falls as they grow). Ratios of a weight matrix "
@@ -311,8 +317,15 @@ class ParamUpdates(Check):
             prefix=[n for n in prefix if n not in random_init], constants=constants,
             zero_init=zero_init, random_init=random_init, structured=[n for n in structured if n not in prefix],
             ratios=ratios, peaks=peaks, judged=judged, reads={p.name: p for p in params if p.init is not None},
-            low=[n for n, r in judged.items() if r < self.low_ratio],
+            low=self.lagging(judged),
             high=[n for n, r in judged.items() if r > self.high_ratio or peaks[n] > self.rewrite_ratio])
+
+    def lagging(self, judged: dict[str, float]) -> list[str]:
+        """The weight matrices whose ratio is below low_ratio, when all of them are that slow (median below it) or
+        when the matrix lags the median by more than lag_ratio."""
+        median = float(np.median(list(judged.values()))) if judged else float("nan")
+        return [n for n, r in judged.items()
+                if r < self.low_ratio and (median < self.low_ratio or r * self.lag_ratio < median)]
 
     def init_reading(self, p: Param) -> tuple[str, Optional[Init]]:
         """What a frozen weight's values say: 'random' (still a fresh draw of a standard init, with that init),
