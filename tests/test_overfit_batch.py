@@ -675,3 +675,44 @@ def test_judge_a_loss_of_unknown_floor_by_its_fall():
     assert stuck.status == Status.FAIL and "barely fell: best 995 is 99.5% of its start 1000" in stuck.summary
     assert stuck.causes[0].cause == "the loss's main term gets no gradient"
     assert fall_of(-2.0, -3.0) == pytest.approx(0.5)  # a loss below zero (a Gaussian NLL) falls from its magnitude
+
+
+# -- causes named from evidence beside the loss (the corpus's tuning half) ---------------------------------------
+def _failed_attempt(**kw) -> "Attempt":
+    from babysitter.checklist.overfit_batch import Attempt
+
+    fields = dict(lr=1e-3, why_lr="your LR 0.001", losses=(1.0, 0.9), best=0.9, start=1.0, reduction=0.9,
+                  accuracy=None, passed=False, steps=200, reference=1.0, family="mse")
+    fields.update(kw)
+    return Attempt(**fields)
+
+
+def _causes(attempt, **measured):
+    from babysitter.checklist.overfit_batch import OverfitBatch, OverfitMeasured
+
+    return OverfitBatch().causes(OverfitMeasured(examples=32, attempts=(attempt,), parameters=10_000, **measured))
+
+
+def test_cause_a_loss_that_is_not_finite_from_the_first_step():
+    causes = _causes(_failed_attempt(losses=(math.nan,), best=math.nan, start=math.nan, reduction=math.nan))
+    assert causes[0].cause == "the loss is not finite from the first step"
+    assert all(c.cause != "the loss is not finite from the first step" for c in _causes(_failed_attempt()))
+
+
+def test_cause_dead_units_at_init_named_with_their_layer():
+    causes = _causes(_failed_attempt(), dead=(("layer1.relu", 1.0),))
+    assert causes[0].cause == "dead units" and "layer1.relu (100%)" in causes[0].evidence
+    assert all(c.cause != "dead units" for c in _causes(_failed_attempt()))
+
+
+def test_cause_outputs_that_cannot_be_negative_against_negative_targets():
+    from babysitter.checklist.overfit_batch import output_facts
+
+    targets = torch.randn(32, 1)
+    clamped = output_facts(torch.relu(torch.randn(32, 1)), targets)
+    causes = _causes(_failed_attempt(outputs=clamped))
+    assert causes[0].cause == "outputs that cannot be negative, against negative targets"
+    free = output_facts(torch.randn(32, 1), targets)
+    assert all("cannot be negative" not in c.cause for c in _causes(_failed_attempt(outputs=free)))
+    positive = output_facts(torch.relu(torch.randn(32, 1)), targets.abs())  # targets in the outputs' range
+    assert all("cannot be negative" not in c.cause for c in _causes(_failed_attempt(outputs=positive)))

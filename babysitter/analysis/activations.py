@@ -10,7 +10,11 @@ from torch import nn
 
 from ..instruments.activations import RECTIFIER, SIGMOID, SOFTMAX, TANH, ActivationResult, LayerStats
 
-__all__ = ["RECTIFIER", "SIGMOID", "SOFTMAX", "TANH", "ActivationResult", "LayerStats", "ref", "hidden_clause",
+#: a rectifier unit positive on under this fraction of its outputs is dead; a layer with more than DEAD_LAYER of its
+#: units dead is a problem (dead_relu's default thresholds, and what overfit_batch names as a likely cause)
+DEAD_UNIT, DEAD_LAYER = 0.01, 0.6
+
+__all__ = ["DEAD_LAYER", "DEAD_UNIT", "RECTIFIER", "SIGMOID", "SOFTMAX", "TANH", "ActivationResult", "LayerStats", "ref", "hidden_clause",
            "visibility_notes", "of_family", "Producer", "producers"]
 
 #: the layers whose weight sets the scale of the activation they feed (their weight std is compared with an init)

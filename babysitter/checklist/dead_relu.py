@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
 
 from ..analysis import fmt
-from ..analysis.activations import (RECTIFIER, LayerStats, Producer, hidden_clause, of_family, producers, ref,
-                                    visibility_notes)
+from ..analysis.activations import (DEAD_LAYER, DEAD_UNIT, RECTIFIER, LayerStats, Producer, hidden_clause,
+                                    of_family, producers, ref, visibility_notes)
 from ..analysis.params import display
 from ..analysis.status import LEVELS, Status
 from ..evidence import TRAIN_WINDOW
@@ -82,9 +82,9 @@ class DeadRelu(Check):
     constants = {"init_batches": INIT_BATCHES, "train_window": TRAIN_WINDOW, "train_steps": TRAIN_STEPS,
                  "bias_fill": BIAS_FILL}
 
-    unit_threshold: float = threshold(0.01, "a unit is dead when positive on fewer than this fraction of the "
+    unit_threshold: float = threshold(DEAD_UNIT, "a unit is dead when positive on fewer than this fraction of the "
                                             "elements it produced over the recorded batches (SageMaker: 1%)")
-    warn_layer: float = threshold(0.6, "warn when a layer has more than this fraction of dead units. SageMaker "
+    warn_layer: float = threshold(DEAD_LAYER, "warn when a layer has more than this fraction of dead units. SageMaker "
                                        "Debugger flags at 50%, but deep ReLU stacks on PyTorch's default init "
                                        "settle near 50% dead as their signal shrinks with depth (measured 45-56% "
                                        "in 6-12 layer MLPs; Lu et al. 2019), so 50% would warn on common setups")

@@ -20,6 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..analysis import fmt
+from ..analysis.activations import DEAD_LAYER, DEAD_UNIT, RECTIFIER, of_family
 from ..analysis.batches import batch_size_of, concat_batches, named_tensors, slice_batch, to_device
 from ..analysis.loss import LossModel, accuracy, bce_floor, constant_loss, loss_floor, soft_targets
 from ..analysis.lr_curve import LrReading
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
 SAME_OUTPUT_SPREAD = 1e-5
 #: outputs whose sum over dimension 1 is within this of 1 for every example are probabilities
 SUMS_TO_ONE = 1e-3
+#: losses whose targets are real numbers (a regression)
+REGRESSION = ("mse", "l1")
+#: outputs that are never negative against at least this fraction of negative targets cannot fit them
+NEGATIVE_TARGETS = 0.05
 #: a loss that ends above this multiple of its start diverged
 DIVERGED_RISE = 1.5
 #: an attempt whose best loss kept more than this fraction of its excess barely moved
@@ -173,14 +178,18 @@ class OutputFacts:
     in_unit: bool = False  # every output in [0, 1] (two or more dimensions)
     sums_to_one: bool = False  # every example's outputs sum to 1 over dimension 1 (two or more dimensions)
     spread: Optional[float] = None  # largest |output - first example's| over the largest |output| (2+ examples)
+    never_negative: bool = False  # every output >= 0 (a final ReLU, softplus, sigmoid, exp)
+    negative_targets: float = 0.0  # the fraction of float targets below zero
 
 
-def output_facts(outputs: Any) -> Optional[OutputFacts]:
+def output_facts(outputs: Any, targets: Any = None) -> Optional[OutputFacts]:
     """The facts of a tensor of outputs (None when the outputs are not one tensor)."""
     if not isinstance(outputs, torch.Tensor):
         return None
     o = outputs.detach().float()
-    facts: dict[str, Any] = {"per_example": o[0].numel() if o.ndim >= 1 else 1}
+    facts: dict[str, Any] = {"per_example": o[0].numel() if o.ndim >= 1 else 1, "never_negative": bool((o >= 0).all())}
+    if isinstance(targets, torch.Tensor) and targets.is_floating_point() and targets.numel():
+        facts["negative_targets"] = float((targets.detach() < 0).float().mean())
     if o.ndim >= 2:
         facts.update(classes=int(o.shape[1]), in_unit=bool(((o >= 0) & (o <= 1)).all()),
                      sums_to_one=bool(((o.sum(1) - 1).abs() < SUMS_TO_ONE).all()))
@@ -236,6 +245,13 @@ class OverfitMeasured:
     left_out: tuple[str, ...] = ()  # the parts it left out: 'scheduler' (the probe sets the LR), 'accumulate 4'
     loss_only: bool = False  # the user's step function returns only the loss: no outputs, no accuracy
     warnings: tuple[str, ...] = ()  # what torch warned while the user's LR trained the subset, each once
+    dead: tuple[tuple[str, float], ...] = ()  # rectifier layers mostly dead at init: (name, dead fraction)
+    whole: bool = False  # whole batches were taken: the examples counted are the targets' rows
+
+    @property
+    def subset(self) -> str:
+        """'32 examples', or '320 target rows' for whole sequence batches (rows of (T*B) flattened targets)."""
+        return f"{self.examples} {'target rows' if self.whole else 'examples'}"
 
     @property
     def final(self) -> Attempt:
@@ -397,9 +413,18 @@ class OverfitBatch(Check):
             reading, more = self._lr_reading(session)
             notes += more
             self._retry(session, subset, reading, attempts)
+        dead = self._dead_layers(session) if not attempts[-1].passed else ()
         return OverfitMeasured(examples=subset.examples, attempts=tuple(attempts), reading=reading, notes=notes,
+                               dead=dead, whole=subset.whole,
                                parameters=sum(p.numel() for p in params),
                                warnings=tuple(dict.fromkeys(" ".join(str(w.message).split()) for w in seen)), **step)
+
+    @staticmethod
+    def _dead_layers(session: "Session") -> tuple[tuple[str, float], ...]:
+        """Rectifier layers with more than DEAD_LAYER of their units dead at initialization (the shared pass)."""
+        layers = of_family(session.evidence("init_pass").instruments.get("activations"), RECTIFIER)
+        fractions = ((layer.name, layer.dead_units(DEAD_UNIT) / max(layer.units, 1)) for layer in layers)
+        return tuple((name, frac) for name, frac in fractions if frac > DEAD_LAYER)
 
     def _step_facts(self, session: "Session") -> dict:
         """Which parts of the user's step the attempts keep (a stepper as theirs, read, not run); a step function
@@ -490,7 +515,7 @@ class OverfitBatch(Check):
                 continue
             if self._stop(session, run, out.outputs, out.targets):
                 break
-        run.outputs = output_facts(out.outputs)
+        run.outputs = output_facts(out.outputs, out.targets)
         return run
 
     def _stop(self, session: "Session", run: _Progress, outputs: Any, targets: Any) -> bool:
@@ -582,19 +607,21 @@ class OverfitBatch(Check):
 
     def _passed_summary(self, m: OverfitMeasured, final: Attempt) -> str:
         if not final.floor_known:
-            return (f"loss on {m.examples} examples fell by {fmt.pct(final.fall)}, from {fmt.num(final.start)} to "
+            return (f"loss on {m.subset} fell by {fmt.pct(final.fall)}, from {fmt.num(final.start)} to "
                     f"{fmt.num(final.best)}, in {final.steps} steps at {final.why_lr}; its floor is unknown (a loss "
                     f"babysitter does not know), so the verdict is about the fall, not about reaching ~0")
-        return (f"loss on {m.examples} examples fell from {fmt.num(final.start)} to {fmt.num(final.best)} "
+        return (f"loss on {m.subset} fell from {fmt.num(final.start)} to {fmt.num(final.best)} "
                 f"({fmt.pct(max(final.reduction, 0.0), 1)} of its {self._ref_name(final)})"
                 f"{self._accuracy_text(final)} in {final.steps} steps at {final.why_lr}")
 
     def _failed_summary(self, m: OverfitMeasured, final: Attempt) -> str:
+        if not math.isfinite(final.start):
+            return f"could not overfit {m.subset}: the loss is {final.start} from the first step"
         if not final.floor_known:
-            return (f"the loss on {m.examples} examples barely fell: best {fmt.num(final.best)} is "
+            return (f"the loss on {m.subset} barely fell: best {fmt.num(final.best)} is "
                     f"{fmt.pct(final.reduction, 1)} of its start {fmt.num(final.start)} after {final.steps} steps (its "
                     f"floor is unknown; a fall of {fmt.pct(self.unknown_fall)} was asked)")
-        return (f"could not overfit {m.examples} examples: best loss {fmt.num(final.best)} is "
+        return (f"could not overfit {m.subset}: best loss {fmt.num(final.best)} is "
                 f"{fmt.pct(final.reduction)} of its {self._ref_name(final)}{self._accuracy_text(final)} after "
                 f"{final.steps} steps")
 
@@ -629,7 +656,8 @@ class OverfitBatch(Check):
                           f"{fmt.pct(self.min_accuracy)} are asked): some inputs appear with different targets "
                           f"(duplicates with other labels, next tokens their prefix cannot determine). Check the "
                           f"labels of the examples still wrong; the model itself can fit."),)
-        found = [*self._warned_causes(measured.warnings), *self._output_causes(final, measured.examples),
+        found = [*self._warned_causes(measured.warnings), *self._nonfinite_cause(final), *self._dead_cause(measured),
+                 *self._output_causes(final, measured.examples),
                  *self._lr_causes(final, measured.reading), self._capacity_cause(final, measured),
                  *self._stuck_cause(measured)]
         found.sort(key=lambda c: -c.score)
@@ -649,6 +677,25 @@ class OverfitBatch(Check):
                       f"targets, or targets.unsqueeze(-1)).")]
 
     @staticmethod
+    def _nonfinite_cause(final: Attempt) -> list[Cause]:
+        """A loss that is NaN or Inf from the first step: no LR can fix it."""
+        if math.isfinite(final.start):
+            return []
+        return [Cause(1.0, "the loss is not finite from the first step",
+                      f"The loss was {final.start} before any update, at every LR tried: the data, the forward or "
+                      f"the loss makes a NaN/Inf by itself (see nonfinite for where the first one appears).")]
+
+    @staticmethod
+    def _dead_cause(m: OverfitMeasured) -> list[Cause]:
+        """Rectifier layers whose units are nearly all dead at initialization: no gradient reaches below them."""
+        if not m.dead:
+            return []
+        named = fmt.listed([f"{name} ({fmt.pct(frac)})" for name, frac in m.dead])
+        return [Cause(0.9, "dead units",
+                      f"Most units of {named} never fire at initialization, so almost no gradient flows through "
+                      f"them (see dead_relu: biases or inputs that push every unit negative).")]
+
+    @staticmethod
     def _output_causes(final: Attempt, n: int) -> list[Cause]:
         """Probabilities fed to a loss that wants logits; the same output for every example."""
         o, family, out = final.outputs, final.family, []
@@ -664,6 +711,11 @@ class OverfitBatch(Check):
             out.append(Cause(0.9, "sigmoid fed into BCEWithLogitsLoss",
                              "The outputs all lie in [0, 1]: BCEWithLogitsLoss applies the sigmoid itself; "
                              "remove the model's final sigmoid."))
+        if family in REGRESSION and o.never_negative and o.negative_targets >= NEGATIVE_TARGETS:
+            out.append(Cause(0.95, "outputs that cannot be negative, against negative targets",
+                             f"Every output is >= 0 but {fmt.pct(o.negative_targets)} of the targets are negative: a "
+                             f"final ReLU (or softplus, sigmoid, exp) bounds the outputs. Remove it for a regression "
+                             f"over standardized targets, or keep the targets in the outputs' range."))
         if o.spread is not None and o.spread < SAME_OUTPUT_SPREAD:
             out.append(Cause(0.95, "the output ignores the input",
                              f"All {n} examples get the same output (relative spread {fmt.small(o.spread)}) after "
@@ -708,7 +760,7 @@ class OverfitBatch(Check):
         outputs = final.outputs.per_example if final.outputs is not None else 1
         small = m.parameters < m.examples * outputs
         return Cause(0.6 if small else 0.2, "too little capacity",
-                     f"The model has {m.parameters} trainable parameters for {m.examples} examples x {outputs} "
+                     f"The model has {m.parameters} trainable parameters for {m.subset} x {outputs} "
                      "outputs" + (": fewer than the values to fit; make it wider or deeper." if small else
                                   "; if none of the causes above applies, try a wider or deeper model."))
 
