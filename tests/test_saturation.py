@@ -205,3 +205,11 @@ def test_a_saturated_layer_of_a_sequential_is_named_with_its_type():
     assert any(a.startswith("model.3 (Tanh):") and "the weights of model.2 (Linear)" in a for a in result.advice)
     healthy = check(**zoo.blobs_fields(mlp(nn.Tanh, depth=1)))
     assert healthy.status == "pass" and healthy.summary.endswith("(model.1 (Tanh))"), healthy.summary
+
+
+def test_hardsigmoid_gates_are_seen_and_judged_both_ways():
+    """MobileNetV3's squeeze-excite gates (nn.Hardsigmoid, flat beyond |x| >= 3) are a sigmoid family."""
+    healthy = check(**zoo.blobs_fields(mlp(nn.Hardsigmoid), optimizer=zoo.sgd(0.05)))
+    assert healthy.status == "pass" and "hardsigmoid" in healthy.summary.lower()
+    saturated = check(**zoo.blobs_fields(mlp(nn.Hardsigmoid, std=1.0), optimizer=zoo.sgd(0.05)))
+    assert saturated.status in ("warn", "fail"), saturated.summary

@@ -50,8 +50,9 @@ class SaturationMeasured:
 class Saturation(Check):
     id = "saturation"
     title = "Saturated tanh, sigmoid and softmax units"
-    what = """Every tanh and sigmoid activation (module or functional call) and every softmax computed in Python
-    is watched on the {init_batches} batches of the shared pass at initialization. An output is saturated when
+    what = """Every tanh and sigmoid activation (module or functional call; hardsigmoid, the gate of MobileNetV3's
+    squeeze-excite blocks, counts as a sigmoid: its slope is exactly 0 outside [-3, 3]) and every softmax computed
+    in Python is watched on the {init_batches} batches of the shared pass at initialization. An output is saturated when
     |tanh| > {tanh_saturated:g}, or sigmoid is outside [{sigmoid_low:.2f}, {sigmoid_saturated:g}] (the local slope
     is then under {tanh_slope:.0%} of its maximum for tanh, {sigmoid_slope:.0%} for sigmoid); a softmax distribution
     is pinned when its top probability exceeds {softmax_pinned:g} (rows where every other entry was masked out are

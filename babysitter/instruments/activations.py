@@ -79,7 +79,8 @@ def _functions() -> dict:
         },
         TANH: {"tanh": (torch.tanh, torch.Tensor.tanh, torch.tanh_, torch.Tensor.tanh_, F.tanh)},
         SIGMOID: {"sigmoid": (torch.sigmoid, torch.Tensor.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid_,
-                              F.sigmoid, torch.special.expit)},
+                              F.sigmoid, torch.special.expit),
+                  "hardsigmoid": (F.hardsigmoid,)},  # MobileNetV3's squeeze-excite gates: flat beyond |x| >= 3
         SOFTMAX: {"softmax": (F.softmax, torch.softmax, torch.Tensor.softmax),
                   "log_softmax": (F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax)},
     }
@@ -95,7 +96,7 @@ ACTIVATION_FUNCTIONS = _functions()
 
 #: activation module classes: a call made inside one of these is named after the module itself
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-                      nn.Hardswish, nn.RReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softmax, nn.LogSoftmax,
+                      nn.Hardswish, nn.RReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax,
                       nn.Softmax2d)
 #: modules whose activations run inside fused kernels
 FUSED_MODULES = (nn.RNNBase, nn.MultiheadAttention, nn.RNNCellBase)
