@@ -68,3 +68,32 @@ def test_plain_loop_stops_at_a_non_finite_loss_and_clips_as_declared():
     fields.update(optimizer=lambda p: torch.optim.SGD(p, lr=50.0), step=babysitter.Step(clip_grad_norm=0.01))
     assert math.isfinite(train(fields, steps=50).final)
     assert not PlainRun(10, 1.0, math.inf).trains
+
+
+# -- the fast slice of benchmarks/corpus.py: cheap cases and faults from both halves -------------------------------
+SLICE_HEALTHY = ("regression", "multilabel", "vae", "dae")
+SLICE_FAULTS = ("regression-relu-out", "multilabel-sigmoid-out", "dae-per-image-max", "regression-finetune-lr",
+                "deep-regression-small-init", "regression-raw-units", "multilabel-prior-sign")
+
+
+def _by_name(items):
+    return {item.name: item for item in items}
+
+
+@pytest.mark.parametrize("name", SLICE_HEALTHY)
+def test_slice_healthy_corpus_model_gets_no_fail_and_no_warning(name):
+    report = babysitter.check(**_by_name(corpus.cases())[name].build(0), device="cpu")
+    flagged = {c.id: c.summary for c in report.checks if c.status not in ("pass", "skip")}
+    assert not flagged, flagged
+
+
+@pytest.mark.parametrize("name", SLICE_FAULTS)
+def test_slice_injected_fault_is_flagged_by_its_check(name):
+    fault = _by_name(corpus.faults())[name]
+    result = babysitter.check(**fault.build(0), device="cpu", select=[fault.check])[fault.check]
+    assert result.status in ("warn", "fail"), result.summary
+
+
+def test_slice_plain_loop_evidence_for_a_case_and_its_fault():
+    rows = {r["name"]: r for r in __import__("corpus.plain", fromlist=["evidence"]).evidence("regression-relu")}
+    assert rows["regression-relu-out"]["shows"], rows
