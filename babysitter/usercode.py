@@ -62,6 +62,8 @@ class UserCode:
         self.optimizer_factory: Callable[..., Any] = lambda params: as_optimizer(factory(params))
         #: the user's step: a Step, a function step(model, batch, optimizer) -> loss, or None (a plain step)
         self.step = target.step
+        #: which of the user's functions forward_loss is running: 'forward', 'loss', or '' between calls
+        self.calling = ""
 
     def forward(self, batch: Any) -> tuple[Any, Any]:
         """``(outputs, targets)`` for one batch, through the target's ``forward`` or ``model(*inputs)``."""
@@ -74,8 +76,15 @@ class UserCode:
         return self.loss_fn(outputs, targets)
 
     def forward_loss(self, batch: Any) -> tuple[torch.Tensor, Any, Any]:
-        outputs, targets = self.forward(batch)
-        return self.loss(outputs, targets), outputs, targets
+        """The loss, outputs and targets of one batch; ``calling`` says meanwhile which of the user's functions
+        runs ('forward' or 'loss'), for a watcher that names where an op outside the model's modules ran."""
+        self.calling = "forward"
+        try:
+            outputs, targets = self.forward(batch)
+            self.calling = "loss"
+            return self.loss(outputs, targets), outputs, targets
+        finally:
+            self.calling = ""
 
     def inputs_of(self, batch: Any) -> Optional[ModelInputs]:
         """The tensors the forward passes to the model on ``batch``, seen by a forward pre-hook on the model's

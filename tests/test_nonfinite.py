@@ -387,3 +387,20 @@ def test_a_grad_scaler_step_is_replayed_with_its_scaler():
     result = check(**fields)
     assert located(result) == ("forward", "model.guard", "torch.sqrt", 5, 5), result.summary
     assert any("under your GradScaler" in n for n in result.notes)
+
+
+def test_an_op_in_the_users_forward_function_is_named_there_not_in_the_loss():
+    """A mask built in forward(model, batch) as (1 - mask) * -inf: 0 * -inf is NaN at every kept position."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    mask = torch.ones(64, 8)
+
+    def forward(m, batch):
+        inputs, targets, keep = batch
+        return m(inputs + (1 - keep) * float("-inf")), targets
+
+    data = [(x[i:i + 16], y[i:i + 16], mask[i:i + 16]) for i in range(0, 64, 16)]
+    result = babysitter.check(model, data, loss_fn=nn.CrossEntropyLoss(), forward=forward,
+                              select=["nonfinite"])["nonfinite"]
+    assert result.status == "fail" and "your forward function" in result.summary, result.summary
+    assert result.metrics["phase"] == "forward"

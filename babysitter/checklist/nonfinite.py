@@ -30,6 +30,7 @@ _CANDIDATES = 64
 _LOSS_GROWTH, _NORM_GROWTH = 10, 100
 #: where ops outside the model's modules are placed: the target's loss, or everything a step function runs
 _LOSS_FN, _STEP_FN = "loss_fn", "your step function (outside the model's modules)"
+_FORWARD_FN = "your forward function (outside the model's modules)"
 #: the calls that run a backward pass, which a watched step follows node by node
 _BACKWARDS = (torch.Tensor.backward, torch.autograd.backward)
 
@@ -102,7 +103,7 @@ class FiniteWatch(TorchFunctionMode):
     a torch function mode entered twice sees every op twice.
     """
 
-    def __init__(self, stack: ModuleStack, outside: str = _LOSS_FN):
+    def __init__(self, stack: ModuleStack, outside: "str | Callable[[], str]" = _LOSS_FN):
         super().__init__()
         self.stack = stack
         self.outside = outside
@@ -161,7 +162,7 @@ class FiniteWatch(TorchFunctionMode):
         if not tensors:
             return out
         self.ops += 1
-        where = self.stack.current or self.outside
+        where = self.stack.current or (self.outside() if callable(self.outside) else self.outside)
         for _, t in tensors:
             if t.grad_fn is not None and t.grad_fn not in self.nodes:
                 self.nodes[t.grad_fn] = (_op_name(func), where)
@@ -257,7 +258,9 @@ class StepWatch:
     def __init__(self, session: "Session", stepper: Stepper, step: int):
         self.model, self.stepper, self.step = session.model, stepper, step
         self.stack = ModuleStack(self.model)
-        self.watch = FiniteWatch(self.stack, outside=_STEP_FN if stepper.custom is not None else _LOSS_FN)
+        code = session.code
+        self.watch = FiniteWatch(self.stack, outside=_STEP_FN if stepper.custom is not None else
+                                 lambda: _FORWARD_FN if code.calling == "forward" else _LOSS_FN)
         self.watch.on_backward = self._backward
         self.found: list[Origin] = []  # backward nodes that made gradients non-finite
         self.settled = False  # past the gradients of a declared step (or a closure's first evaluation)
