@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .analysis.status import STATUSES, report_verdict
 
@@ -201,11 +201,13 @@ class Report:
         return cls.from_dict(json.loads(text))
 
     # -- files ------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("json", "html", "csv")) -> dict[str, Path]:
-        """Write the report into ``directory`` (created if needed); returns the written paths by format."""
+    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("json", "html", "csv"),
+             figures: Optional[Mapping] = None) -> dict[str, Path]:
+        """Write the report into ``directory`` (created if needed); returns the written paths by format.
+        ``figures``: PNGs drawn while the checks ran (:class:`babysitter.render.prefetch.FigurePrefetch`)."""
         from .render import write_report
 
-        return write_report(self, Path(directory), formats=formats)
+        return write_report(self, Path(directory), formats=formats, figures=figures)
 
     def __repr__(self) -> str:  # a short one: the dataclass default prints every series
         return f"Report(target={self.target!r}, status={self.status!r}, counts={self.counts()})"

@@ -165,7 +165,7 @@ def test_the_collector_is_paused_while_writing_and_left_as_it_was(tmp_path, monk
         assert not gc.isenabled()  # a caller's choice is kept
         gc.enable()
 
-        def broken(report):
+        def broken(report, figures=None):
             raise RuntimeError("a renderer fails")
 
         monkeypatch.setattr(html, "render", broken)
@@ -190,3 +190,50 @@ def test_a_stuck_child_is_killed_and_its_share_computed_here(monkeypatch):
         return -x
 
     assert parallel.split_map(slow_in_child, range(6)) == [-x for x in range(6)]
+
+
+# -- figures drawn on the idle core while the checks run (render/prefetch.py) ------------------------------------
+fork_only = pytest.mark.skipif(not hasattr(os, "fork") or not sys.platform.startswith("linux"), reason="no fork")
+
+
+@fork_only
+def test_figures_drawn_while_the_checks_ran_are_the_page_figures_and_are_not_drawn_again(tmp_path, monkeypatch):
+    from babysitter.render.prefetch import FigurePrefetch, size_of
+
+    monkeypatch.setattr(parallel, "two_cores", lambda: True)
+    report = sample()
+    with FigurePrefetch() as prefetch:
+        for check in report.checks:
+            prefetch.add(check)
+        ready = prefetch.ready()
+    shown = [(p, size_of(c.id, p)) for c in report.checks for p in c.plots if figures.has_data(p)]
+    assert set(ready) == {(id(p), size) for p, size in shown}  # the plot with nothing to draw is not there
+    monkeypatch.setattr(parallel, "two_cores", lambda: False)
+    for plot, size in shown:
+        assert ready[(id(plot), size)] == figures.to_png(plot, size=size)
+    draws = _count(monkeypatch, figures, "draw")
+    assert html.render(report, ready) == html.render(report) and len(draws) == len(shown)  # the second one drew
+
+
+@fork_only
+def test_background_results_are_what_the_child_finished_and_nothing_is_left_behind(monkeypatch):
+    monkeypatch.setattr(parallel, "two_cores", lambda: True)
+    parent = os.getpid()
+
+    def square_but_not_three(x: int) -> int:
+        if x == 3 and os.getpid() != parent:
+            raise RuntimeError("the child dies on job 3")
+        return x * x
+
+    with parallel.Background(square_but_not_three) as background:
+        numbers = [background.submit(x) for x in range(6)]
+        folder, pid = background.folder, background.pid
+        done = background.results()
+    assert numbers == list(range(6))
+    assert done == {0: 0, 1: 1, 2: 4}  # the rest is the caller's to compute
+    assert not os.path.exists(folder)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    monkeypatch.setattr(parallel, "two_cores", lambda: False)
+    with parallel.Background(square_but_not_three) as one_core:
+        assert one_core.submit(2) is None and one_core.results() == {}

@@ -4,15 +4,17 @@ from __future__ import annotations
 import contextlib
 import gc
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 from ..report import Report, write_atomic
 
 FORMATS = ("json", "html", "csv")
 
 
-def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
-    """Write report.json, report.html and one CSV per table into ``directory``, each atomically."""
+def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMATS,
+                 figures: Optional[Mapping] = None) -> dict[str, Path]:
+    """Write report.json, report.html and one CSV per table into ``directory``, each atomically; ``figures``:
+    PNGs already drawn while the checks ran (see :mod:`babysitter.render.prefetch`)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown report format(s) {unknown}; choose from {FORMATS}")
@@ -32,7 +34,7 @@ def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMA
             from .html import render
 
             written["html"] = directory / "report.html"
-            write_atomic(written["html"], render(report))
+            write_atomic(written["html"], render(report, figures))
     return written
 
 

@@ -5,7 +5,7 @@ import io
 import math
 import os
 import textwrap
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -279,10 +279,17 @@ def to_png(plot: Plot, *, size: Optional[tuple[float, float]] = None) -> bytes:
     return buf.getvalue()
 
 
-def pngs(plots: Sequence[Plot], sizes: Sequence[Optional[tuple[float, float]]]) -> list[bytes]:
+def pngs(plots: Sequence[Plot], sizes: Sequence[Optional[tuple[float, float]]],
+         ready: Optional[Mapping] = None) -> list[bytes]:
     """Each plot drawn once, as PNG bytes, at its size (None: SIZE); on two cores when there are (see
-    :func:`~babysitter.render.parallel.split_map`)."""
-    return split_map(_png, list(zip(plots, sizes)))
+    :func:`~babysitter.render.parallel.split_map`). ``ready``: PNGs drawn before, by (id(plot), size), not drawn
+    again."""
+    ready = ready or {}
+    out = [ready.get((id(p), size)) for p, size in zip(plots, sizes)]
+    todo = [i for i, png in enumerate(out) if png is None]
+    for i, png in zip(todo, split_map(_png, [(plots[i], sizes[i]) for i in todo])):
+        out[i] = png
+    return out
 
 
 def _png(job: tuple) -> bytes:

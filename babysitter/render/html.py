@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from ..analysis import fmt
 from ..analysis.status import PROBLEMS
 from ..report import CheckResult, Plot, Report, Table
 from .figures import has_data, pngs
+from .prefetch import SUMMARY_FIGURES, size_of
 from .tables import cell
 
-#: the figures people come for, shown at the top of the report when their checks drew them: the LR curve with the
-#: suggestion and the user's LR, the gradient-norm histogram with the clip line, activation scale through depth
-SUMMARY_FIGURES = (("lr_range", "lr_curve"), ("grad_norms", "total_hist"), ("activation_scale", "std_by_depth"))
-#: their size (inches): three side by side fill one screen's width. Each is drawn once, at this size, and the same
-#: image shows in the summary and in its check's card
-SUMMARY_SIZE = (4.6, 3.2)
+# SUMMARY_FIGURES (render/prefetch.py): the figures people come for, shown at the top of the report when their
+# checks drew them: the LR curve with the suggestion and the user's LR, the gradient-norm histogram with the clip
+# line, activation scale through depth; at SUMMARY_SIZE inches three side by side fill one screen's width. Each is
+# drawn once, at that size, and the same image shows in the summary and in its check's card
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;
@@ -64,13 +63,14 @@ def _summary_plots(report: Report) -> list[tuple[str, Plot]]:
             for p in c.plots if p.id == pid and has_data(p)]
 
 
-def _images(report: Report) -> dict[int, str]:
+def _images(report: Report, ready: Optional[Mapping] = None) -> dict[int, str]:
     """Every figure the page shows, drawn once (the summary's three at SUMMARY_SIZE), as data URIs keyed by the
-    id of their Plot: the summary and the cards share them."""
-    summary = {id(p) for _, p in _summary_plots(report)}
-    plots = [p for c in report.checks for p in c.plots if has_data(p)]
-    drawn = pngs(plots, [SUMMARY_SIZE if id(p) in summary else None for p in plots])
-    return {id(p): "data:image/png;base64," + base64.b64encode(png).decode("ascii") for p, png in zip(plots, drawn)}
+    id of their Plot: the summary and the cards share them. ``ready``: PNGs drawn while the checks ran
+    (:class:`~babysitter.render.prefetch.FigurePrefetch`), by (id(plot), size); only the rest are drawn here."""
+    shown = [(p, size_of(c.id, p)) for c in report.checks for p in c.plots if has_data(p)]
+    drawn = pngs([p for p, _ in shown], [size for _, size in shown], ready)
+    return {id(p): "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            for (p, _), png in zip(shown, drawn)}
 
 
 def _contents(c: CheckResult, plots: list) -> str:
@@ -115,8 +115,9 @@ def _overview(report: Report, images: dict[int, str]) -> str:
     return f"<section class='overview' id='overview'><table>{rows}</table>{figures}</section>"
 
 
-def render(report: Report) -> str:
-    images = _images(report)
+def render(report: Report, figures: Optional[Mapping] = None) -> str:
+    """The self-contained page; ``figures``: PNGs already drawn (see :func:`_images`)."""
+    images = _images(report, figures)
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     run_rows = "".join(f"<tr><td>{esc(k)}</td><td>{_cell(v)}</td></tr>" for k, v in report.run.items())
     interrupted = (f"<p><b>Interrupted: this report is partial; {len(report.not_run)} of {len(report.checks)} checks "

@@ -8,11 +8,14 @@ figures are drawn here: the report never depends on it.
 """
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from typing import Callable, Optional, Sequence, TypeVar
@@ -135,6 +138,129 @@ def _serve(fd: int, fn: Callable, items: list) -> None:
             pipe.write(data)
         code = 0
     except BaseException:  # noqa: B036 - an interrupt too: the parent draws these figures itself
+        pass
+    finally:
+        os._exit(code)
+
+
+class Background:
+    """``fn(job)`` computed in a forked child as jobs arrive, while this process goes on (the checks run on).
+
+    Each job is pickled into a private folder and its number sent down a pipe; the child computes it and writes
+    the result beside it. :meth:`results` ends the child once it has done the jobs sent so far and returns what it
+    finished; a job it did not finish (no second core, a fork that failed, a child that died or stalled) is simply
+    missing, for the caller to compute itself. ``fn`` must touch nothing but its argument (no torch, no CUDA).
+    """
+
+    def __init__(self, fn: Callable[[T], R]):
+        self.fn, self.pid, self.fd, self.folder, self.sent, self.failed = fn, 0, -1, "", 0, False
+
+    def submit(self, job: T) -> Optional[int]:
+        """Send one job; its number, or None when no child runs it."""
+        if not self.pid and (self.failed or not self._start()):
+            return None
+        n, path = self.sent, os.path.join(self.folder, f"{self.sent}.job")
+        try:
+            with open(path + ".tmp", "wb") as f:
+                pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(path + ".tmp", path)
+            os.write(self.fd, f"{n}\n".encode())
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            self.close()
+            self.failed = True
+            return None
+        self.sent += 1
+        return n
+
+    def _start(self) -> bool:
+        if not two_cores():
+            self.failed = True
+            return False
+        self.folder = tempfile.mkdtemp(prefix="babysitter-figures-")
+        read, write = os.pipe()
+        try:
+            with warnings.catch_warnings():  # see _Child.start
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            self.failed = True
+            return False
+        if pid == 0:
+            os.close(write)
+            _serve_jobs(read, self.folder, self.fn)  # never returns
+        os.close(read)
+        self.pid, self.fd = pid, write
+        return True
+
+    def results(self, patience: float = PATIENCE_S / 6) -> dict[int, R]:
+        """End the child after the jobs sent so far, waiting while it still finishes one every ``patience``
+        seconds, and return the results it wrote, by job number (the folder is removed)."""
+        if not self.pid:
+            return {}
+        os.close(self.fd)
+        self.fd, done, last = -1, 0, time.monotonic()
+        while self.pid:
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                self.pid = 0
+                break
+            now_done = sum(name.endswith(".out") for name in os.listdir(self.folder))
+            if now_done > done:
+                done, last = now_done, time.monotonic()
+            elif time.monotonic() - last > patience:
+                break
+            time.sleep(0.005)
+        out = {}
+        for n in range(self.sent):
+            try:
+                with open(os.path.join(self.folder, f"{n}.out"), "rb") as f:
+                    out[n] = pickle.load(f)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                pass
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """Kill the child if it is still there, reap it, remove the folder (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = 0
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = ""
+
+    def __enter__(self) -> "Background":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve_jobs(fd: int, folder: str, fn: Callable) -> None:
+    """The background child's whole life: each job number read from the pipe, computed, its result written
+    (atomically) beside it; at the pipe's end, leave with ``os._exit``. Ctrl-C is the parent's to handle."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        gc.disable()  # the parent's whole heap is here too: collections would walk it for nothing
+        with os.fdopen(fd, "rb") as pipe:
+            for line in pipe:
+                path = os.path.join(folder, line.decode().strip())
+                with open(path + ".job", "rb") as f:
+                    result = fn(pickle.load(f))
+                with open(path + ".tmp", "wb") as f:
+                    pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(path + ".tmp", path + ".out")
+        code = 0
+    except BaseException:  # noqa: B036 - whatever it did not finish, the parent computes
         pass
     finally:
         os._exit(code)
