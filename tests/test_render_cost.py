@@ -218,6 +218,7 @@ def test_figures_drawn_while_the_checks_ran_are_the_page_figures_and_are_not_dra
 @fork_only
 def test_background_results_are_what_the_child_finished_and_nothing_is_left_behind(monkeypatch):
     monkeypatch.setattr(parallel, "two_cores", lambda: True)
+    monkeypatch.setattr(parallel, "HELP_FROM", 10**6)  # this process does not help: what the child did is all
     parent = os.getpid()
 
     def square_but_not_three(x: int) -> int:
@@ -237,3 +238,25 @@ def test_background_results_are_what_the_child_finished_and_nothing_is_left_behi
     monkeypatch.setattr(parallel, "two_cores", lambda: False)
     with parallel.Background(square_but_not_three) as one_core:
         assert one_core.submit(2) is None and one_core.results() == {}
+
+
+@fork_only
+def test_background_far_behind_is_helped_from_the_back_and_each_job_is_done_once(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setattr(parallel, "two_cores", lambda: True)
+
+    def slow_square(x: int) -> tuple[int, int]:
+        with open(tmp_path / f"{x}.{os.getpid()}", "x"):  # "x": a job done twice fails
+            pass
+        time.sleep(0.05)
+        return x * x, os.getpid()
+
+    with parallel.Background(slow_square) as background:
+        for x in range(12):
+            background.submit(x)
+        done = background.results()
+    assert {n: v for n, (v, _) in done.items()} == {x: x * x for x in range(12)}
+    by = [pid for _, pid in (done[n] for n in range(12))]
+    assert by[-1] == os.getpid() and by[0] != os.getpid()  # this process took the back, the child the front
+    assert len(list(tmp_path.iterdir())) == 12

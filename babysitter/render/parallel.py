@@ -8,6 +8,7 @@ figures are drawn here: the report never depends on it.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -25,6 +26,8 @@ R = TypeVar("R")
 
 #: fewer items than this are all drawn here: the fork and the pipe would cost more than they save
 MIN_ITEMS = 4
+#: when the background child is this many jobs behind as the checks end, this process draws from the back too
+HELP_FROM = 3
 #: seconds to wait for the child after this process has drawn its own half (it draws as many, as fast: a child
 #: that is this late is stuck, and is killed)
 PATIENCE_S = 60.0
@@ -146,20 +149,23 @@ def _serve(fd: int, fn: Callable, items: list) -> None:
 class Background:
     """``fn(job)`` computed in a forked child as jobs arrive, while this process goes on (the checks run on).
 
-    Each job is pickled into a private folder and its number sent down a pipe; the child computes it and writes
-    the result beside it. :meth:`results` ends the child once it has done the jobs sent so far and returns what it
-    finished; a job it did not finish (no second core, a fork that failed, a child that died or stalled) is simply
-    missing, for the caller to compute itself. ``fn`` must touch nothing but its argument (no torch, no CUDA).
+    Each job is pickled into a private folder and its number sent down a pipe; the child claims it (a file created
+    exclusively), computes it and writes the result beside it. :meth:`results` ends the child: when it is still
+    HELP_FROM or more jobs behind, this process claims and computes jobs from the last one backward while the child
+    goes on from the front, until they meet. A job nobody finished (no second core, a fork that failed, a child
+    that died or stalled) is missing from the results, for the caller to compute. ``fn`` must touch nothing but its
+    argument (no torch, no CUDA).
     """
 
     def __init__(self, fn: Callable[[T], R]):
-        self.fn, self.pid, self.fd, self.folder, self.sent, self.failed = fn, 0, -1, "", 0, False
+        self.fn, self.pid, self.fd, self.folder, self.failed = fn, 0, -1, "", False
+        self.jobs: list = []
 
     def submit(self, job: T) -> Optional[int]:
         """Send one job; its number, or None when no child runs it."""
         if not self.pid and (self.failed or not self._start()):
             return None
-        n, path = self.sent, os.path.join(self.folder, f"{self.sent}.job")
+        n, path = len(self.jobs), os.path.join(self.folder, f"{len(self.jobs)}.job")
         try:
             with open(path + ".tmp", "wb") as f:
                 pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -169,7 +175,7 @@ class Background:
             self.close()
             self.failed = True
             return None
-        self.sent += 1
+        self.jobs.append(job)
         return n
 
     def _start(self) -> bool:
@@ -195,31 +201,48 @@ class Background:
         return True
 
     def results(self, patience: float = PATIENCE_S / 6) -> dict[int, R]:
-        """End the child after the jobs sent so far, waiting while it still finishes one every ``patience``
-        seconds, and return the results it wrote, by job number (the folder is removed)."""
+        """End the child after the jobs sent so far, helping it from the back when it is far behind and waiting
+        while it still finishes a job every ``patience`` seconds; the results, by job number (the folder is
+        removed)."""
         if not self.pid:
             return {}
         os.close(self.fd)
-        self.fd, done, last = -1, 0, time.monotonic()
-        while self.pid:
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                self.pid = 0
-                break
-            now_done = sum(name.endswith(".out") for name in os.listdir(self.folder))
-            if now_done > done:
-                done, last = now_done, time.monotonic()
-            elif time.monotonic() - last > patience:
-                break
-            time.sleep(0.005)
-        out = {}
-        for n in range(self.sent):
-            try:
-                with open(os.path.join(self.folder, f"{n}.out"), "rb") as f:
+        self.fd, out = -1, {}
+        behind = [n for n in range(len(self.jobs)) if not os.path.exists(self._path(n, "claim"))]
+        if len(behind) >= HELP_FROM:
+            for n in reversed(behind):
+                if not claim(self._path(n, "claim")):
+                    break  # the child got here: the rest is its
+                out[n] = self.fn(self.jobs[n])
+        self._wait(patience)
+        for n in range(len(self.jobs)):
+            if n not in out:
+                with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError), \
+                        open(self._path(n, "out"), "rb") as f:
                     out[n] = pickle.load(f)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                pass
         self.close()
         return out
+
+    def _path(self, n: int, kind: str) -> str:
+        return os.path.join(self.folder, f"{n}.{kind}")
+
+    def _wait(self, patience: float) -> None:
+        """Until the child exits, or finishes no job for ``patience`` seconds."""
+        done, last = -1, time.monotonic()
+        while self.pid:
+            try:
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    self.pid = 0
+                    return
+            except ChildProcessError:  # reaped by someone else (a SIGCHLD handler)
+                self.pid = 0
+                return
+            now = sum(name.endswith(".out") for name in os.listdir(self.folder))
+            if now > done:
+                done, last = now, time.monotonic()
+            elif time.monotonic() - last > patience:
+                return
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Kill the child if it is still there, reap it, remove the folder (idempotent)."""
@@ -244,6 +267,15 @@ class Background:
         self.close()
 
 
+def claim(path: str) -> bool:
+    """Create ``path`` exclusively: True for the one process that did."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def _serve_jobs(fd: int, folder: str, fn: Callable) -> None:
     """The background child's whole life: each job number read from the pipe, computed, its result written
     (atomically) beside it; at the pipe's end, leave with ``os._exit``. Ctrl-C is the parent's to handle."""
@@ -254,6 +286,8 @@ def _serve_jobs(fd: int, folder: str, fn: Callable) -> None:
         with os.fdopen(fd, "rb") as pipe:
             for line in pipe:
                 path = os.path.join(folder, line.decode().strip())
+                if not claim(path + ".claim"):
+                    continue  # the parent took it
                 with open(path + ".job", "rb") as f:
                     result = fn(pickle.load(f))
                 with open(path + ".tmp", "wb") as f:
