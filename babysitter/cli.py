@@ -243,6 +243,8 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
         with importable(ref), FigurePrefetch() as figures:  # the project's modules stay importable meanwhile
             target = load(ref, seed=settings.seed)
             out.checking(target.name, ref)
+            if settings.report:
+                figures.start()
             with out.progress(len(select_checks(settings.select, settings.ignore, settings.options))) as progress:
                 report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
                                     ignore=settings.ignore, options=settings.options, where=ref.source,

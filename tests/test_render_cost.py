@@ -216,14 +216,13 @@ def test_figures_drawn_while_the_checks_ran_are_the_page_figures_and_are_not_dra
 
 
 @fork_only
-def test_background_results_are_what_the_child_finished_and_nothing_is_left_behind(monkeypatch):
+def test_background_workers_return_what_they_finished_and_leave_nothing_behind(monkeypatch):
     monkeypatch.setattr(parallel, "two_cores", lambda: True)
-    monkeypatch.setattr(parallel, "HELP_FROM", 10**6)  # this process does not help: what the child did is all
     parent = os.getpid()
 
     def square_but_not_three(x: int) -> int:
         if x == 3 and os.getpid() != parent:
-            raise RuntimeError("the child dies on job 3")
+            raise RuntimeError("a worker dies on job 3")
         return x * x
 
     with parallel.Background(square_but_not_three) as background:
@@ -231,7 +230,7 @@ def test_background_results_are_what_the_child_finished_and_nothing_is_left_behi
         folder, pid = background.folder, background.pid
         done = background.results()
     assert numbers == list(range(6))
-    assert done == {0: 0, 1: 1, 2: 4}  # the rest is the caller's to compute
+    assert done == {0: 0, 1: 1, 2: 4, 4: 16, 5: 25}  # the sibling went on; job 3 is the caller's to compute
     assert not os.path.exists(folder)
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -241,10 +240,13 @@ def test_background_results_are_what_the_child_finished_and_nothing_is_left_behi
 
 
 @fork_only
-def test_background_far_behind_is_helped_from_the_back_and_each_job_is_done_once(monkeypatch, tmp_path):
+def test_background_two_warm_workers_share_the_jobs_and_do_each_once(monkeypatch, tmp_path):
     import time
 
     monkeypatch.setattr(parallel, "two_cores", lambda: True)
+
+    def warm() -> None:
+        (tmp_path / f"warm.{os.getpid()}").touch()
 
     def slow_square(x: int) -> tuple[int, int]:
         with open(tmp_path / f"{x}.{os.getpid()}", "x"):  # "x": a job done twice fails
@@ -252,11 +254,13 @@ def test_background_far_behind_is_helped_from_the_back_and_each_job_is_done_once
         time.sleep(0.05)
         return x * x, os.getpid()
 
-    with parallel.Background(slow_square) as background:
+    with parallel.Background(slow_square, warm=warm) as background:
+        background.start()
         for x in range(12):
             background.submit(x)
         done = background.results()
     assert {n: v for n, (v, _) in done.items()} == {x: x * x for x in range(12)}
-    by = [pid for _, pid in (done[n] for n in range(12))]
-    assert by[-1] == os.getpid() and by[0] != os.getpid()  # this process took the back, the child the front
-    assert len(list(tmp_path.iterdir())) == 12
+    workers = {pid for _, pid in done.values()}
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert len(list(tmp_path.glob("warm.*"))) == 1  # warmed once, before the sibling was forked
+    assert len(list(tmp_path.iterdir())) == 13

@@ -26,8 +26,6 @@ R = TypeVar("R")
 
 #: fewer items than this are all drawn here: the fork and the pipe would cost more than they save
 MIN_ITEMS = 4
-#: when the background child is this many jobs behind as the checks end, this process draws from the back too
-HELP_FROM = 3
 #: seconds to wait for the child after this process has drawn its own half (it draws as many, as fast: a child
 #: that is this late is stuck, and is killed)
 PATIENCE_S = 60.0
@@ -147,87 +145,75 @@ def _serve(fd: int, fn: Callable, items: list) -> None:
 
 
 class Background:
-    """``fn(job)`` computed in a forked child as jobs arrive, while this process goes on (the checks run on).
+    """``fn(job)`` computed by forked workers as jobs arrive, while this process goes on (the checks run on).
 
-    Each job is pickled into a private folder and its number sent down a pipe; the child claims it (a file created
-    exclusively), computes it and writes the result beside it. :meth:`results` ends the child: when it is still
-    HELP_FROM or more jobs behind, this process claims and computes jobs from the last one backward while the child
-    goes on from the front, until they meet. A job nobody finished (no second core, a fork that failed, a child
-    that died or stalled) is missing from the results, for the caller to compute. ``fn`` must touch nothing but its
-    argument (no torch, no CUDA).
+    :meth:`start` forks one worker, which runs ``warm()`` (imports, a first figure) and then forks a sibling, so
+    that both are ready by the time jobs come: each job is pickled into a private folder, where an idle worker claims
+    it (a file created exclusively), computes it and writes the result beside it. :meth:`results` tells the workers
+    to finish the jobs sent so far and leave, and returns what they finished. A job nobody finished (no second core,
+    a fork that failed, a worker that died or stalled) is missing from the results, for the caller to compute.
+    ``fn`` and ``warm`` must touch nothing but their arguments (no torch, no CUDA).
     """
 
-    def __init__(self, fn: Callable[[T], R]):
-        self.fn, self.pid, self.fd, self.folder, self.failed = fn, 0, -1, "", False
-        self.jobs: list = []
+    def __init__(self, fn: Callable[[T], R], warm: Optional[Callable[[], None]] = None, workers: int = 2):
+        self.fn, self.warm, self.workers = fn, warm, workers
+        self.pid, self.folder, self.failed, self.sent = 0, "", False, 0
 
-    def submit(self, job: T) -> Optional[int]:
-        """Send one job; its number, or None when no child runs it."""
-        if not self.pid and (self.failed or not self._start()):
-            return None
-        n, path = len(self.jobs), os.path.join(self.folder, f"{len(self.jobs)}.job")
-        try:
-            with open(path + ".tmp", "wb") as f:
-                pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(path + ".tmp", path)
-            os.write(self.fd, f"{n}\n".encode())
-        except (OSError, pickle.PicklingError, TypeError, AttributeError):
-            self.close()
-            self.failed = True
-            return None
-        self.jobs.append(job)
-        return n
-
-    def _start(self) -> bool:
+    def start(self) -> bool:
+        """Fork the workers (once); False when they cannot run here."""
+        if self.pid or self.failed:
+            return bool(self.pid)
         if not two_cores():
             self.failed = True
             return False
         self.folder = tempfile.mkdtemp(prefix="babysitter-figures-")
-        read, write = os.pipe()
         try:
             with warnings.catch_warnings():  # see _Child.start
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
         except OSError:
-            os.close(read)
-            os.close(write)
             self.failed = True
             return False
         if pid == 0:
-            os.close(write)
-            _serve_jobs(read, self.folder, self.fn)  # never returns
-        os.close(read)
-        self.pid, self.fd = pid, write
+            _serve_jobs(self.folder, self.fn, self.warm, self.workers - 1)  # never returns
+        self.pid = pid
         return True
 
+    def submit(self, job: T) -> Optional[int]:
+        """Send one job; its number, or None when no worker runs it."""
+        if not self.start():
+            return None
+        n, path = self.sent, os.path.join(self.folder, f"{self.sent}.job")
+        try:
+            with open(path + ".tmp", "wb") as f:
+                pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(path + ".tmp", path)
+        except (OSError, pickle.PicklingError, TypeError, AttributeError):
+            self.close()
+            self.failed = True
+            return None
+        self.sent += 1
+        return n
+
     def results(self, patience: float = PATIENCE_S / 6) -> dict[int, R]:
-        """End the child after the jobs sent so far, helping it from the back when it is far behind and waiting
-        while it still finishes a job every ``patience`` seconds; the results, by job number (the folder is
-        removed)."""
+        """Let the workers finish the jobs sent so far and leave, waiting while they still finish one every
+        ``patience`` seconds; the results, by job number (the folder is removed)."""
         if not self.pid:
             return {}
-        os.close(self.fd)
-        self.fd, out = -1, {}
-        behind = [n for n in range(len(self.jobs)) if not os.path.exists(self._path(n, "claim"))]
-        if len(behind) >= HELP_FROM:
-            for n in reversed(behind):
-                if not claim(self._path(n, "claim")):
-                    break  # the child got here: the rest is its
-                out[n] = self.fn(self.jobs[n])
-        self._wait(patience)
-        for n in range(len(self.jobs)):
-            if n not in out:
+        out: dict[int, R] = {}
+        try:
+            os.close(os.open(os.path.join(self.folder, "end"), os.O_CREAT | os.O_WRONLY))
+            self._wait(patience)
+            for n in range(self.sent):
                 with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError), \
-                        open(self._path(n, "out"), "rb") as f:
+                        open(os.path.join(self.folder, f"{n}.out"), "rb") as f:
                     out[n] = pickle.load(f)
-        self.close()
+        finally:
+            self.close()
         return out
 
-    def _path(self, n: int, kind: str) -> str:
-        return os.path.join(self.folder, f"{n}.{kind}")
-
     def _wait(self, patience: float) -> None:
-        """Until the child exits, or finishes no job for ``patience`` seconds."""
+        """Until the first worker exits (after its sibling), or no job is finished for ``patience`` seconds."""
         done, last = -1, time.monotonic()
         while self.pid:
             try:
@@ -245,16 +231,13 @@ class Background:
             time.sleep(0.005)
 
     def close(self) -> None:
-        """Kill the child if it is still there, reap it, remove the folder (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Kill the workers if they are still there, reap the first, remove the folder (idempotent)."""
         if self.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)  # the workers' own group: the sibling too
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
             self.pid = 0
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -276,25 +259,54 @@ def claim(path: str) -> bool:
         return False
 
 
-def _serve_jobs(fd: int, folder: str, fn: Callable) -> None:
-    """The background child's whole life: each job number read from the pipe, computed, its result written
-    (atomically) beside it; at the pipe's end, leave with ``os._exit``. Ctrl-C is the parent's to handle."""
-    code = 1
+def _serve_jobs(folder: str, fn: Callable, warm: Optional[Callable], siblings: int) -> None:
+    """A background worker's whole life: warm up, fork ``siblings`` more (they share the warm imports), then claim
+    and compute jobs until the folder holds an ``end`` mark and no job is left; the first worker waits for its
+    siblings, and each leaves with ``os._exit``. Ctrl-C is the parent's to handle (the workers run in a group of
+    their own, which the terminal's Ctrl-C does not reach)."""
+    code, kids = 1, []
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         gc.disable()  # the parent's whole heap is here too: collections would walk it for nothing
-        with os.fdopen(fd, "rb") as pipe:
-            for line in pipe:
-                path = os.path.join(folder, line.decode().strip())
-                if not claim(path + ".claim"):
-                    continue  # the parent took it
-                with open(path + ".job", "rb") as f:
-                    result = fn(pickle.load(f))
-                with open(path + ".tmp", "wb") as f:
-                    pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(path + ".tmp", path + ".out")
+        if siblings:
+            os.setpgid(0, 0)
+        if warm is not None:
+            warm()
+        for _ in range(siblings):
+            pid = os.fork()
+            if pid == 0:
+                kids, siblings = [], 0
+                break
+            kids.append(pid)
+        _work(folder, fn)
         code = 0
     except BaseException:  # noqa: B036 - whatever it did not finish, the parent computes
         pass
     finally:
+        for pid in kids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
         os._exit(code)
+
+
+def _work(folder: str, fn: Callable) -> None:
+    """Claim and compute the folder's jobs, lowest number first, until the end mark and no job left unclaimed."""
+    while True:
+        ending = os.path.exists(os.path.join(folder, "end"))
+        jobs = sorted(int(name[:-4]) for name in os.listdir(folder) if name.endswith(".job"))
+        took = False
+        for n in jobs:
+            path = os.path.join(folder, str(n))
+            if not claim(path + ".claim"):
+                continue
+            with open(path + ".job", "rb") as f:
+                result = fn(pickle.load(f))
+            with open(path + ".tmp", "wb") as f:
+                pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(path + ".tmp", path + ".out")
+            took = True
+            break  # look again from the lowest: newer jobs may have come
+        if not took:
+            if ending:
+                return
+            time.sleep(0.01)

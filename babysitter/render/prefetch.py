@@ -31,14 +31,26 @@ def _draw(job: tuple[Plot, Size]) -> Optional[bytes]:
     return to_png(plot, size=size) if has_data(plot) else None
 
 
+def _warm() -> None:
+    """In the first worker, before its sibling is forked: matplotlib imported, fonts and mathtext loaded."""
+    from ..report import Series
+
+    _draw((Plot("warm", "warm", "line", (Series("a", [1, 10, 100], [1.0, 0.1, 0.01]),), log_x=True, log_y=True),
+           None))
+
+
 class FigurePrefetch:
     """Feed it each finished check (:meth:`add`); :meth:`ready` returns the PNGs drawn meanwhile, keyed by
     ``(id(plot), size)`` as :func:`~babysitter.render.figures.pngs` looks them up. A context manager: leaving it
     stops the child whatever happened."""
 
     def __init__(self) -> None:
-        self._background = Background(_draw)
+        self._background = Background(_draw, warm=_warm)
         self._jobs: dict[tuple[int, Size], tuple[int, Plot]] = {}  # the plot is kept: its id stays its own
+
+    def start(self) -> None:
+        """Fork the workers now (they warm up while the first checks run); the first :meth:`add` would."""
+        self._background.start()
 
     def add(self, result: CheckResult) -> None:
         for plot in result.plots:
