@@ -9,8 +9,11 @@ so that every check that reads the LR sweep reads it under the same settings.
 | ------------- | ----------------------------------------------------------------- | ----------------------------- |
 | init_pass     | forward + backward on 4 batches at init, instruments below        | initial_loss, dead_relu, ...  |
 | train_probe   | 24 real steps with the user's optimizer, instruments below        | grad_norms, param_updates, ...|
-| lr_sweep      | the LR range test's repeats                                       | lr_reading                    |
-| lr_reading    | the sweep read under lr_range's rules (suggestion, range, verdict) | lr_range, overfit_batch       |
+| lr_sweep      | the LR range test's repeats                                       | lr_curve, lr_race             |
+| lr_curve      | the sweep read under lr_range's rules (range, its suggestion)     | lr_race, lr_reading           |
+| lr_race       | candidate LRs from the range trained briefly, held-out losses     | lr_reading                    |
+| lr_reading    | the curve's reading with the race's winner as the suggestion, and | lr_range, overfit_batch       |
+|               | the verdict on the user's LR                                      |                               |
 | loss_facts    | the loss model and its reduction over the batch                   | initial_loss, overfit_batch, grad_norms |
 | call_order    | modules in the order of their first call                          | grad_norms, param_updates     |
 """
@@ -20,11 +23,13 @@ import dataclasses
 import time
 from typing import Any, Callable, Mapping
 
-from .analysis.lr_curve import ReadingRules, SweepSettings, read_sweep
+from .analysis.lr_curve import RaceRules, ReadingRules, SweepSettings, read_sweep, with_race
 from .instruments.activations import ActivationInstrument
 from .instruments.hooks import CallOrder
 from .passes.facts import call_order, loss_facts
 from .passes.init_pass import init_pass
+from .optim import lr_multiplier_range
+from .passes.lr_race import lr_race
 from .passes.lr_sweep import lr_sweep
 from .passes.train_probe import TRAIN_STEPS, train_probe
 
@@ -49,12 +54,28 @@ def _settings(cls, options: Mapping) -> Any:
     return cls(**{k: v for k, v in options.items() if k in names})
 
 
+def _race_rules(options: Mapping) -> RaceRules:
+    """The race's rules from lr_range's ``race_*`` thresholds (``race_steps`` -> ``steps``, ...)."""
+    names = {f.name for f in dataclasses.fields(RaceRules)}
+    return RaceRules(**{k[5:]: v for k, v in options.items() if k.startswith("race_") and k[5:] in names})
+
+
+def _lr_reading(s) -> Any:
+    """The range test's reading with the race's winner as its suggestion and the user's LR judged with it."""
+    options = s.options.get("lr_range", {})
+    return with_race(s.evidence("lr_curve"), s.evidence("lr_race"), _race_rules(options),
+                     _settings(ReadingRules, options), lr_multiplier_range(s.make_optimizer()))
+
+
 #: evidence name -> provider(session)
 PROVIDERS: Mapping[str, Callable] = {
     "init_pass": lambda s: init_pass(s, INSTRUMENTS["init_pass"]),
     "train_probe": lambda s: train_probe(s, INSTRUMENTS["train_probe"]),
     "lr_sweep": lambda s: lr_sweep(s, _settings(SweepSettings, s.options.get("lr_range", {}))),
-    "lr_reading": lambda s: read_sweep(s.evidence("lr_sweep"), _settings(ReadingRules, s.options.get("lr_range", {}))),
+    "lr_curve": lambda s: read_sweep(s.evidence("lr_sweep"), _settings(ReadingRules, s.options.get("lr_range", {}))),
+    "lr_race": lambda s: lr_race(s, s.evidence("lr_sweep"), s.evidence("lr_curve"),
+                                 _race_rules(s.options.get("lr_range", {}))),
+    "lr_reading": _lr_reading,
     "loss_facts": loss_facts,
     "call_order": call_order,
 }

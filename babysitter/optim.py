@@ -67,6 +67,39 @@ def zero_decay(optimizer: torch.optim.Optimizer) -> list[str]:
     return changed
 
 
+#: optimizers whose ``lr`` multiplies an update that corrects its own units, with the range of ``lr`` that trains in
+#: practice: Adadelta (Zeiler 2012) scales each step by the RMS of past updates over the RMS of gradients, so its
+#: step grows from sqrt(eps) by itself and ``lr`` is a multiplier around 1 (PyTorch's default and its MNIST
+#: example's 1.0; 0.1 to 10 all train on the models measured); torch's Adafactor takes a step relative to each
+#: parameter's RMS, capped by min(lr, 1/sqrt(step)), around its default 1e-2
+MULTIPLIER_RANGES = {"Adadelta": (0.1, 10.0), "Adafactor": (1e-3, 0.1)}
+
+
+def lr_multiplier_range(optimizer: Any) -> Optional[tuple[float, float]]:
+    """The range of ``lr`` that trains for torch's optimizers whose ``lr`` is a multiplier of a unit-correcting
+    update (``MULTIPLIER_RANGES``), None for an optimizer whose ``lr`` is a step size. A range test reads such an
+    ``lr`` poorly: the update's scale builds up over many more steps than the sweep spends at one LR."""
+    opts = getattr(optimizer, "optimizers", (optimizer,))
+    ranges = {MULTIPLIER_RANGES.get(type(o).__name__) if type(o) is getattr(torch.optim, type(o).__name__, None)
+              else None for o in opts}
+    return ranges.pop() if len(ranges) == 1 else None
+
+
+def lr_unused(optimizer: Any) -> Optional[str]:
+    """Why setting ``lr`` cannot steer this optimizer (a range test of it means nothing), or None when it can."""
+    for o in getattr(optimizer, "optimizers", (optimizer,)):
+        name = type(o).__name__
+        if isinstance(o, torch.optim.LBFGS):
+            return "LBFGS searches its own step size (its lr scales a line search); an LR range test does not apply"
+        if isinstance(o, torch.optim.Rprop):
+            return ("Rprop's lr is only each weight's first step size, which it then adapts by itself every step "
+                    "(x1.2 or x0.5, within its step_sizes): setting the LR during a sweep changes nothing")
+        if name == "Adafactor" and any(g.get("relative_step") for g in o.param_groups):
+            return ("Adafactor with relative_step=True computes its own step size (lr is None and unused); an LR "
+                    "range test does not apply")
+    return None
+
+
 def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
     """Adam-like optimizers normalise each step by a running gradient scale; SGD-like ones do not."""
     return any(k in optimizer.param_groups[0] for k in _ADAPTIVE_KEYS) or type(optimizer).__name__ in _ADAPTIVE_NAMES

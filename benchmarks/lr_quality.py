@@ -1,28 +1,45 @@
 """How good is lr_range's suggestion? Regret against a grid search, beside torch-lr-finder and Lightning.
 
-For each task (different architectures, optimizers and losses, data generated in code) and each seed:
-train from that seed's initial model for a fixed short budget at every LR of a log-spaced grid, and at each
-finder's suggestion (each finder runs on that same initial model). The final loss is the mean loss over the
-whole data set after training (eval mode); a diverged run counts as infinite. The best LR is the grid LR with
-the lowest final loss averaged over seeds; a method's regret is its seed-averaged final loss over the best,
-minus 1 (0% = as good as the best grid LR; the goal is within 10%).
+14 task/optimizer pairs (MLPs, a 6-layer and a 4-layer MLP, CNNs with and without BatchNorm, a GRU, an LSTM, a
+Transformer encoder, Hugging Face BERT and GPT-2 from tiny random configs; SGD, SGD with momentum or Nesterov,
+Adam, AdamW; cross-entropy and MSE), each with its data generated in code, with labels flipped at random for a
+fraction of examples so that the best reachable loss is well above zero, and a test set of 1024 examples from the
+same generator that no run trains on.
+
+The split, fixed by list position before any rule was tuned: the tasks at even positions of ``tasks()`` (0, 2,
+...) are the tuning half, those at odd positions the held-out half (``split_of``). lr_range's rules were chosen on
+the tuning half only; ``--half held`` runs the other.
+
+For each task and seed: train from that seed's initial model for a fixed budget (150 steps) at every LR of a
+13-point log grid from 1e-4 to 1, and at each finder's suggestion (each finder runs on that same initial model).
+Each run is scored on two losses, in eval mode after training: on the test set ('test', the default objective)
+and on the training data ('fit'); a diverged run counts as infinite. The reference is the grid LR with the lowest
+seed-mean loss; a finder's regret on a seed is its loss over the reference LR's loss on that seed, minus 1 (0% = as
+good as the best grid LR; negative = better). Reported per task: the median suggestion, the suggestions' spread
+over seeds (largest / smallest), the median regret over seeds and the best and worst seed's.
 
 Peers, with their own documented suggestion rules:
 - torch-lr-finder: ``range_test(loader, start_lr=1e-7, end_lr=10, num_iter=100)`` then the steepest gradient of
   its smoothed loss (the rule of its ``plot(suggest_lr=True)``: argmin of np.gradient after skipping 10 / 5 points);
 - Lightning: ``Tuner(trainer).lr_find(module, min_lr=1e-7, max_lr=10, num_training=100).suggestion()``.
+"range test alone" is lr_range's range-test reading before its race (``range_lr``), from the same runs.
 
 Also measured (``sweep_cost``): wall time of one 100-step sweep of each finder against 100 plain training
 steps, and whether each leaves the model's state_dict bitwise as it found it.
 
-    python benchmarks/lr_quality.py            # full run (~6 min on one core)
-    python benchmarks/lr_quality.py --quick    # a smoke run (~2 min)
+The grid's and the peers' results do not depend on this repository's code and are cached beside ``--out``
+(``--fresh`` recomputes them).
+
+    python benchmarks/lr_quality.py --fresh --no-cost   # both halves, 5 seeds (~20 min on one core)
+    python benchmarks/lr_quality.py --half tune         # the tuning half only
+    python benchmarks/lr_quality.py --quick             # a smoke run
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -54,9 +71,10 @@ class Task:
     kind: str
     build: Callable[[int], nn.Module]  # seed -> freshly initialised model
     data: tuple  # (x, y) tensors
-    loss_fn: nn.Module
+    loss_fn: Callable  # (outputs, targets) -> scalar
     optimizer: Callable  # (params, lr) -> optimizer
     batch_size: int
+    test: tuple = ()  # (x, y) drawn from the same distribution, never trained on
 
     def loader(self, seed: int) -> torch.utils.data.DataLoader:
         g = torch.Generator().manual_seed(seed)
@@ -71,34 +89,155 @@ def _noisy_labels(y: torch.Tensor, classes: int, rate: float, seed: int) -> torc
     return torch.where(flip, torch.randint(0, classes, y.shape, generator=g), y)
 
 
+class DeepMLP(nn.Module):
+    """A plain deep MLP (PyTorch's default init, no normalization): depth makes the LR optimum sharper."""
+
+    def __init__(self, d_in: int, width: int, depth: int, classes: int, dropout: float = 0.0):
+        super().__init__()
+        layers, d = [], d_in
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+            d = width
+        self.body, self.head = nn.Sequential(*layers), nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x.flatten(1)))
+
+
+class PlainCNN(nn.Module):
+    """Two conv layers without normalization, max-pooled, then a linear head (LeNet-like)."""
+
+    def __init__(self, width: int = 8, classes: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(2 * width * 9, classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class HFClassifier(nn.Module):
+    """A Hugging Face ``BertForSequenceClassification`` from a tiny random config (nothing downloaded); returns the
+    logits."""
+
+    def __init__(self, vocab: int, length: int):
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=length, num_labels=2)
+        self.bert = BertForSequenceClassification(cfg)
+
+    def forward(self, ids):
+        return self.bert(input_ids=ids).logits
+
+
+class HFCausalLM(nn.Module):
+    """A Hugging Face ``GPT2LMHeadModel`` from a tiny random config; returns the logits flattened to (B*T, V), the
+    usual pattern before a language model's loss."""
+
+    def __init__(self, vocab: int, length: int):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=vocab, n_positions=length, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+                         eos_token_id=0)
+        self.gpt2 = GPT2LMHeadModel(cfg)
+
+    def forward(self, ids):
+        logits = self.gpt2(input_ids=ids).logits
+        return logits.reshape(-1, logits.shape[-1])
+
+
+def _flat_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(outputs, targets.reshape(-1))
+
+
+def _markov(n: int, length: int) -> tuple:
+    import step_zoo
+
+    ids = step_zoo.markov_tokens(n * (length + 1)).reshape(n, length + 1)
+    return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+
+
+def _sgd(momentum: float = 0.0, **kw) -> Callable:
+    return lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=momentum, **kw)
+
+
+def _adam(**kw) -> Callable:
+    return lambda p, lr: torch.optim.Adam(p, lr=lr, **kw)
+
+
+def _adamw(wd: float = 0.01) -> Callable:
+    return lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=wd)
+
+
+#: examples of each task's test set (same generator as its training data, never trained on)
+TEST = 1024
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[tuple, tuple]:
+    """The first ``n`` of a seeded permutation for training, the rest (``TEST`` of them) for the test set."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    return (x[order[:n]], y[order[:n]]), (x[order[n:]], y[order[n:]])
+
+
+def _task(name: str, kind: str, make: Callable[[], nn.Module], data: tuple, n: int, loss_fn: Callable,
+          optimizer: Callable, batch_size: int) -> Task:
+    train, test = _split(*data, n)
+    return Task(name, kind, lambda s: _seeded(s, make), train, loss_fn, optimizer, batch_size, test)
+
+
 def tasks() -> list[Task]:
-    x_sp, y_sp = zoo.spirals(n=768)
-    x_im, y_im = zoo.images(n=512, size=12)
-    x_sq, y_sq = zoo.sequences(n=512)
-    x_tk, y_tk = zoo.tokens(n=512)
-    x_rg, y_rg = zoo.regression(n=768)
-    x_bl, y_bl = zoo.blobs(n=768, features=32, classes=8)
+    """Every task, in the fixed order that decides the split (``split_of``: even positions tune, odd are held out).
+    Labels are flipped at random for a fraction of examples (the test set's too), so the best reachable loss is
+    well above zero."""
+    t = TEST
+    sp, im, sq = zoo.spirals(n=768 + t), zoo.images(n=512 + t, size=12), zoo.sequences(n=512 + t)
+    tk, rg = zoo.tokens(n=512 + t), zoo.regression(n=768 + t)
+    bl, tb = zoo.blobs(n=768 + t, features=32, classes=8), zoo.blobs(n=768 + t, features=24, classes=6, seed=5)
+    lm = _markov(256 + t, 32)
+    ce = nn.CrossEntropyLoss()
     return [
-        Task("spirals-mlp", "MLP, SGD+momentum, CE", lambda s: _seeded(s, lambda: zoo.FunctionalMLP(hidden=64)),
-             (x_sp, _noisy_labels(y_sp, 3, 0.1, 0)), nn.CrossEntropyLoss(),
-             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9), 64),
-        Task("images-cnn", "CNN+BatchNorm, Adam, CE", lambda s: _seeded(s, lambda: zoo.SmallCNN(width=8)),
-             (x_im, _noisy_labels(y_im, 4, 0.1, 1)), nn.CrossEntropyLoss(),
-             lambda p, lr: torch.optim.Adam(p, lr=lr), 32),
-        Task("sequences-gru", "GRU, AdamW, CE", lambda s: _seeded(s, lambda: zoo.RecurrentClassifier(hidden=24)),
-             (x_sq, y_sq), nn.CrossEntropyLoss(),
-             lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.01), 32),
-        Task("tokens-transformer", "Transformer encoder, Adam, CE",
-             lambda s: _seeded(s, lambda: zoo.TinyTransformer(d_model=16, heads=2, layers=1)),
-             (x_tk, _noisy_labels(y_tk, 2, 0.1, 2)), nn.CrossEntropyLoss(), lambda p, lr: torch.optim.Adam(p, lr=lr), 32),
-        Task("regression-mlp", "MLP, plain SGD, MSE",
-             lambda s: _seeded(s, lambda: nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))),
-             (x_rg, y_rg), nn.MSELoss(), lambda p, lr: torch.optim.SGD(p, lr=lr), 32),
-        Task("blobs-residual", "residual MLP+LayerNorm, SGD+Nesterov, CE",
-             lambda s: _seeded(s, lambda: zoo.ResidualMLP(d_in=32, width=32, blocks=2, classes=8)),
-             (x_bl, _noisy_labels(y_bl, 8, 0.2, 3)), nn.CrossEntropyLoss(),
-             lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True), 64),
+        _task("spirals-mlp", "MLP, SGD+momentum, CE", lambda: zoo.FunctionalMLP(hidden=64),
+              (sp[0], _noisy_labels(sp[1], 3, 0.1, 0)), 768, ce, _sgd(0.9), 64),
+        _task("images-cnn", "CNN+BatchNorm, Adam, CE", lambda: zoo.SmallCNN(width=8),
+              (im[0], _noisy_labels(im[1], 4, 0.1, 1)), 512, ce, _adam(), 32),
+        _task("sequences-gru", "GRU, AdamW, CE", lambda: zoo.RecurrentClassifier(hidden=24), sq, 512, ce, _adamw(),
+              32),
+        _task("tokens-transformer", "Transformer encoder, Adam, CE",
+              lambda: zoo.TinyTransformer(d_model=16, heads=2, layers=1), (tk[0], _noisy_labels(tk[1], 2, 0.1, 2)),
+              512, ce, _adam(), 32),
+        _task("regression-mlp", "MLP, plain SGD, MSE",
+              lambda: nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1)), rg, 768, nn.MSELoss(), _sgd(), 32),
+        _task("blobs-residual", "residual MLP+LayerNorm, SGD+Nesterov, CE",
+              lambda: zoo.ResidualMLP(d_in=32, width=32, blocks=2, classes=8),
+              (bl[0], _noisy_labels(bl[1], 8, 0.2, 3)), 768, ce, _sgd(0.9, nesterov=True), 64),
+        _task("tabular-deep-mlp", "6-layer MLP on tabular data, SGD+momentum, CE", lambda: DeepMLP(24, 64, 6, 6),
+              (tb[0], _noisy_labels(tb[1], 6, 0.15, 4)), 768, ce, _sgd(0.9), 64),
+        _task("images-deep-mlp", "4-layer MLP on flattened images, SGD+momentum, CE",
+              lambda: DeepMLP(3 * 12 * 12, 64, 4, 4), (im[0], _noisy_labels(im[1], 4, 0.1, 5)), 512, ce, _sgd(0.9), 32),
+        _task("bert-tiny", "HF BERT (2 layers, d 32) classifier, AdamW, CE", lambda: HFClassifier(50, 16),
+              (tk[0], _noisy_labels(tk[1], 2, 0.1, 6)), 512, ce, _adamw(), 32),
+        _task("gpt2-tiny", "HF GPT-2 (2 layers, d 32) causal LM, AdamW, CE on (B*T, V)", lambda: HFCausalLM(30, 32),
+              lm, 256, _flat_ce, _adamw(), 16),
+        _task("sequences-lstm", "LSTM, Adam, CE", lambda: zoo.RecurrentClassifier(hidden=24, cell="lstm"),
+              (sq[0], _noisy_labels(sq[1], 3, 0.1, 7)), 512, ce, _adam(), 32),
+        _task("regression-adam", "MLP (ReLU, 2 hidden), Adam, MSE",
+              lambda: nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)),
+              rg, 768, nn.MSELoss(), _adam(), 32),
+        _task("tabular-dropout-mlp", "MLP with dropout 0.3 on tabular data, Adam, CE",
+              lambda: DeepMLP(24, 128, 2, 6, dropout=0.3), (tb[0], _noisy_labels(tb[1], 6, 0.15, 8)), 768, ce,
+              _adam(), 64),
+        _task("images-plain-cnn", "CNN without normalization, SGD+momentum, CE", lambda: PlainCNN(width=8),
+              (im[0], _noisy_labels(im[1], 4, 0.1, 9)), 512, ce, _sgd(0.9), 32),
     ]
+
+
+#: the split, fixed by list position before any rule was tuned: even positions tune, odd positions are held out
+def split_of(index: int) -> str:
+    return "tune" if index % 2 == 0 else "held"
 
 
 def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
@@ -107,8 +246,9 @@ def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
 
 
 # -- training at one LR -----------------------------------------------------------------------------
-def final_loss(task: Task, seed: int, lr: float, steps: int) -> float:
-    """Train the seed's initial model at ``lr`` for ``steps`` steps; the mean loss on all data afterwards."""
+def final_loss(task: Task, seed: int, lr: float, steps: int) -> tuple[float, float]:
+    """Train the seed's initial model at ``lr`` for ``steps`` steps; the mean loss afterwards (eval mode) on the
+    training data ('fit') and on the test set ('test'); a run that diverged is infinite on both."""
     model = task.build(seed)
     opt = task.optimizer(model.parameters(), lr)
     torch.manual_seed(seed)
@@ -118,7 +258,7 @@ def final_loss(task: Task, seed: int, lr: float, steps: int) -> float:
             opt.zero_grad(set_to_none=True)
             loss = task.loss_fn(model(x), y)
             if not torch.isfinite(loss):
-                return math.inf
+                return math.inf, math.inf
             loss.backward()
             opt.step()
             done += 1
@@ -126,19 +266,38 @@ def final_loss(task: Task, seed: int, lr: float, steps: int) -> float:
                 break
     model.eval()
     with torch.no_grad():
-        loss = float(task.loss_fn(model(task.data[0]), task.data[1]))
-    return loss if math.isfinite(loss) else math.inf
+        fit, test = (float(task.loss_fn(model(x), y)) for x, y in (task.data, task.test))
+    return (fit, test) if math.isfinite(fit) and math.isfinite(test) else (math.inf, math.inf)
 
 
 # -- the finders ------------------------------------------------------------------------------------
 REF_LR = 1e-3  # the LR the optimizer is built with before a finder sweeps (finders express LRs absolutely)
 
 
+#: lr_range options for ``ours`` (``--options``: the race's budget, ablations)
+OPTIONS: dict = {}
+#: lr_range's metrics per (task, seed) from the last run of ``ours``: what the range test alone suggested, the race
+METRICS: dict = {}
+
+
 def ours(task: Task, seed: int) -> Optional[float]:
     model = task.build(seed)
     report = babysitter.check(model=model, data=task.loader(seed), loss_fn=task.loss_fn,
-                              optimizer=lambda p: task.optimizer(p, REF_LR), select=["lr_range"], seed=seed)
-    return report["lr_range"].metrics.get("suggested_lr")
+                              optimizer=lambda p: task.optimizer(p, REF_LR), select=["lr_range"], seed=seed,
+                              options={"lr_range": OPTIONS} if OPTIONS else None)
+    result = report["lr_range"]
+    if result.status == "error":
+        raise RuntimeError(result.summary)
+    METRICS[task.name, seed] = dict(result.metrics)
+    return result.metrics.get("suggested_lr")
+
+
+def range_only(task: Task, seed: int) -> Optional[float]:
+    """The range test's own reading, before the race (read from the run of ``ours`` on the same seed)."""
+    if (task.name, seed) not in METRICS:
+        ours(task, seed)
+    m = METRICS[task.name, seed]
+    return m.get("range_lr", m.get("suggested_lr"))
 
 
 def torch_lr_finder(task: Task, seed: int, num_iter: int = 100) -> Optional[float]:
@@ -212,31 +371,77 @@ def _in_tmpdir():
             os.chdir(old)
 
 
-FINDERS = {"babysitter": ours, "torch-lr-finder": torch_lr_finder, "lightning": lightning}
+FINDERS = {"babysitter": ours, "range test alone": range_only, "torch-lr-finder": torch_lr_finder,
+           "lightning": lightning}
+#: finders whose results do not depend on this repository's code: cached between runs
+PEERS = ("torch-lr-finder", "lightning")
 
 
 # -- the comparison ---------------------------------------------------------------------------------
-def evaluate(task: Task, grid: list[float], seeds: list[int], steps: int) -> dict:
-    table = {lr: [final_loss(task, s, lr, steps) for s in seeds] for lr in grid}
-    means = {lr: statistics.mean(v) for lr, v in table.items()}
-    best_lr = min(means, key=means.get)
-    best = means[best_lr]
-    good = [lr for lr, m in means.items() if m <= 1.1 * best]
-    row = {"task": task.name, "kind": task.kind, "best_lr": best_lr, "best_loss": best,
-           "good_lrs": [min(good), max(good)], "grid": {f"{lr:.3g}": m for lr, m in means.items()}, "methods": {}}
-    for name, finder in FINDERS.items():
-        suggestions, losses = [], []
-        for s in seeds:
-            try:
-                lr = finder(task, s)
-            except Exception as exc:  # a finder that crashes is reported, not fatal
-                lr = None
-                row.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-            suggestions.append(lr)
-            losses.append(final_loss(task, s, lr, steps) if lr else math.inf)
-        mean = statistics.mean(losses)
-        row["methods"][name] = {"suggestions": suggestions, "loss": mean,
-                                "regret": mean / best - 1 if math.isfinite(mean) else math.inf}
+class Cache:
+    """Final losses of the grid and the peers' results, which this repository's code does not change, kept in a
+    JSON file between runs (``--fresh`` ignores it)."""
+
+    def __init__(self, path: Path, fresh: bool):
+        self.path = path
+        self.data = {} if fresh or not path.exists() else json.loads(path.read_text())
+
+    def get(self, key: str, compute: Callable):
+        if key not in self.data:
+            self.data[key] = compute()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.data))
+        return self.data[key]
+
+
+def _finite(losses: tuple) -> Optional[list]:
+    return list(losses) if all(math.isfinite(v) for v in losses) else None
+
+
+def _run(task: Task, name: str, seed: int, steps: int) -> tuple:
+    """(suggested LR, [fit, test] losses at it or None, error) of one finder on one seed; a crash is reported."""
+    try:
+        lr = FINDERS[name](task, seed)
+    except Exception as exc:  # a finder that crashes is reported, not fatal
+        return None, None, f"{type(exc).__name__}: {exc}"
+    return lr, (_finite(final_loss(task, seed, lr, steps)) if lr else None), None
+
+
+#: the two losses every run is scored on: on the test set (the default: what the race compares) and on the
+#: training data itself
+OBJECTIVES = ("test", "fit")
+
+
+def _score(table: dict, runs: list, objective: str) -> tuple[float, dict]:
+    """The reference LR (lowest seed-mean loss on the grid) and each run's regret against its seed's loss there."""
+    k = ("fit", "test").index(objective)  # the order final_loss returns them in
+    means = {lr: statistics.mean(math.inf if v is None else v[k] for v in vs) for lr, vs in table.items()}
+    best = min(means, key=means.get)
+    regrets = [(losses[k] / ref[k] - 1) if losses is not None else math.inf
+               for (_, losses, _), ref in zip(runs, table[best])]
+    good = [lr for lr, m in means.items() if m <= 1.1 * means[best]]
+    return best, {"regrets": regrets, "median": statistics.median(regrets), "worst": max(regrets),
+                  "best": min(regrets), "good_lrs": [min(good), max(good)], "best_loss": means[best]}
+
+
+def evaluate(task: Task, grid: list[float], seeds: list[int], steps: int, cache: Cache, names: list[str]) -> dict:
+    """The grid's final losses per seed, the reference per objective (the grid LR of lowest seed-mean loss), and
+    each finder's per-seed regret against the reference LR's loss on the same seed."""
+    table = {lr: [cache.get(f"grid|{task.name}|{s}|{steps}|{lr:.6g}", lambda: _finite(final_loss(task, s, lr, steps)))
+                  for s in seeds] for lr in grid}
+    row = {"task": task.name, "kind": task.kind, "methods": {}, "ours": {},
+           "grid": {f"{lr:.3g}": vs for lr, vs in table.items()}}
+    for objective in OBJECTIVES:
+        row[f"best_lr_{objective}"], _ = _score(table, [(None, None, None)] * len(seeds), objective)
+    for name in names:
+        runs = [cache.get(f"peer|{name}|{task.name}|{s}|{steps}", lambda: _run(task, name, s, steps))
+                if name in PEERS else _run(task, name, s, steps) for s in seeds]
+        lrs = [lr for lr, _, _ in runs if lr]
+        row["methods"][name] = {"suggestions": [lr for lr, _, _ in runs], "losses": [v for _, v, _ in runs],
+                                "lr_spread": max(lrs) / min(lrs) if lrs else None,
+                                "errors": sorted({e for _, _, e in runs if e}),
+                                **{o: _score(table, runs, o)[1] for o in OBJECTIVES}}
+    row["ours"] = {str(s): METRICS.get((task.name, s)) for s in seeds}
     return row
 
 
@@ -339,30 +544,40 @@ def _lr(values) -> str:
     vals = [v for v in values if v]
     if not vals:
         return "none"
-    return f"{10 ** statistics.mean(math.log10(v) for v in vals):.2g}"
+    return f"{statistics.median(vals):.2g}"
 
 
-def markdown(rows: list[dict]) -> str:
-    names = list(FINDERS)
-    head = ("| task | kind | best LR (within 10%) | " + " | ".join(f"{n} LR / regret" for n in names) + " |")
+def _cell(m: dict, objective: str) -> str:
+    spread = f", x{m['lr_spread']:.1f}" if m["lr_spread"] else ""
+    o = m[objective]
+    return f"{_lr(m['suggestions'])}{spread} / **{_pct(o['median'])}** [{_pct(o['best'])}, {_pct(o['worst'])}]"
+
+
+def markdown(rows: list[dict], names: list[str], objective: str = "test") -> str:
+    """One table for one objective: per task the best grid LR, then per finder its median suggestion, the
+    suggestions' spread over seeds (largest / smallest), its median regret over seeds in bold and the best and
+    worst seed's regret."""
+    head = "| task | kind | best LR (within 10%) | " + " | ".join(names) + " |"
     lines = [head, "|" + "---|" * (3 + len(names))]
     for r in rows:
-        cells = [f"{_lr(r['methods'][n]['suggestions'])} / {_pct(r['methods'][n]['regret'])}" for n in names]
-        lines.append(f"| {r['task']} | {r['kind']} | {r['best_lr']:.2g} ({r['good_lrs'][0]:.2g}-"
-                     f"{r['good_lrs'][1]:.2g}) | " + " | ".join(cells) + " |")
+        ref = r["methods"][names[0]][objective]["good_lrs"]
+        lines.append(f"| {r['task']} | {r['kind']} | {r[f'best_lr_{objective}']:.2g} ({ref[0]:.2g}-{ref[1]:.2g}) | "
+                     + " | ".join(_cell(r["methods"][n], objective) for n in names) + " |")
     summary = []
     for n in names:
-        regrets = [r["methods"][n]["regret"] for r in rows]
-        finite = [x for x in regrets if math.isfinite(x)]
-        mean = statistics.mean(regrets) if len(finite) == len(regrets) else math.inf
-        summary.append(f"{_pct(mean)} mean, {_pct(max(regrets))} worst, "
-                       f"{sum(x <= 0.1 for x in regrets)}/{len(regrets)} within 10%")
+        medians = [r["methods"][n][objective]["median"] for r in rows]
+        mean = statistics.mean(medians) if all(math.isfinite(x) for x in medians) else math.inf
+        lowest = sum(all(r["methods"][n][objective]["median"] < r["methods"][o][objective]["median"]
+                         for o in PEERS if o != n and o in names) for r in rows)
+        summary.append(f"worst median {_pct(max(medians))}, mean {_pct(mean)}, {sum(x <= 0.05 for x in medians)}/"
+                       f"{len(medians)} within 5%" + (f", below every peer on {lowest}/{len(rows)}"
+                                                      if n not in PEERS else ""))
     lines.append("| **all** | | | " + " | ".join(summary) + " |")
     return "\n".join(lines)
 
 
 def cost_markdown(rows: list[dict]) -> str:
-    names = list(FINDERS)
+    names = [n for n in FINDERS if rows and n in rows[0]]
     lines = ["| task | 100 plain steps | " + " | ".join(f"{n} (x plain, restores)" for n in names) + " |",
              "|" + "---|" * (2 + len(names))]
     for r in rows:
@@ -373,43 +588,61 @@ def cost_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer LRs, seeds and steps: a smoke run")
     ap.add_argument("--steps", type=int, default=None, help="training budget per run (default 150; 100 quick)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3; 2 quick)")
-    ap.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; 2 quick)")
+    ap.add_argument("--half", choices=("tune", "held", "all"), default="all", help="which half of the split")
+    ap.add_argument("--tasks", default="", help="comma-separated task names (default: all of the half)")
+    ap.add_argument("--methods", default="", help="comma-separated finders (default: all)")
+    ap.add_argument("--options", default="", help="lr_range options for babysitter, as JSON")
+    ap.add_argument("--fresh", action="store_true", help="recompute the grid and the peers (ignore the cache)")
     ap.add_argument("--no-cost", action="store_true", help="skip the sweep-cost measurement")
     ap.add_argument("--cost-only", action="store_true", help="only the sweep-cost measurement")
     ap.add_argument("--cost-repeats", type=int, default=None, help="rounds of the cost measurement (default 5)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "lr_quality.json"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
     torch.set_num_threads(1)
+    OPTIONS.update(json.loads(args.options) if args.options else {})
     steps = args.steps or (100 if args.quick else 150)
-    seeds = list(range(args.seeds or (2 if args.quick else 3)))
+    seeds = list(range(args.seeds or (2 if args.quick else 5)))
     grid = [float(v) for v in np.logspace(-4, 0, 5 if args.quick else 13)]
-    chosen = [t for t in tasks() if not args.tasks or t.name in args.tasks.split(",")]
+    names = [n for n in FINDERS if not args.methods or n in args.methods.split(",")]
+    halves = ("tune", "held") if args.half == "all" else (args.half,)
+    chosen = [(split_of(i), t) for i, t in enumerate(tasks()) if split_of(i) in halves
+              and (not args.tasks or t.name in args.tasks.split(","))]
+    cache = Cache(Path(args.out).with_name("lr_quality_cache.json"), args.fresh)
     t0 = time.perf_counter()
     rows = []
-    for task in ([] if args.cost_only else chosen):
-        rows.append(evaluate(task, grid, seeds, steps))
-        print(f"  {task.name}: done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    if rows:
-        print(f"LR suggestion regret: {len(grid)} LRs {grid[0]:.0e}..{grid[-1]:.0e}, {len(seeds)} seeds, {steps} "
-              f"steps per run, torch {torch.__version__}, one thread\n")
-        print(markdown(rows))
+    for half, task in ([] if args.cost_only else chosen):
+        rows.append({**evaluate(task, grid, seeds, steps, cache, names), "half": half})
+        print(f"  {half} {task.name}: done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    print(f"LR suggestion regret: {len(grid)} LRs {grid[0]:.0e}..{grid[-1]:.0e}, {len(seeds)} seeds, {steps} steps "
+          f"per run, torch {torch.__version__}, one thread; each cell: median suggestion, its spread over seeds "
+          f"(largest / smallest), **median regret** [best, worst seed]" + (f"; options {OPTIONS}" if OPTIONS else ""))
+    for objective, half in itertools.product(OBJECTIVES, halves):
+        part = [r for r in rows if r["half"] == half]
+        if part:
+            print(f"\n{'Tuning' if half == 'tune' else 'Held-out'} half ({len(part)} tasks), regret of the loss on "
+                  f"{'the test set' if objective == 'test' else 'the training data'}:\n")
+            print(markdown(part, names, objective))
     cost = []
     if not args.no_cost:
         repeats = args.cost_repeats or (1 if args.quick else 5)
-        cost = [sweep_cost(t, repeats=repeats) for t in chosen[:2]]
+        cost = [sweep_cost(t, repeats=repeats) for _, t in chosen[:2]]
         print(f"\nmedian [min-max] over {repeats} rounds:")
         print("\nCost of one 100-step sweep against 100 plain training steps, and whether the model is restored:\n")
         print(cost_markdown(cost))
     print(f"\n({time.perf_counter() - t0:.0f}s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "cost": cost, "grid": grid, "seeds": seeds, "steps": steps}, indent=1,
-                              default=str))
+    out.write_text(json.dumps({"rows": rows, "cost": cost, "grid": grid, "seeds": seeds, "steps": steps,
+                               "options": OPTIONS}, indent=1, default=str))
     return 0
 
 

@@ -319,3 +319,52 @@ def test_a_curve_that_turned_up_has_a_measured_top():
 def test_doc_says_how_the_low_end_is_read():
     doc = " ".join(LrRange.doc().split())
     assert "not an LR to aim for" in doc and "never beyond the point where the sweep diverged" in doc
+
+
+# -- optimizers whose lr is not a step size (issue 18, part 4) --------------------------------------------------
+class MnistNet(nn.Module):
+    """The PyTorch MNIST example's Net, shrunk (conv-conv-maxpool-dropout-fc-fc, log_softmax + NLL)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)
+        self.drop, self.fc1, self.fc2 = nn.Dropout(0.25), nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv2(torch.relu(self.conv1(x)))), 2)
+        x = torch.relu(self.fc1(torch.flatten(self.drop(x), 1)))
+        return torch.log_softmax(self.fc2(x), 1)
+
+
+def _mnist_like(lr):
+    torch.manual_seed(0)
+    x, y = zoo.images(n=256, size=12)
+    return dict(model=MnistNet(), data=(x, y), loss_fn=nn.NLLLoss(), batch_size=32,
+                optimizer=lambda p: torch.optim.Adadelta(p, lr=lr))
+
+
+def test_adadelta_at_its_default_lr_is_not_warned_about():
+    # PyTorch's MNIST example trains with Adadelta(lr=1.0): lr multiplies an update that corrects its own units
+    result = check(**_mnist_like(1.0), options=FAST)
+    assert result.status == "pass", result.summary
+    assert result.metrics["lr_low"] <= 0.1 and result.metrics["lr_high"] >= 10  # its usual range is in the range
+    assert any("Adadelta's lr multiplies" in n for n in result.notes)
+    raced = [r["lr"] for t in result.tables if t.id == "race" for r in t.records()]
+    assert min(raced) == pytest.approx(0.1) and max(raced) == pytest.approx(10.0)
+
+
+def test_adadelta_far_too_low_is_still_flagged():
+    result = check(**_mnist_like(1e-4), options=FAST)
+    assert result.status in ("warn", "fail"), result.summary
+    assert result.metrics["user_lr"] < result.metrics["lr_low"]
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda p: torch.optim.Rprop(p, lr=0.01), "first step size"),
+    (lambda p: __import__("transformers").optimization.Adafactor(p), "relative_step"),
+], ids=["rprop", "hf-adafactor"])
+def test_optimizers_whose_lr_a_sweep_cannot_steer_are_skipped(make, words):
+    fields = zoo.regression_target()
+    fields["optimizer"] = make
+    result = check(**fields, options=FAST)
+    assert result.status == "skip" and words in result.summary, result.summary

@@ -215,6 +215,8 @@ class LrReading:
     descent_low: Optional[float] = None  # where the sweep's loss began to fall (geometric median of the onsets)
     descent_high: Optional[float] = None  # where it reached its minimum
     open_top: bool = False  # most curves never turned back up and none diverged: the top is the sweep's end
+    range_lr: Optional[float] = None  # the range test's own suggestion, before the race (see ``with_race``)
+    race: Optional["LrRace"] = None  # the race that chose ``suggested_lr``, when one ran
 
 
 def joined_reasons(analyses) -> str:
@@ -267,6 +269,14 @@ def judge_user_lr(user: Optional[float], suggested: float, low: float, high: flo
     return Status.PASS, f"your LR {u} is inside the good range {rng}; suggested {s}", ()
 
 
+def noisy_advice(spread: Optional[float], rules: ReadingRules) -> tuple[str, ...]:
+    """Advice when the repeats' suggestions vary more than ``rules.noisy_spread``."""
+    if spread is None or spread <= rules.noisy_spread:
+        return ()
+    return (f"The range test's suggestion varies {spread:.0f}x between batch orders: the loss is noisy at this batch "
+            f"size; prefer the middle of the range.",)
+
+
 def read_sweep(sweep: LrSweep, rules: ReadingRules = ReadingRules()) -> LrReading:
     """Combine the repeats (geometric medians of the usable ones) and judge the user's LR. Most repeats without
     a suggestion give none (a skip, or a warning when the loss diverges from the start of the sweep)."""
@@ -283,10 +293,244 @@ def read_sweep(sweep: LrSweep, rules: ReadingRules = ReadingRules()) -> LrReadin
     suggested = min(max(geo_median(sugg), low), high)
     open_top = diverged is None and 2 * sum(not a.turned for a in usable) > len(usable)
     status, summary, advice = judge_user_lr(user, suggested, low, high, diverged, rules, open_top)
-    if spread > rules.noisy_spread:
-        advice += (f"The suggestion varies {spread:.0f}x between batch orders: the loss is noisy at this batch "
-                   f"size; prefer the middle of the range.",)
+    advice += noisy_advice(spread, rules)
     return LrReading(analyses=tuple(analyses), user_lr=user, status=status, summary=summary, suggested_lr=suggested,
                      lr_low=low, lr_high=high, diverged_at=diverged, spread=spread, advice=advice,
                      reason=joined_reasons(analyses), descent_low=geo_median([a.onset for a in usable]),
                      descent_high=geo_median([a.minimum for a in usable]), open_top=open_top)
+
+
+# -- the race: candidates from the range, trained briefly, compared on held-out batches --------------------------
+@dataclass(frozen=True)
+class RaceRules:
+    """How the coarse-to-fine race runs and is read (the ``lr_range`` thresholds ``race_*``)."""
+
+    candidates: int = 2
+    steps: int = 48
+    held_out: int = 4
+    spacing: float = 0.5
+    refine: int = 1
+    horizon: float = 8.0
+    #: the extrapolation reorders only candidates whose held-out loss is within this fraction of the best one
+    reorder_within: float = 0.3
+    min_drop: float = 0.02
+    user_tolerance: float = 0.05
+    #: the race may try LRs above the range's top, up to this multiple of it (never past ``below_divergence``)
+    above_top: float = 3.0
+    #: ... and never above the divergence point divided by this
+    below_divergence: float = 2.0
+    #: a curve with no suggestion whose sweep diverged: the race spans the divergence point divided by these
+    no_curve: tuple[float, float] = (1000.0, 3.0)
+    #: decades between the coarse LRs of a race over a wide span (no curve, or a multiplier's usual range)
+    wide_spacing: float = 1.0
+    #: a candidate whose training loss exceeds this multiple of its first loss stops (it diverged)
+    diverge_factor: float = SweepSettings.diverge_factor
+
+
+@dataclass(frozen=True)
+class RaceEntry:
+    """One LR of the race: its held-out loss half-way and at the end (None when it diverged), the score it is
+    ranked by (``race_score``), and its round."""
+
+    lr: float
+    loss: Optional[float]
+    round: str  # "coarse", "fine" or "yours"
+    train_loss: Optional[float] = None  # the mean training loss over the last steps
+    steps: int = 0
+    mid_loss: Optional[float] = None  # the held-out loss half-way through its steps
+    score: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class LrRace:
+    """The race: every LR tried, the winner, and what it cost."""
+
+    entries: tuple[RaceEntry, ...] = ()
+    winner: Optional[float] = None
+    steps: int = 0  # optimizer steps taken by every candidate together
+    seconds: float = 0.0
+    held_out: int = 0  # batches held out for the comparison
+    skipped: str = ""  # why no race ran
+    bounds: tuple[float, ...] = ()  # (lowest, highest) LR the race may try
+    start_loss: Optional[float] = None  # the held-out loss at the user's state
+    reason: str = ""  # why the race has no winner, when it ran
+
+
+def race_score(mid: Optional[float], end: Optional[float], rules: RaceRules) -> Optional[float]:
+    """The held-out loss extrapolated from the race's second half to ``rules.horizon`` times its steps, as a power
+    law of the steps (``end * (end / mid) ** log2(horizon)``; linearly when a loss is not positive). A run longer
+    than the race favours an LR whose loss still falls over one whose loss has levelled off: at 48 steps the best
+    LR of a 150-step run was 2-5x below the race's best on the tuning tasks, and the extrapolated loss ranks them
+    as the longer run does."""
+    if end is None or not math.isfinite(end):
+        return None
+    if mid is None or not math.isfinite(mid) or rules.horizon <= 1:
+        return end
+    k = math.log2(rules.horizon)
+    if end > 0 and mid > 0:
+        return end * (end / mid) ** k
+    return end + k * (end - mid)
+
+
+def race_bounds(reading: LrReading, rules: RaceRules,
+                multiplier: Optional[tuple[float, float]] = None) -> Optional[tuple[float, float, bool]]:
+    """(lowest, highest, wide) LR the race may try. From the range's low end to ``above_top`` times its top (a
+    range test's top is where a 5-step-per-LR sweep turned up, conservative for a run at one LR), never past half
+    the divergence point. For an optimizer whose ``lr`` is a multiplier, its usual range instead, raced wide; for a
+    curve with no suggestion whose sweep diverged, ``no_curve`` below the divergence point, raced wide. None when
+    there is nothing to race over."""
+    cap = (reading.diverged_at or math.inf) / rules.below_divergence
+    if multiplier is not None:
+        return multiplier[0], min(multiplier[1], max(cap, multiplier[0])), True
+    if reading.suggested_lr is not None and reading.lr_low and reading.lr_high:
+        return reading.lr_low, max(min(rules.above_top * reading.lr_high, cap), reading.lr_high), False
+    if reading.diverged_at is not None and reading.analyses and not _from_start(reading, rules):
+        return reading.diverged_at / rules.no_curve[0], reading.diverged_at / rules.no_curve[1], True
+    return None
+
+
+def _from_start(reading: LrReading, rules: RaceRules) -> bool:
+    """The sweep diverged from its start (no LR trained): there is nothing to race."""
+    return reading.status is Status.WARN or all(a.diverged_at and len(a.smoothed) < 8 for a in reading.analyses)
+
+
+def race_candidates(center: float, bounds: tuple[float, float], rules: RaceRules) -> tuple[float, ...]:
+    """``rules.candidates`` LRs ``rules.spacing`` decades apart around ``center`` (the range test's suggestion)
+    in log space, shifted to stay inside ``bounds`` (squeezed evenly over them when they are narrower than the
+    round)."""
+    n = rules.candidates
+    if n <= 0:
+        return ()
+    lo, hi = (math.log10(b) for b in bounds[:2])
+    c = math.log10(center)
+    span = rules.spacing * (n - 1)
+    if n == 1 or hi <= lo:
+        return (10 ** min(max(c, lo), hi),)
+    if span >= hi - lo:
+        return tuple(float(v) for v in np.logspace(lo, hi, n))
+    first = min(max(c - span / 2, lo), hi - span)
+    return tuple(10 ** (first + rules.spacing * i) for i in range(n))
+
+
+def wide_candidates(bounds: tuple[float, float], rules: RaceRules) -> tuple[float, ...]:
+    """LRs spread evenly in log space over ``bounds``, about ``rules.wide_spacing`` decades apart (at least 3)."""
+    lo, hi = (math.log10(b) for b in bounds[:2])
+    n = max(3, int(round((hi - lo) / rules.wide_spacing)) + 1)
+    return tuple(float(v) for v in np.logspace(lo, hi, n)) if hi > lo else (10 ** lo,)
+
+
+def coarse_candidates(reading: LrReading, rules: RaceRules,
+                      multiplier: Optional[tuple[float, float]] = None) -> tuple[float, ...]:
+    """The coarse round: around the range test's suggestion (``race_candidates``), or spread over a wide span
+    (``wide_candidates``: a multiplier's usual range, or below the divergence point of a curve with no
+    suggestion). Nothing when the race is off or has nothing to race over."""
+    bounds = race_bounds(reading, rules, multiplier)
+    if bounds is None or rules.candidates <= 0:
+        return ()
+    if bounds[2]:
+        return wide_candidates(bounds, rules)
+    return race_candidates(reading.suggested_lr, bounds, rules)
+
+
+def _tried(lr: float, entries) -> bool:
+    return any(abs(math.log10(lr / e.lr)) < 0.02 for e in entries)
+
+
+def refine_candidates(entries, bounds: tuple[float, ...], rules: RaceRules) -> tuple[float, ...]:
+    """The fine round: the coarse winner's neighbours at half the coarse spacing (inside ``bounds``, not tried
+    yet), at most ``rules.refine`` of them, the lower first."""
+    best = race_winner(entries, rules)
+    if best is None or rules.refine <= 0:
+        return ()
+    coarse = sorted(e.lr for e in entries if e.round == "coarse")
+    step = _log_span(coarse[0], coarse[-1]) / (2 * (len(coarse) - 1)) if len(coarse) > 1 else rules.spacing / 2
+    out = []
+    for sign in (-1, 1):
+        lr = best * 10 ** (sign * step)
+        if bounds[0] * 0.999 <= lr <= bounds[1] * 1.001 and not _tried(lr, entries):
+            out.append(lr)
+    return tuple(out[: rules.refine])
+
+
+def _log_span(lo: float, hi: float) -> float:
+    return math.log10(hi / lo)
+
+
+def race_winner(entries, rules: RaceRules, start_loss: Optional[float] = None) -> Optional[float]:
+    """The raced LR of lowest score (``race_score``) among those whose held-out loss is within
+    ``rules.reorder_within`` of the best (the user's own LR never wins). None when every candidate diverged, or
+    when the best held-out loss is not ``rules.min_drop`` below ``start_loss`` (the loss at the user's state): a
+    race where nothing trained supports no suggestion."""
+    ok = [e for e in entries if e.score is not None and e.round != "yours"]
+    if not ok:
+        return None
+    best = min(e.loss for e in ok)
+    if start_loss is not None and best > start_loss - rules.min_drop * abs(start_loss):
+        return None
+    close = [e for e in ok if e.loss <= best + rules.reorder_within * abs(best)]
+    return min(close, key=lambda e: e.score).lr
+
+
+def _entry(race: LrRace, lr: Optional[float], rounds=("coarse", "fine", "yours")) -> Optional[RaceEntry]:
+    """The race's entry at ``lr`` (within 5%), None when that LR was not raced."""
+    if not lr:
+        return None
+    return next((e for e in race.entries if e.round in rounds and abs(math.log10(e.lr / lr)) < 0.02), None)
+
+
+def race_range(reading: LrReading, race: LrRace,
+               multiplier: Optional[tuple[float, float]] = None) -> Optional[tuple[float, float]]:
+    """The good range with the race: a multiplier's usual range (with the curve's range, when it gave one);
+    else the curve's range, its top raised to the race's winner when the winner lies above it (the race trained it
+    best); None when the curve gave no range."""
+    if multiplier is not None and race.bounds:
+        if reading.suggested_lr is None:
+            return race.bounds[0], race.bounds[1]
+        return min(race.bounds[0], reading.lr_low), max(race.bounds[1], reading.lr_high)
+    if reading.suggested_lr is None or reading.lr_low is None or reading.lr_high is None:
+        return None
+    return reading.lr_low, max(reading.lr_high, race.winner or 0.0)
+
+
+def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules,
+                    multiplier: Optional[tuple[float, float]] = None) -> tuple[Status, str, tuple[str, ...]]:
+    """The user's LR against the range with the race (``race_range``), the race's winner as the suggestion. What
+    catches an LR far too high or far too low is the range test's and is kept; a warning turns into a pass only
+    when the race trained the user's own LR as well as its winner (held-out loss within ``rules.user_tolerance``).
+    A curve with no range keeps its verdict and gains the race's suggestion."""
+    winner, user = race.winner, reading.user_lr
+    rng = race_range(reading, race, multiplier)
+    if rng is None:
+        return (reading.status, f"{reading.summary}; a race of {len(race.entries)} LRs below the divergence point "
+                                f"suggests {fmt_lr(winner)}", reading.advice)
+    low, high = rng
+    judged_by = reading_rules if reading.suggested_lr is not None else dataclasses.replace(reading_rules, fail_below=0.0)
+    status, summary, advice = judge_user_lr(user, winner, low, high, reading.diverged_at, judged_by,
+                                            reading.open_top and multiplier is None and high == reading.lr_high)
+    yours, best = _entry(race, user), _entry(race, winner, ("coarse", "fine"))
+    if status is not Status.WARN or yours is None or yours.loss is None or best is None:
+        return status, summary, advice
+    if yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
+        where = "below" if user < low else "above"
+        return (Status.PASS, f"your LR {fmt_lr(user)} is {where} the good range [{fmt_lr(low)}, {fmt_lr(high)}] but "
+                             f"trained as well as the suggestion {fmt_lr(winner)} in the race (held-out loss "
+                             f"{yours.loss:.4g} vs {best.loss:.4g} after {yours.steps} steps)", ())
+    return status, summary + (f"; in the race it reached a held-out loss of {yours.loss:.4g} against "
+                              f"{best.loss:.4g} at {fmt_lr(winner)}"), advice
+
+
+def with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules,
+              multiplier: Optional[tuple[float, float]] = None) -> LrReading:
+    """The reading with the race's winner as its suggestion (the range test's own kept as ``range_lr``), the range
+    with the race (``race_range``) and the user's LR judged with it (``judge_with_race``). Without a winner, the
+    range test's reading stands."""
+    out = dataclasses.replace(reading, race=race, range_lr=reading.suggested_lr)
+    if race.winner is None:
+        return out
+    status, summary, advice = judge_with_race(reading, race, rules, reading_rules, multiplier)
+    rng = race_range(reading, race, multiplier)
+    if rng is None:  # no range: the curve's verdict (its advice included) with the race's suggestion
+        return dataclasses.replace(out, suggested_lr=race.winner, summary=summary)
+    return dataclasses.replace(out, suggested_lr=race.winner, status=status, summary=summary, lr_low=rng[0],
+                               lr_high=rng[1], open_top=reading.open_top and rng[1] == reading.lr_high,
+                               advice=advice + noisy_advice(reading.spread, reading_rules))

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Optional, TYPE_CHECKING
 
 from ..analysis.fmt import lr as fmt_lr
-from ..analysis.lr_curve import LrReading, ReadingRules, SweepSettings
+from ..analysis.lr_curve import LrRace, LrReading, RaceRules, ReadingRules, SweepSettings
 from ..analysis.status import Status
+from ..optim import lr_multiplier_range
 from ..report import CheckResult, Marker, Plot, Series, Table
 from .base import Check, Judgment, threshold
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 START_LR, END_LR, STEPS, REPEATS, DIVERGE_FACTOR = (SweepSettings.start_lr, SweepSettings.end_lr, SweepSettings.steps,
                                                     SweepSettings.repeats, SweepSettings.diverge_factor)
+RACE = RaceRules()
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class SweepMeasured:
     step: tuple[str, ...] = ()  # the parts of the user's step each sweep step kept
     scheduler_left_out: bool = False
     extended_to: Optional[float] = None  # the sweep's end, when extended past end_lr to cover the user's LR
+    multiplier: Optional[tuple[float, float]] = None  # the usual range of an optimizer whose lr is a multiplier
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -59,19 +62,38 @@ class LrRange(Check):
     descent and the minimum / 10; for plain and momentum SGD the geometric mean of the minimum and the top of the
     range. A curve whose smoothed loss never falls by {min_drop:.0%} supports no suggestion, and without one from
     more than half the repeats there is none. The suggestion, the range's ends and the divergence point are
-    geometric medians over the repeats, with the suggestions' spread (largest / smallest). The user's LR fails
-    above the divergence point (times {fail_above:g}) or more than {fail_below_x:g}x below the range's low end, warns
-    outside the range and passes inside it."""
+    geometric medians over the repeats, with the suggestions' spread (largest / smallest). Then a race (CS231n's
+    coarse-to-fine search in log space) chooses the suggestion: {race_candidates} LRs {race_spacing:g} decades apart
+    around the range test's suggestion, each trained {race_steps} steps
+    from the user's state with the user's step (the scheduler left out), are compared on {race_held_out} batches held
+    out of that training (eval mode); then {race_refine} LR at half the spacing below the winner. The race may go
+    above the range's top (up to {above_top:g}x it, never past half the divergence point): a sweep's top is where the
+    loss turned up at ~5 steps per LR. LRs are ranked by their held-out loss extrapolated as a power law of the steps
+    from the race's second half to {race_horizon:g}x its steps (a longer run favours the LR whose loss still falls),
+    among those within {reorder_within:.0%} of the best held-out loss; the winner must have brought that loss
+    {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
+    range_lr either way). A curve with no suggestion whose sweep diverged is raced over the divergence point /
+    {no_curve_low:g} to / {no_curve_high:g}, about a decade apart; an optimizer whose lr is a multiplier of a
+    unit-correcting update (Adadelta: 0.1 to 10; torch's Adafactor: 1e-3 to 0.1) over that usual range, which the
+    good range then includes. A race winner above the range's top raises the top to it. The user's LR fails above
+    the divergence point (times {fail_above:g}) or more than {fail_below_x:g}x below the range's low end, warns
+    outside the range and passes inside it; when it warns, it is raced too and passes if it reached a held-out loss
+    within {race_user_tolerance:.0%} of the winner's. Rprop (lr is only the first step size), LBFGS (a line search)
+    and Adafactor with relative_step (lr unused) are skipped."""
     why = """The learning rate is the hyper-parameter that matters most. Too high and the loss oscillates or
     diverges; too low and training crawls and looks like a model that cannot learn. Single-sweep finders pick the
     argmin of a noisy gradient, so their suggestion moves by an order of magnitude between seeds; repeating over
     batch orders, reading a curve smoothed without lag and taking the median over repeats makes it stable, and
-    the spread says how much to trust it."""
-    todo = """Set the LR inside the reported range (the suggestion is a good start for a short run); if it is
+    the spread says how much to trust it. A sweep spends ~5 steps per LR, so where its curve bends is not where a
+    run at one LR trains best; the race trains a few LRs at one LR each and compares them on data they did not
+    train on, which is what a run at the suggestion does."""
+    todo = """Set the LR inside the reported range (the suggestion, the race's winner, is a good start); if it is
     above the divergence point, lower it at least to the suggestion; if the loss does not move at your LR, raise
     it. If the curve is flat at every LR, look at overfit_batch and initial_loss first: the model or the loss is
     likely broken."""
-    constants = {"beta": SweepSettings.beta, "fail_below_x": 1 / ReadingRules.fail_below}
+    constants = {"beta": SweepSettings.beta, "fail_below_x": 1 / ReadingRules.fail_below, "above_top": RACE.above_top,
+                 "reorder_within": RACE.reorder_within, "no_curve_low": RACE.no_curve[0],
+                 "no_curve_high": RACE.no_curve[1]}
     sources = (
         "L. N. Smith, 'Cyclical Learning Rates for Training Neural Networks' (WACV 2017): the LR range test",
         "L. N. Smith, 'A disciplined approach to neural network hyper-parameters: Part 1' (2018)",
@@ -82,6 +104,10 @@ class LrRange(Check):
         "at LRs too large to sustain, hence the geometric mean of the steepest descent and fastai's minimum / 10; "
         "plain and momentum SGD sustain the bottom of the curve, hence the middle of that bottom (the minimum to the "
         "top of the range)",
+        "CS231n, 'Neural Networks Part 3: Learning and Evaluation', hyperparameter optimization: search the LR in log "
+        "space, coarse to fine, each setting trained briefly and compared on a validation set",
+        "The race's defaults (2 + 1 LRs, 48 steps, the horizon 8, 3x above the top) were chosen on the tuning half of "
+        "benchmarks/lr_quality.py only; the README reports the held-out half beside it",
         "Range and fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value "
         "(1/ln(10^(8/99))), so an LR 100x below where the sweep first moved the loss gets as far in ~500 steps, "
         "and one 1000x below needs ~5000",
@@ -116,6 +142,27 @@ class LrRange(Check):
                                                            "sweep first moved the loss: ~4500 steps to get as far as "
                                                            "the sweep's 5)")
 
+    race_candidates: int = threshold(RACE.candidates, "LRs of the race's coarse round, race_spacing decades apart "
+                                                      "around the range test's suggestion (0 turns the race off: "
+                                                      "the suggestion is then the range test's)")
+    race_steps: int = threshold(RACE.steps, "training steps of each raced LR, from your state")
+    race_held_out: int = threshold(RACE.held_out, "batches held out of the race's training to compare its LRs on (at "
+                                                  "most a quarter of the pool)")
+    race_spacing: float = threshold(RACE.spacing, "decades between the coarse round's LRs; the fine round tries the "
+                                                  "winner's neighbours at half of it")
+    race_refine: int = threshold(RACE.refine, "LRs of the fine round: the winner's lower neighbour first (a run "
+                                              "longer than the race favours the smaller LR), then the upper one; 0: "
+                                              "the coarse round only")
+    race_horizon: float = threshold(RACE.horizon,
+                                    "the race ranks its LRs by the held-out loss extrapolated from its second half "
+                                    "to this many times race_steps, as a power law of the steps: a longer run "
+                                    "favours an LR whose loss still falls (1: the loss at the race's end)")
+    race_min_drop: float = threshold(RACE.min_drop, "the race suggests an LR only when its held-out loss fell this "
+                                                    "fraction below the loss at your state")
+    race_user_tolerance: float = threshold(RACE.user_tolerance,
+                                           "your LR, outside the range, passes when the race trained it to a "
+                                           "held-out loss within this fraction of the winner's")
+
     def measure(self, session: "Session") -> SweepMeasured:
         sweep = session.evidence("lr_sweep")
         if sweep.skipped:
@@ -123,7 +170,8 @@ class LrRange(Check):
         return SweepMeasured(reading=session.evidence("lr_reading"), repeats=len(sweep.runs), steps=sweep.steps,
                              optimizer=sweep.optimizer, seconds=sweep.seconds, group_scales=tuple(sweep.group_scales),
                              step=sweep.step, scheduler_left_out=sweep.scheduler_left_out,
-                             extended_to=sweep.end_lr if sweep.end_lr and sweep.end_lr > self.end_lr else None)
+                             extended_to=sweep.end_lr if sweep.end_lr and sweep.end_lr > self.end_lr else None,
+                             multiplier=lr_multiplier_range(session.make_optimizer()))
 
     def judge(self, measured: SweepMeasured) -> Judgment:
         """The reading's verdict: ``read_sweep`` judged the user's LR under this check's rules (the options given
@@ -133,17 +181,21 @@ class LrRange(Check):
 
     def present(self, measured: SweepMeasured, judgment: Judgment) -> CheckResult:
         v = measured.reading
-        metrics = {"suggested_lr": v.suggested_lr, "lr_low": v.lr_low, "lr_high": v.lr_high, "user_lr": v.user_lr,
-                   "diverged_at": v.diverged_at, "spread": v.spread, "descent_low": v.descent_low,
-                   "descent_high": v.descent_high, "open_top": v.open_top,
+        race = v.race or LrRace()
+        metrics = {"suggested_lr": v.suggested_lr, "range_lr": v.range_lr, "lr_low": v.lr_low, "lr_high": v.lr_high,
+                   "user_lr": v.user_lr, "diverged_at": v.diverged_at, "spread": v.spread,
+                   "descent_low": v.descent_low, "descent_high": v.descent_high, "open_top": v.open_top,
                    "repeats": measured.repeats, "steps": measured.steps, "optimizer": measured.optimizer,
-                   "sweep_seconds": round(measured.seconds, 4)}
-        tables = () if judgment.status == Status.SKIP else (self._table(v),)
+                   "sweep_seconds": round(measured.seconds, 4), "race_lrs": len(race.entries),
+                   "race_steps": race.steps, "race_held_out": race.held_out, "race_seconds": round(race.seconds, 4)}
+        curve = any(a.suggestion is not None for a in v.analyses)
+        tables = ((self._table(v),) if curve else ()) + ((self._race_table(race),) if race.entries else ())
+        plots = (self._plot(v),) + ((self._race_plot(v, race),) if race.entries else ())
         return self.result(judgment.status, judgment.summary, metrics=metrics, advice=judgment.advice, tables=tables,
-                           plots=(self._plot(v),), notes=self._notes(measured))
+                           plots=plots, notes=self._notes(measured))
 
     def _notes(self, measured: SweepMeasured) -> tuple[str, ...]:
-        notes = list(self._range_notes(measured.reading))
+        notes = list(self._range_notes(measured.reading)) + list(self._race_notes(measured.reading))
         scales = measured.group_scales
         if len(scales) > 1:
             notes.append(f"{len(scales)} parameter groups were scaled together (ratios "
@@ -154,6 +206,11 @@ class LrRange(Check):
             notes.append(f"each sweep step was your step: {', '.join(measured.step)}")
         if measured.scheduler_left_out:
             notes.append("your LR scheduler was left out of the sweep: the sweep sets the LR itself")
+        if measured.multiplier:
+            lo, hi = measured.multiplier
+            notes.append(f"{measured.optimizer}'s lr multiplies an update that corrects its own units (it builds "
+                         f"up over more steps than the sweep spends at one LR, which reads it poorly): the race "
+                         f"spans its usual range [{fmt_lr(lo)}, {fmt_lr(hi)}], and the good range includes it")
         if measured.extended_to:
             notes.append(f"the sweep was extended to {fmt_lr(measured.extended_to)} (10x your LR, at the same steps "
                          f"per decade) so that your LR is tested, not assumed")
@@ -175,6 +232,22 @@ class LrRange(Check):
         return tuple(notes)
 
     @staticmethod
+    def _race_notes(v: LrReading) -> tuple[str, ...]:
+        """What the race did: how many LRs, how long each, on how many held-out batches, and what won."""
+        race = v.race
+        if race is None or (race.skipped and v.range_lr is None):
+            return ()
+        if race.skipped or race.winner is None:
+            why = race.skipped or "every raced LR diverged"
+            return (f"no race: {why}; the suggestion is the range test's",)
+        trained = [e for e in race.entries if e.round != "yours"]
+        return (f"the suggestion {fmt_lr(race.winner)} won a race of {len(trained)} LRs (coarse, then around the "
+                f"winner), each trained {trained[0].steps if trained else 0} steps from your state and compared on "
+                f"{race.held_out} held-out batches ({race.steps} steps, {race.seconds:.1f}s); "
+                + (f"the range test alone suggested {fmt_lr(v.range_lr)}" if v.range_lr else
+                   "the range test alone gave no suggestion"),)
+
+    @staticmethod
     def _cut_at_divergence(v: LrReading) -> str:
         """' (the range stops at 6.89, where the sweep diverged)' when the descent's minimum lies past it."""
         if v.diverged_at is None or v.descent_high is None or v.descent_high <= v.lr_high:
@@ -190,12 +263,36 @@ class LrRange(Check):
                       "drop", "note"), rows)
 
     @staticmethod
+    def _race_table(race: LrRace) -> Table:
+        rows = [(e.round, e.lr, e.mid_loss, e.loss, e.score, e.train_loss, e.steps,
+                 "winner" if e.lr == race.winner else "diverged" if e.loss is None else "") for e in race.entries]
+        return Table("race", "The race: each LR trained from your state, its loss on held-out batches half-way and at "
+                             "the end, and extrapolated to race_horizon times its steps (what ranks them)",
+                     ("round", "lr", "held_out_mid", "held_out_loss", "extrapolated", "train_loss", "steps", "note"),
+                     rows)
+
+    @staticmethod
+    def _race_plot(v: LrReading, race: LrRace) -> Plot:
+        series = tuple(Series(name, tuple(e.lr for e in pts), tuple(e.loss for e in pts))
+                       for name, pts in (("coarse", [e for e in race.entries if e.round == "coarse" and e.loss]),
+                                         ("fine", [e for e in race.entries if e.round == "fine" and e.loss]),
+                                         ("your LR", [e for e in race.entries if e.round == "yours" and e.loss]))
+                       if pts)
+        markers = tuple(Marker(f"{label} {fmt_lr(value)}", value)
+                        for label, value in (("suggested", race.winner), ("range test", v.range_lr)) if value)
+        steps = max((e.steps for e in race.entries), default=0)
+        return Plot("lr_race", f"The race: held-out loss after {steps} steps at each LR", "scatter", series,
+                    x_label="learning rate", y_label="held-out loss", log_x=True, markers=markers)
+
+    @staticmethod
     def _plot(v: LrReading) -> Plot:
         series = tuple(Series(f"order {i}", a.lrs[: len(a.smoothed)], a.smoothed)
                        for i, a in enumerate(v.analyses) if a.smoothed)
         markers = []
-        for label, value in (("suggested", v.suggested_lr), ("range low", v.lr_low), ("range high", v.lr_high),
-                             ("diverged", v.diverged_at), ("your LR", v.user_lr)):
+        for label, value in (("suggested", v.suggested_lr), ("range test", v.range_lr if v.race and v.race.winner
+                                                                  else None),
+                             ("range low", v.lr_low), ("range high", v.lr_high), ("diverged", v.diverged_at),
+                             ("your LR", v.user_lr)):
             if value:
                 markers.append(Marker(f"{label} {fmt_lr(value)}", value))
         return Plot("lr_curve", "Smoothed loss against the learning rate", "line", series, x_label="learning rate",

@@ -13,7 +13,7 @@ import time
 import torch
 
 from ..analysis.lr_curve import LrSweep, SweepRun, SweepSettings
-from ..optim import group_scales, is_adaptive, lr_of, set_lr
+from ..optim import group_scales, is_adaptive, lr_of, lr_unused, set_lr
 from .stepper import Stepper
 
 
@@ -101,18 +101,16 @@ def covering(settings: SweepSettings, user_lr: float | None) -> SweepSettings:
 def _why_not(session, optimizer) -> str | None:
     if not any(p.requires_grad for p in session.model.parameters()):
         return "the model has no trainable parameter"
-    if isinstance(optimizer, torch.optim.LBFGS):
-        return "LBFGS searches its own step size (its lr scales a line search); an LR range test does not apply"
-    return None
+    return lr_unused(optimizer)
 
 
 def lr_sweep(session, settings: SweepSettings = SweepSettings()) -> LrSweep:
     """``settings.repeats`` sweeps, each from the user's state (``session.reset()``) in its own batch order."""
     t0 = time.perf_counter()
     optimizer = session.make_optimizer()
-    user_lr, scales = group_scales(optimizer)
-    settings = covering(settings, user_lr)
     skipped, runs = _why_not(session, optimizer), []
+    user_lr, scales = group_scales(optimizer) if skipped is None else (None, [1.0] * len(optimizer.param_groups))
+    settings = covering(settings, user_lr)
     if skipped is None:
         for r in range(settings.repeats):
             session.reset()

@@ -1,0 +1,220 @@
+"""The LR race after the range test: its pure rules (candidates, refinement, winner, the user's LR judged with it)
+on synthetic data, then the check both ways on real models: the race's winner trains better than a plainly bad LR,
+an LR far too high still fails, and the model is left as it was found."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import babysitter
+import zoo
+from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, RaceEntry, RaceRules, ReadingRules,
+                                          SweepSettings, coarse_candidates, judge_with_race, race_bounds,
+                                          race_candidates, race_score, race_winner, refine_candidates, with_race)
+from babysitter.analysis.status import Status
+from babysitter.passes.lr_race import split_pool
+
+FAST = {"steps": 60, "repeats": 2}
+
+
+def _decades(lrs):
+    return [round(math.log10(b / a), 6) for a, b in zip(lrs, lrs[1:])]
+
+
+# -- the pure rules ---------------------------------------------------------------------------------------------
+def test_candidates_are_spaced_around_the_suggestion():
+    rules = RaceRules(candidates=4, spacing=0.5)
+    lrs = race_candidates(1e-2, (1e-6, 10.0), rules)
+    assert len(lrs) == 4 and _decades(lrs) == [0.5] * 3
+    assert lrs[0] * lrs[-1] == pytest.approx(1e-4)  # centred on the suggestion in log space
+    assert race_candidates(1e-2, (1e-6, 10.0), RaceRules(candidates=2)) == pytest.approx((10 ** -2.25, 10 ** -1.75))
+
+
+def test_candidates_stay_inside_the_range():
+    rules = RaceRules(candidates=4, spacing=0.5)
+    near_top = race_candidates(0.15, (3e-5, 0.29), rules)
+    assert max(near_top) <= 0.29 and _decades(near_top) == [0.5] * 3
+    narrow = race_candidates(1e-2, (5e-3, 2e-2), rules)  # narrower than the round: squeezed evenly over it
+    assert narrow[0] == pytest.approx(5e-3) and narrow[-1] == pytest.approx(2e-2) and len(narrow) == 4
+    assert race_candidates(1e-2, (1e-6, 1.0), RaceRules(candidates=0)) == ()
+
+
+def test_a_multiplier_optimizer_races_over_its_usual_range():
+    reading = LrReading(analyses=(), user_lr=1.0, status=Status.SKIP, summary="")  # the sweep could not read it
+    assert race_bounds(reading, RaceRules()) is None and coarse_candidates(reading, RaceRules()) == ()
+    assert race_bounds(reading, RaceRules(), multiplier=(0.1, 10.0)) == (0.1, 10.0, True)
+    assert coarse_candidates(reading, RaceRules(), multiplier=(0.1, 10.0)) == pytest.approx((0.1, 1.0, 10.0))
+
+
+def test_the_race_may_go_above_the_ranges_top_but_not_near_divergence():
+    reading = LrReading(analyses=(), user_lr=1e-2, status=Status.PASS, summary="", suggested_lr=0.1, lr_low=1e-4,
+                        lr_high=0.2, diverged_at=1.0)
+    assert race_bounds(reading, RaceRules()) == (1e-4, 0.5, False)  # 3x the top would be 0.6: half of 1.0 caps it
+    far = dataclasses.replace(reading, diverged_at=None)
+    assert race_bounds(far, RaceRules())[1] == pytest.approx(0.6)
+
+
+def test_a_curve_without_a_suggestion_is_raced_below_its_divergence_point():
+    flat_then_diverged = CurveAnalysis(lrs=tuple(np.logspace(-7, 0.5, 90).tolist()), smoothed=(1.0,) * 90,
+                                       diverged_at=3.0, reason="the loss never fell by 10%")
+    reading = LrReading(analyses=(flat_then_diverged,), user_lr=1e-3, status=Status.SKIP, summary="",
+                        diverged_at=3.0)
+    lo, hi, wide = race_bounds(reading, RaceRules())
+    assert (lo, hi, wide) == (pytest.approx(3e-3), pytest.approx(1.0), True)
+    lrs = coarse_candidates(reading, RaceRules())
+    assert lrs[0] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(1.0) and len(lrs) >= 3
+    from_start = dataclasses.replace(flat_then_diverged, smoothed=(1.0,) * 5)  # diverged before 8 steps
+    assert race_bounds(dataclasses.replace(reading, analyses=(from_start,)), RaceRules()) is None
+
+
+def _entries(losses, round="coarse"):
+    return [RaceEntry(lr=lr, loss=loss, round=round, steps=24, score=loss) for lr, loss in losses.items()]
+
+
+def test_the_fine_round_tries_the_winners_neighbours_at_half_the_spacing():
+    rules = RaceRules(candidates=4, spacing=0.5, refine=2)
+    coarse = _entries({1e-3: 0.9, 10 ** -2.5: 0.5, 1e-2: 0.6, 10 ** -1.5: math.inf})
+    fine = refine_candidates(coarse, (1e-5, 1.0), rules)
+    assert fine == pytest.approx((10 ** -2.75, 10 ** -2.25))  # the lower first
+    assert refine_candidates(coarse, (1e-5, 1.0), RaceRules(refine=1)) == pytest.approx((10 ** -2.75,))
+    assert refine_candidates(coarse, (10 ** -2.5, 1.0), rules) == pytest.approx((10 ** -2.25,))  # inside the bounds
+    assert refine_candidates(coarse, (1e-5, 1.0), RaceRules(refine=0)) == ()
+
+
+def test_the_winner_has_the_lowest_score():
+    rules = RaceRules()
+    entries = _entries({1e-3: 0.9, 1e-2: 0.5, 1e-1: None}) + _entries({3e-2: 0.1}, round="yours")
+    assert race_winner(entries, rules) == 1e-2  # diverged candidates and the user's own LR never win
+    assert race_winner(_entries({1e-3: None}), rules) is None
+
+
+def test_the_score_extrapolates_the_held_out_loss_as_a_power_law():
+    rules = RaceRules(horizon=8.0)  # three doublings past the race's end
+    assert race_score(0.8, 0.4, rules) == pytest.approx(0.4 * 0.5 ** 3)
+    assert race_score(None, 0.4, rules) == 0.4 and race_score(0.8, None, rules) is None
+    assert race_score(0.8, 0.4, RaceRules(horizon=1.0)) == 0.4
+    assert race_score(-1.0, -2.0, rules) == pytest.approx(-5.0)  # not positive: linearly
+    # still falling beats levelled off, but only among candidates near the best held-out loss
+    falling = RaceEntry(1e-3, 0.50, "coarse", mid_loss=0.80, score=race_score(0.80, 0.50, rules))
+    level = RaceEntry(1e-2, 0.45, "coarse", mid_loss=0.46, score=race_score(0.46, 0.45, rules))
+    assert race_winner([falling, level], rules) == 1e-3
+    far_behind = dataclasses.replace(falling, loss=0.9, mid_loss=2.0, score=race_score(2.0, 0.9, rules))
+    assert race_winner([far_behind, level], rules) == 1e-2  # 0.9 is not within 30% of 0.45
+
+
+def test_a_race_where_nothing_trained_has_no_winner():
+    entries = _entries({1e-3: 0.995, 1e-2: 0.99})
+    assert race_winner(entries, RaceRules(min_drop=0.02), start_loss=1.0) is None
+    assert race_winner(entries, RaceRules(min_drop=0.005), start_loss=1.0) == 1e-2
+
+
+def test_split_pool_holds_out_the_last_batches():
+    assert split_pool(16, 4) == (list(range(12)), [12, 13, 14, 15])
+    assert split_pool(8, 4) == (list(range(6)), [6, 7])  # at most a quarter
+    assert split_pool(2, 4) == ([0], [1]) and split_pool(1, 4) is None
+
+
+def _reading(status, user, summary=""):
+    return LrReading(analyses=(), user_lr=user, status=status, summary=summary, suggested_lr=1e-2, lr_low=1e-4,
+                     lr_high=1e-1, range_lr=None)
+
+
+def _race(user_loss, winner_loss=0.50, user=0.3):
+    entries = (RaceEntry(1e-2, winner_loss, "coarse", steps=24, score=winner_loss),
+               RaceEntry(3e-2, 0.7, "coarse", steps=24, score=0.7), RaceEntry(user, user_loss, "yours", steps=24))
+    return LrRace(entries=entries, winner=1e-2, steps=72, held_out=4, bounds=(1e-4, 1e-1))
+
+
+def test_a_warning_turns_into_a_pass_only_when_the_race_trained_the_users_lr_as_well():
+    rules, reading_rules = RaceRules(user_tolerance=0.05), ReadingRules()
+    above = _reading(Status.WARN, 0.3)  # 3x above the range's top, below divergence
+    status, summary, _ = judge_with_race(above, _race(0.51), rules, reading_rules)
+    assert status is Status.PASS and "trained as well as the suggestion" in summary
+    status, summary, _ = judge_with_race(above, _race(0.60), rules, reading_rules)
+    assert status is Status.WARN and "in the race it reached a held-out loss of 0.6" in summary
+
+
+def test_what_catches_an_lr_far_too_high_or_too_low_is_kept():
+    rules = RaceRules(user_tolerance=0.05)
+    diverged = LrReading(analyses=(), user_lr=50.0, status=Status.FAIL, summary="", suggested_lr=1e-2, lr_low=1e-4,
+                         lr_high=1e-1, diverged_at=5.0)
+    race = _race(0.5, user=50.0)  # even a race that (wrongly) trained it as well cannot lift a fail
+    assert judge_with_race(diverged, race, rules, ReadingRules())[0] is Status.FAIL
+    too_low = _reading(Status.FAIL, 1e-8)
+    assert judge_with_race(too_low, _race(0.5, user=1e-8), rules, ReadingRules())[0] is Status.FAIL
+
+
+def test_with_race_keeps_the_range_tests_suggestion_beside_the_winner():
+    reading = _reading(Status.PASS, 1e-2)
+    race = dataclasses.replace(_race(0.9), winner=3e-2)
+    out = with_race(reading, race, RaceRules(), ReadingRules())
+    assert out.suggested_lr == 3e-2 and out.range_lr == 1e-2 and out.race is race
+    above = with_race(reading, dataclasses.replace(race, winner=0.2), RaceRules(), ReadingRules())
+    assert above.lr_high == 0.2 and above.suggested_lr == 0.2  # a winner above the top raises it
+    no_winner = with_race(reading, LrRace(skipped="the race is turned off (race_candidates=0)"), RaceRules(),
+                          ReadingRules())
+    assert no_winner.suggested_lr == reading.suggested_lr and no_winner.status is reading.status
+
+
+# -- the check, on real models ----------------------------------------------------------------------------------
+def check(options=None, **fields):
+    return babysitter.check(**fields, select=["lr_range"], options={"lr_range": {**FAST, **(options or {})}})["lr_range"]
+
+
+def _train(fields, lr, steps=60):
+    torch.manual_seed(1)
+    model = fields["model"]
+    x, y = fields["data"]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for i in range(steps):
+        idx = torch.arange(i * 64, (i + 1) * 64) % len(x)
+        opt.zero_grad()
+        fields["loss_fn"](model(x[idx]), y[idx]).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(fields["loss_fn"](model(x), y))
+
+
+def test_the_race_winner_trains_better_than_a_plainly_bad_lr():
+    result = check(**zoo.regression_target())
+    m = result.metrics
+    assert result.status == "pass" and m["race_lrs"] == 3 and m["range_lr"] is not None  # 2 coarse, 1 fine
+    assert m["race_steps"] < SweepSettings.steps * SweepSettings.repeats  # less than the default sweep
+    won = _train(zoo.regression_target(), m["suggested_lr"])
+    assert won < _train(zoo.regression_target(), m["suggested_lr"] / 100)
+    assert won < _train(zoo.regression_target(), 1.0)
+    race = next(t for t in result.tables if t.id == "race")
+    assert sum(r["note"] == "winner" for r in race.records()) == 1
+    assert any(p.id == "lr_race" for p in result.plots)
+    assert any("won a race" in n for n in result.notes)
+
+
+def test_an_lr_far_too_high_is_still_flagged():
+    fields = zoo.mlp_target()
+    fields["optimizer"] = lambda p: torch.optim.SGD(p, lr=100.0, momentum=0.9)
+    result = check(**fields)
+    assert result.status == "fail" and "diverged" in result.summary
+    assert result.metrics["suggested_lr"] < result.metrics["diverged_at"]
+
+
+def test_the_race_can_be_turned_off():
+    result = check(**zoo.regression_target(), options={"race_candidates": 0})
+    m = result.metrics
+    assert m["suggested_lr"] == m["range_lr"] and m["race_lrs"] == 0 and m["race_steps"] == 0
+    assert all(t.id != "race" for t in result.tables)
+
+
+def test_the_race_leaves_the_model_as_it_was_found():
+    fields = zoo.cnn_target()  # BatchNorm buffers, SGD momentum state
+    model = fields["model"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    result = check(**fields)
+    assert result.metrics["race_steps"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state()) and model.training
