@@ -239,26 +239,26 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
     from .runner import run_target, select_checks
     from .target import importable, load
 
-    try:
-        with importable(ref), FigurePrefetch() as figures:  # the project's modules stay importable meanwhile
-            target = load(ref, seed=settings.seed)
-            out.checking(target.name, ref)
-            if settings.report:
-                figures.start()
-            with out.progress(len(select_checks(settings.select, settings.ignore, settings.options))) as progress:
-                report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
-                                    ignore=settings.ignore, options=settings.options, where=ref.source,
-                                    progress=_drawing(progress, figures if settings.report else None))
-            drawn = figures.ready() if settings.report else None
-    except TargetError as exc:
-        out.target_error(ref, exc)
-        return ExitCode.USAGE_ERROR, Unloaded(ref.name, "target error", str(exc))
-    except (BabysitterError, KeyboardInterrupt, BrokenPipeError):
-        raise
-    except Exception:  # a bug of ours: reported with its traceback, and the other targets still run
-        out.internal_error(ref)
-        return ExitCode.INTERNAL_ERROR, Unloaded(ref.name, "internal error", traceback.format_exc())
-    saved = save_report(report, settings, drawn)
+    with FigurePrefetch() as figures:  # figures drawn on the idle core while the checks run
+        try:
+            with importable(ref):  # the project's modules stay importable while the checks run the target's code
+                target = load(ref, seed=settings.seed)
+                out.checking(target.name, ref)
+                if settings.report:
+                    figures.start()
+                with out.progress(len(select_checks(settings.select, settings.ignore, settings.options))) as progress:
+                    report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
+                                        ignore=settings.ignore, options=settings.options, where=ref.source,
+                                        progress=_drawing(progress, figures if settings.report else None))
+        except TargetError as exc:
+            out.target_error(ref, exc)
+            return ExitCode.USAGE_ERROR, Unloaded(ref.name, "target error", str(exc))
+        except (BabysitterError, KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception:  # a bug of ours: reported with its traceback, and the other targets still run
+            out.internal_error(ref)
+            return ExitCode.INTERNAL_ERROR, Unloaded(ref.name, "internal error", traceback.format_exc())
+        saved = save_report(report, settings, figures.ready)  # the JSON and CSVs first, then the figures
     out.report(report, saved, settings.strict)
     if report.interrupted:
         return ExitCode.INTERRUPTED, report
@@ -276,7 +276,7 @@ def shown_ref(ref) -> str:
 
 def save_report(report, settings, figures=None) -> Optional[str]:
     """Write the report under ``settings.out``, one folder per target, unless ``settings.report`` is off: the path
-    of its HTML page, or None. ``figures``: PNGs drawn while the checks ran."""
+    of its HTML page, or None. ``figures``: PNGs drawn while the checks ran, or the function that returns them."""
     if not settings.report:
         return None
     folder = Path(settings.out) / report.target

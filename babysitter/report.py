@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from .analysis.status import STATUSES, report_verdict
 
@@ -202,9 +202,10 @@ class Report:
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("json", "html", "csv"),
-             figures: Optional[Mapping] = None) -> dict[str, Path]:
+             figures: Any = None) -> dict[str, Path]:
         """Write the report into ``directory`` (created if needed); returns the written paths by format.
-        ``figures``: PNGs drawn while the checks ran (:class:`babysitter.render.prefetch.FigurePrefetch`)."""
+        ``figures``: PNGs drawn while the checks ran, or a function returning them
+        (:class:`babysitter.render.prefetch.FigurePrefetch`)."""
         from .render import write_report
 
         return write_report(self, Path(directory), formats=formats, figures=figures)

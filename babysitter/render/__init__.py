@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, Union
 
 from ..report import Report, write_atomic
 
@@ -12,9 +12,10 @@ FORMATS = ("json", "html", "csv")
 
 
 def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMATS,
-                 figures: Optional[Mapping] = None) -> dict[str, Path]:
+                 figures: Union[Mapping, Callable[[], Mapping], None] = None) -> dict[str, Path]:
     """Write report.json, report.html and one CSV per table into ``directory``, each atomically; ``figures``:
-    PNGs already drawn while the checks ran (see :mod:`babysitter.render.prefetch`)."""
+    PNGs drawn while the checks ran, or a function returning them, called once the JSON and CSVs are written
+    (see :mod:`babysitter.render.prefetch`)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown report format(s) {unknown}; choose from {FORMATS}")

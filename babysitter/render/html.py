@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Union
 
 from ..analysis import fmt
 from ..analysis.status import PROBLEMS
@@ -63,10 +63,12 @@ def _summary_plots(report: Report) -> list[tuple[str, Plot]]:
             for p in c.plots if p.id == pid and has_data(p)]
 
 
-def _images(report: Report, ready: Optional[Mapping] = None) -> dict[int, str]:
+def _images(report: Report, ready: Union[Mapping, Callable[[], Mapping], None] = None) -> dict[int, str]:
     """Every figure the page shows, drawn once (the summary's three at SUMMARY_SIZE), as data URIs keyed by the
     id of their Plot: the summary and the cards share them. ``ready``: PNGs drawn while the checks ran
-    (:class:`~babysitter.render.prefetch.FigurePrefetch`), by (id(plot), size); only the rest are drawn here."""
+    (:class:`~babysitter.render.prefetch.FigurePrefetch`), by (id(plot), size), or a function returning them (called
+    only now: the JSON and CSVs were written while they were still being drawn); only the rest are drawn here."""
+    ready = ready() if callable(ready) else ready
     shown = [(p, size_of(c.id, p)) for c in report.checks for p in c.plots if has_data(p)]
     drawn = pngs([p for p, _ in shown], [size for _, size in shown], ready)
     return {id(p): "data:image/png;base64," + base64.b64encode(png).decode("ascii")
@@ -115,7 +117,7 @@ def _overview(report: Report, images: dict[int, str]) -> str:
     return f"<section class='overview' id='overview'><table>{rows}</table>{figures}</section>"
 
 
-def render(report: Report, figures: Optional[Mapping] = None) -> str:
+def render(report: Report, figures: Union[Mapping, Callable[[], Mapping], None] = None) -> str:
     """The self-contained page; ``figures``: PNGs already drawn (see :func:`_images`)."""
     images = _images(report, figures)
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
