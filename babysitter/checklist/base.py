@@ -106,7 +106,8 @@ class Check:
             out += [head, textwrap.indent(textwrap.fill(cls.prose(body), fill - 2), "  "), ""]
         rows = cls.thresholds()
         if rows:
-            head = "Thresholds (keyword arguments; babysitter.check(..., options={id: {name: value}}))"
+            head = ("Thresholds (babysitter.check(..., options={id: {name: value}}), [tool.babysitter.checks.<id>] "
+                    "in pyproject.toml, or babysit check -o <id>.<name>=<value>)")
             out.append(textwrap.fill(head, fill, subsequent_indent="  "))
             for name, default, doc in rows:
                 out.append(f"  {name} = {default!r}")
