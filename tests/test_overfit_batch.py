@@ -716,3 +716,19 @@ def test_cause_outputs_that_cannot_be_negative_against_negative_targets():
     assert all("cannot be negative" not in c.cause for c in _causes(_failed_attempt(outputs=free)))
     positive = output_facts(torch.relu(torch.randn(32, 1)), targets.abs())  # targets in the outputs' range
     assert all("cannot be negative" not in c.cause for c in _causes(_failed_attempt(outputs=positive)))
+
+
+def test_retry_lrs_keep_the_range_tests_reading_when_the_race_moved_the_suggestion():
+    """A race winner close to the user's LR is skipped as already tried; the curve's own reading is the next try
+    before the top of the good range (a DAE under Adam: 0.0026 raced, 0.0047 read, 8.3 at the range's top)."""
+    from babysitter.analysis.lr_curve import LrReading
+    from babysitter.analysis.status import Status
+    from babysitter.checklist.overfit_batch import OverfitBatch
+
+    reading = LrReading(analyses=(), user_lr=1e-3, status=Status.PASS, summary="", suggested_lr=0.00264,
+                        lr_low=6.9e-6, lr_high=8.3, range_lr=0.0047)
+    lrs = [lr for lr, _ in OverfitBatch._retry_lrs(reading, _failed_attempt(lr=1e-3))]
+    assert lrs == [0.00264, 0.0047, 8.3]
+    unmoved = LrReading(analyses=(), user_lr=1e-3, status=Status.PASS, summary="", suggested_lr=0.0047,
+                        lr_low=6.9e-6, lr_high=8.3, range_lr=0.0047)
+    assert [lr for lr, _ in OverfitBatch._retry_lrs(unmoved, _failed_attempt(lr=1e-3))] == [0.0047, 8.3]

@@ -461,7 +461,8 @@ class OverfitBatch(Check):
 
     @staticmethod
     def _retry_lrs(reading: Optional[LrReading], first: Attempt) -> list[tuple[float, str]]:
-        """LRs to retry at when the user's failed: lr_range's suggestion, then the top of its good range (the
+        """LRs to retry at when the user's failed: lr_range's suggestion (the race's winner), the range test's own
+        reading when the race moved it, then the top of its good range (the
         largest LR at which the sweep's loss was still at its lowest: memorising a few examples wants a large
         step). Without a suggestion (a flat sweep), RETRY_MULTIPLES times the user's LR when its loss did not
         blow up."""
@@ -473,6 +474,8 @@ class OverfitBatch(Check):
             return []
         unusable = f" (it judged your LR unusable: {reading.summary})" if reading.status == Status.FAIL else ""
         out = [(reading.suggested_lr, f"lr_range's suggestion {fmt.lr(reading.suggested_lr)}{unusable}")]
+        if reading.range_lr and reading.range_lr != reading.suggested_lr:  # the race moved it: the curve's own too
+            out.append((reading.range_lr, f"lr_range's range-test reading {fmt.lr(reading.range_lr)}"))
         if reading.lr_high:
             out.append((reading.lr_high, f"the top of lr_range's good range {fmt.lr(reading.lr_high)}"))
         return out
