@@ -56,7 +56,10 @@ def configure(pytester, extra: str = "") -> None:
 
 
 def run(pytester, *args):
-    return pytester.runpytest_inprocess("-p", "babysitter.pytest_plugin", "-p", "no:cacheprovider", *args)
+    # in-process, the plugin module is often imported already (by the outer run's entry point, or an earlier test):
+    # pytest then warns that it cannot rewrite its asserts, which says nothing about the plugin
+    return pytester.runpytest_inprocess("-p", "babysitter.pytest_plugin", "-p", "no:cacheprovider",
+                                        "-W", "ignore::pytest.PytestAssertRewriteWarning", *args)
 
 
 def test_babysit_turns_each_target_into_a_test_item(project):
