@@ -43,6 +43,7 @@ from torch import nn
 import babysitter
 
 from . import Case, Fault
+from .recurrent import markov_tokens
 
 FAMILY = "transformers"
 
@@ -184,20 +185,6 @@ def _lm_forward(model, batch):
     x = batch[0]
     logits = model(input_ids=x).logits
     return logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
-
-
-def markov_tokens(length: int, vocab: int = 30, successors: int = 2, seed: int = 0) -> torch.Tensor:
-    """A token stream from a Markov chain over ``vocab`` tokens where each token has ``successors`` likely next tokens
-    (95% of the mass; tests/step_zoo.py's chain)."""
-    g = _gen(seed)
-    nxt = torch.stack([torch.randperm(vocab, generator=g)[:successors] for _ in range(vocab)])
-    probs = torch.full((vocab, vocab), 0.05 / vocab)
-    probs.scatter_(1, nxt, 0.95 / successors)
-    out = torch.empty(length, dtype=torch.long)
-    out[0] = 0
-    for i in range(1, length):
-        out[i] = torch.multinomial(probs[out[i - 1]], 1, generator=g)
-    return out
 
 
 def gpt2(seed: int, *, init_std: float = 0.0) -> dict:

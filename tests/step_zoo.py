@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import babysitter
 
+from corpus.recurrent import RNNModel, lm_batches, lm_forward, markov_tokens  # noqa: F401 (re-exported)
 from zoo import FunctionalMLP, blobs, sgd
 
 
@@ -24,66 +24,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 # -- a. word-language-model: LSTM LM, SGD lr 20, clip_grad_norm 0.25, (T, B) batches ----------------------------
-def markov_tokens(length: int, vocab: int = 30, successors: int = 2, seed: int = 0) -> torch.Tensor:
-    """A token stream from a Markov chain over ``vocab`` tokens where each token has ``successors`` likely next
-    tokens (learnable structure: the entropy rate is about ln(successors), far below ln(vocab))."""
-    g = _gen(seed)
-    nxt = torch.stack([torch.randperm(vocab, generator=g)[:successors] for _ in range(vocab)])
-    probs = torch.full((vocab, vocab), 0.05 / vocab)
-    probs.scatter_(1, nxt, 0.95 / successors)
-    out = torch.empty(length, dtype=torch.long)
-    out[0] = 0
-    for i in range(1, length):
-        out[i] = torch.multinomial(probs[out[i - 1]], 1, generator=g)
-    return out
-
-
-def lm_batches(vocab: int = 30, bsz: int = 16, bptt: int = 20, n_batches: int = 8, seed: int = 0) -> list:
-    """The example's ``batchify`` + ``get_batch``: the stream cut into ``bsz`` columns, (bptt, bsz) input chunks
-    and the next tokens flattened to (bptt * bsz,)."""
-    stream = markov_tokens(bsz * (bptt * n_batches + 1), vocab, seed=seed)
-    data = stream.view(bsz, -1).t().contiguous()  # (L, bsz): sequence-first, as batchify makes it
-    return [(data[i:i + bptt], data[i + 1:i + 1 + bptt].reshape(-1)) for i in range(0, bptt * n_batches, bptt)]
-
-
-class RNNModel(nn.Module):
-    """word_language_model/model.py's RNNModel (LSTM): encoder, multi-layer LSTM (sequence-first), decoder,
-    optionally tied, log-softmax outputs of shape (T * B, ntoken)."""
-
-    def __init__(self, ntoken: int = 30, ninp: int = 128, nhid: int = 128, nlayers: int = 2, dropout: float = 0.2,
-                 tie_weights: bool = False):
-        super().__init__()
-        self.ntoken, self.nhid, self.nlayers = ntoken, nhid, nlayers
-        self.drop = nn.Dropout(dropout)
-        self.encoder = nn.Embedding(ntoken, ninp)
-        self.rnn = nn.LSTM(ninp, nhid, nlayers, dropout=dropout)
-        self.decoder = nn.Linear(nhid, ntoken)
-        if tie_weights:
-            assert nhid == ninp, "tied weights need nhid == ninp"
-            self.decoder.weight = self.encoder.weight
-        initrange = 0.1
-        nn.init.uniform_(self.encoder.weight, -initrange, initrange)
-        nn.init.zeros_(self.decoder.bias)
-        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
-
-    def forward(self, input, hidden):
-        emb = self.drop(self.encoder(input))
-        output, hidden = self.rnn(emb, hidden)
-        output = self.drop(output)
-        decoded = self.decoder(output).view(-1, self.ntoken)
-        return F.log_softmax(decoded, dim=1), hidden
-
-    def init_hidden(self, bsz: int):
-        weight = next(self.parameters())
-        return (weight.new_zeros(self.nlayers, bsz, self.nhid), weight.new_zeros(self.nlayers, bsz, self.nhid))
-
-
-def lm_forward(model: RNNModel, batch):
-    """The hidden state starts from zeros at each batch (the example carries it, detached; every check sees batches
-    in its own order, so a fresh one is the faithful choice here)."""
-    inputs, targets = batch
-    output, _ = model(inputs, model.init_hidden(inputs.shape[1]))
-    return output, targets
+# markov_tokens, lm_batches, RNNModel and lm_forward are the corpus's (corpus/recurrent.py), imported above
 
 
 def lm_target(seed: int = 0, clip: bool = True, tie_weights: bool = False) -> dict:
