@@ -14,8 +14,9 @@ from torch import nn
 import babysitter
 import zoo
 from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, RaceEntry, RaceRules, ReadingRules,
-                                          SweepSettings, coarse_candidates, judge_with_race, race_bounds,
-                                          race_candidates, race_score, race_winner, refine_candidates, with_race)
+                                          SweepSettings, around_user, coarse_candidates, judge_around_user,
+                                          judge_with_race, race_bounds, race_candidates, race_score, race_winner,
+                                          refine_candidates, with_race)
 from babysitter.analysis.status import Status
 from babysitter.passes.lr_race import split_pool
 
@@ -59,10 +60,13 @@ def test_the_race_may_go_above_the_ranges_top_but_not_near_divergence():
     assert race_bounds(far, RaceRules())[1] == pytest.approx(0.6)
 
 
-def test_a_curve_without_a_suggestion_is_raced_below_its_divergence_point():
-    flat_then_diverged = CurveAnalysis(lrs=tuple(np.logspace(-7, 0.5, 90).tolist()), smoothed=(1.0,) * 90,
-                                       diverged_at=3.0, reason="the loss never fell by 10%")
-    reading = LrReading(analyses=(flat_then_diverged,), user_lr=1e-3, status=Status.SKIP, summary="",
+FLAT_THEN_DIVERGED = CurveAnalysis(lrs=tuple(np.logspace(-7, 0.5, 90).tolist()), smoothed=(1.0,) * 90,
+                                   diverged_at=3.0, reason="the loss never fell by 10%")
+
+
+def test_a_curve_without_a_suggestion_nor_a_user_lr_is_raced_below_its_divergence_point():
+    flat_then_diverged = FLAT_THEN_DIVERGED
+    reading = LrReading(analyses=(flat_then_diverged,), user_lr=None, status=Status.SKIP, summary="",
                         diverged_at=3.0)
     lo, hi, wide = race_bounds(reading, RaceRules())
     assert (lo, hi, wide) == (pytest.approx(3e-3), pytest.approx(1.0), True)
@@ -70,6 +74,29 @@ def test_a_curve_without_a_suggestion_is_raced_below_its_divergence_point():
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(1.0) and len(lrs) >= 3
     from_start = dataclasses.replace(flat_then_diverged, smoothed=(1.0,) * 5)  # diverged before 8 steps
     assert race_bounds(dataclasses.replace(reading, analyses=(from_start,)), RaceRules()) is None
+
+
+def test_a_curve_without_a_suggestion_is_raced_around_the_users_lr():
+    never_diverged = dataclasses.replace(FLAT_THEN_DIVERGED, diverged_at=None)
+    reading = LrReading(analyses=(never_diverged,), user_lr=20.0, status=Status.SKIP, summary="")
+    assert around_user(reading, RaceRules())
+    lrs = coarse_candidates(reading, RaceRules(spacing=0.5))
+    assert lrs == pytest.approx((20 / 10 ** 0.5, 20.0, 20 * 10 ** 0.5))  # yours, half a decade either side
+    assert len(coarse_candidates(reading, RaceRules(user_neighbours=2))) == 5
+    assert race_bounds(reading, RaceRules()) == (pytest.approx(lrs[0]), pytest.approx(lrs[-1]), False)
+    # a sweep that diverged: nothing above half its divergence point, and its wide span beside your neighbours
+    bert = LrReading(analyses=(FLAT_THEN_DIVERGED,), user_lr=5e-4, status=Status.SKIP, summary="", diverged_at=3.0)
+    lrs = coarse_candidates(bert, RaceRules())
+    assert [lr for lr in lrs if lr < 2e-3] == pytest.approx((5e-4 / 10 ** 0.5, 5e-4, 5e-4 * 10 ** 0.5))
+    assert max(lrs) <= 1.5 and min(lrs) == pytest.approx(5e-4 / 10 ** 0.5)
+    assert all(abs(math.log10(a / b)) >= 0.25 for a, b in zip(lrs, lrs[1:]))  # none within half a spacing
+    near_divergence = dataclasses.replace(bert, user_lr=2.0)  # above half the divergence point: capped at 1.5
+    assert max(coarse_candidates(near_divergence, RaceRules())) == pytest.approx(1.5)
+    # not for a sweep that diverged from its start, nor for a multiplier optimizer, nor a curve with a suggestion
+    from_start = dataclasses.replace(bert, analyses=(dataclasses.replace(FLAT_THEN_DIVERGED, smoothed=(1.0,) * 5),))
+    assert not around_user(from_start, RaceRules()) and race_bounds(from_start, RaceRules()) is None
+    assert not around_user(bert, RaceRules(), multiplier=(0.1, 10.0))
+    assert not around_user(dataclasses.replace(bert, suggested_lr=1e-3, lr_low=1e-5, lr_high=1e-2), RaceRules())
 
 
 def _entries(losses, round="coarse"):
@@ -161,6 +188,66 @@ def test_with_race_keeps_the_range_tests_suggestion_beside_the_winner():
     assert no_winner.suggested_lr == reading.suggested_lr and no_winner.status is reading.status
 
 
+def _unread(user=5e-4, diverged=3.94):
+    return LrReading(analyses=(FLAT_THEN_DIVERGED,), user_lr=user, status=Status.SKIP, diverged_at=diverged,
+                     reason="the loss never fell by 10% (best 1.8% below its start)",
+                     summary="the sweep supports no LR suggestion: the loss never fell by 10%")
+
+
+def _race_around(losses, winner, user=5e-4, start=0.70):
+    entries = tuple(RaceEntry(lr, loss, "coarse", steps=48, score=loss) for lr, loss in losses.items())
+    return LrRace(entries=entries, winner=winner, steps=48 * len(entries), held_out=4, start_loss=start,
+                  around=user, bounds=(min(losses), max(losses)))
+
+
+def test_a_race_around_your_lr_passes_it_when_it_trains():
+    rules, reading_rules = RaceRules(user_tolerance=0.05, min_drop=0.02), ReadingRules()
+    won = judge_around_user(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.40, 1.6e-3: 0.45}, 5e-4), rules,
+                            reading_rules)
+    assert won[0] is Status.PASS and "yours 0.0005 trains as well as the best raced" in won[1]
+    assert "could not read the curve (the loss never fell by 10%" in won[1]
+    close = judge_around_user(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.41, 1.6e-3: 0.40}, 1.6e-3), rules,
+                              reading_rules)
+    assert close[0] is Status.PASS and "trains as well" in close[1] and "suggested 0.0016" in close[1]
+    # beaten clearly but it trains (0.55 < 0.70 - 2%): a 48-step race on a plateau is weak evidence, no warning
+    beaten = judge_around_user(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.55, 1.6e-3: 0.40}, 1.6e-3), rules,
+                               reading_rules)
+    assert beaten[0] is Status.PASS and "trained 0.0016 better than yours 0.0005" in beaten[1] and beaten[2] == ()
+
+
+def test_a_race_around_your_lr_warns_only_when_yours_did_not_train_while_another_did():
+    rules, reading_rules = RaceRules(user_tolerance=0.05, min_drop=0.02), ReadingRules()
+    stuck = judge_around_user(_unread(user=1e-7), _race_around({3e-8: 0.70, 1e-7: 0.695, 3e-7: 0.60}, 3e-7,
+                                                                user=1e-7), rules, reading_rules)
+    assert stuck[0] is Status.WARN and "did not train (held-out loss 0.695 after 48 steps" in stuck[1] and "0.6" in stuck[1]
+    assert stuck[2] and "3e-07" in stuck[2][0]
+    # a plateau: yours did not train in 48 steps but did when trained 4x longer (the race's "longer" entry)
+    race = _race_around({1.6e-4: 0.69, 5e-4: 0.69, 1.6e-3: 0.11}, 1.6e-3)
+    later = dataclasses.replace(race, entries=race.entries + (RaceEntry(5e-4, 0.003, "longer", steps=192),))
+    status, summary, _ = judge_around_user(_unread(), later, rules, reading_rules)
+    assert status is Status.PASS and "yours 0.0005 trains, later than 0.0016" in summary and "after 192" in summary
+    never = dataclasses.replace(race, entries=race.entries + (RaceEntry(5e-4, 0.69, "longer", steps=192),))
+    status, summary, _ = judge_around_user(_unread(), never, rules, reading_rules)
+    assert status is Status.WARN and "0.69 after 192" in summary
+    blew_up = judge_around_user(_unread(user=1.0), _race_around({0.3: 0.50, 1.0: None}, 0.3, user=1.0), rules,
+                                reading_rules)
+    assert blew_up[0] is Status.WARN and "yours 1 diverged" in blew_up[1]
+    above = judge_around_user(_unread(user=10.0), _race_around({0.6: 0.5, 1.9: 0.55}, 0.6, user=10.0), rules,
+                              reading_rules)
+    assert above[0] is Status.FAIL and "above the point where the loss diverged (3.94)" in above[1]
+
+
+def test_with_race_around_your_lr_suggests_the_winner_or_keeps_the_skip():
+    rules, reading_rules = RaceRules(), ReadingRules()
+    out = with_race(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.40, 1.6e-3: 0.45}, 5e-4), rules, reading_rules)
+    assert out.status is Status.PASS and out.suggested_lr == 5e-4 and out.range_lr is None and out.lr_low is None
+    flat = dataclasses.replace(_race_around({1.6e-4: 0.70, 5e-4: 0.69, 1.6e-3: 0.70}, None),
+                               reason="no raced LR brought the held-out loss 2% below its start 0.7 (best 0.69)")
+    out = with_race(_unread(), flat, rules, reading_rules)
+    assert out.status is Status.SKIP and out.suggested_lr is None
+    assert "the sweep supports no LR suggestion" in out.summary and "no raced LR brought" in out.summary
+
+
 # -- the check, on real models ----------------------------------------------------------------------------------
 def check(options=None, **fields):
     return babysitter.check(**fields, select=["lr_range"], options={"lr_range": {**FAST, **(options or {})}})["lr_range"]
@@ -218,3 +305,23 @@ def test_the_race_leaves_the_model_as_it_was_found():
     assert result.metrics["race_steps"] > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and model.training
+
+
+# -- a curve the range test cannot read: the corpus's BERT, whose loss falls only after ~50-100 steps at any LR ----
+def _bert(lr):
+    pytest.importorskip("transformers")
+    import corpus.transformers_models as tm
+
+    return tm.bert(0, lr=lr)
+
+
+def test_a_plateau_is_raced_around_your_lr_instead_of_skipped():
+    result = babysitter.check(**_bert(5e-4), select=["lr_range"], device="cpu")["lr_range"]
+    assert result.status == "pass" and "the range test could not read the curve" in result.summary
+    assert "a race around your LR" in result.summary and result.metrics["suggested_lr"] is not None
+    assert result.metrics["range_lr"] is None  # the range test alone still gives no suggestion
+
+
+def test_a_plateau_with_an_lr_far_too_low_still_warns():
+    result = babysitter.check(**_bert(1e-7), select=["lr_range"], device="cpu")["lr_range"]
+    assert result.status in ("warn", "fail") and "1e-07" in result.summary, result.summary

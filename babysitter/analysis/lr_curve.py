@@ -323,6 +323,11 @@ class RaceRules:
     no_curve: tuple[float, float] = (1000.0, 3.0)
     #: decades between the coarse LRs of a race over a wide span (no curve, or a multiplier's usual range)
     wide_spacing: float = 1.0
+    #: a curve with no suggestion is raced around the user's LR: it and this many LRs ``spacing`` decades either side
+    user_neighbours: int = 1
+    #: ... and your LR, when it did not train there while another did, is trained this many times the race's steps
+    #: before a warning (a plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 and 96)
+    user_longer: float = 4.0
     #: a candidate whose training loss exceeds this multiple of its first loss stops (it diverged)
     diverge_factor: float = SweepSettings.diverge_factor
 
@@ -334,7 +339,7 @@ class RaceEntry:
 
     lr: float
     loss: Optional[float]
-    round: str  # "coarse", "fine" or "yours"
+    round: str  # "coarse", "fine", "yours" or "longer" (your LR trained longer, in a race around it)
     train_loss: Optional[float] = None  # the mean training loss over the last steps
     steps: int = 0
     mid_loss: Optional[float] = None  # the held-out loss half-way through its steps
@@ -354,6 +359,7 @@ class LrRace:
     bounds: tuple[float, ...] = ()  # (lowest, highest) LR the race may try
     start_loss: Optional[float] = None  # the held-out loss at the user's state
     reason: str = ""  # why the race has no winner, when it ran
+    around: Optional[float] = None  # the user's LR, when the race was around it (the curve gave no suggestion)
 
 
 def race_score(mid: Optional[float], end: Optional[float], rules: RaceRules) -> Optional[float]:
@@ -377,13 +383,16 @@ def race_bounds(reading: LrReading, rules: RaceRules,
     """(lowest, highest, wide) LR the race may try. From the range's low end to ``above_top`` times its top (a
     range test's top is where a 5-step-per-LR sweep turned up, conservative for a run at one LR), never past half
     the divergence point. For an optimizer whose ``lr`` is a multiplier, its usual range instead, raced wide; for a
-    curve with no suggestion whose sweep diverged, ``no_curve`` below the divergence point, raced wide. None when
-    there is nothing to race over."""
+    curve with no suggestion, the span of the race around the user's LR (``user_candidates``), or without a user LR,
+    ``no_curve`` below the divergence point, raced wide. None when there is nothing to race over."""
     cap = (reading.diverged_at or math.inf) / rules.below_divergence
     if multiplier is not None:
         return multiplier[0], min(multiplier[1], max(cap, multiplier[0])), True
     if reading.suggested_lr is not None and reading.lr_low and reading.lr_high:
         return reading.lr_low, max(min(rules.above_top * reading.lr_high, cap), reading.lr_high), False
+    if around_user(reading, rules):
+        lrs = user_candidates(reading, rules)
+        return min(lrs), max(lrs), False
     if reading.diverged_at is not None and reading.analyses and not _from_start(reading, rules):
         return reading.diverged_at / rules.no_curve[0], reading.diverged_at / rules.no_curve[1], True
     return None
@@ -392,6 +401,32 @@ def race_bounds(reading: LrReading, rules: RaceRules,
 def _from_start(reading: LrReading, rules: RaceRules) -> bool:
     """The sweep diverged from its start (no LR trained): there is nothing to race."""
     return reading.status is Status.WARN or all(a.diverged_at and len(a.smoothed) < 8 for a in reading.analyses)
+
+
+def around_user(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]] = None) -> bool:
+    """A curve with no suggestion (the loss needs more steps than the sweep gives each LR), from a sweep that did not
+    diverge from its start, is raced around the user's LR: the user chose it knowing the model, a prior worth more
+    than a span below the divergence point. Not for an optimizer whose lr is a multiplier (its usual range)."""
+    user = reading.user_lr
+    return (multiplier is None and reading.suggested_lr is None and user is not None and user > 0
+            and bool(reading.analyses) and not _from_start(reading, rules))
+
+
+def user_candidates(reading: LrReading, rules: RaceRules) -> tuple[float, ...]:
+    """The race around the user's LR: it and ``rules.user_neighbours`` LRs ``rules.spacing`` decades either side,
+    none above half the divergence point (an LR above it is replaced by that cap, and raced apart); a sweep that
+    diverged adds the wide round's LRs (the divergence point / ``no_curve``) more than half a spacing from those,
+    since the user's LR is a prior, not a certainty. Sorted, lowest first."""
+    cap = (reading.diverged_at or math.inf) / rules.below_divergence
+    center, n = min(reading.user_lr, cap), max(rules.user_neighbours, 0)
+    near = [center * 10 ** (rules.spacing * k) for k in range(-n, n + 1)]
+    near = [lr for lr in near if lr <= cap * 1.001]
+    wide: tuple[float, ...] = ()
+    if reading.diverged_at is not None:
+        wide = wide_candidates((reading.diverged_at / rules.no_curve[0], reading.diverged_at / rules.no_curve[1]),
+                               rules)
+    far = [lr for lr in wide if all(abs(math.log10(lr / x)) >= rules.spacing / 2 for x in near)]
+    return tuple(sorted(near + far))
 
 
 def race_candidates(center: float, bounds: tuple[float, float], rules: RaceRules) -> tuple[float, ...]:
@@ -421,12 +456,15 @@ def wide_candidates(bounds: tuple[float, float], rules: RaceRules) -> tuple[floa
 
 def coarse_candidates(reading: LrReading, rules: RaceRules,
                       multiplier: Optional[tuple[float, float]] = None) -> tuple[float, ...]:
-    """The coarse round: around the range test's suggestion (``race_candidates``), or spread over a wide span
-    (``wide_candidates``: a multiplier's usual range, or below the divergence point of a curve with no
-    suggestion). Nothing when the race is off or has nothing to race over."""
+    """The coarse round: around the range test's suggestion (``race_candidates``), around the user's LR for a curve
+    with no suggestion (``user_candidates``), or spread over a wide span (``wide_candidates``: a multiplier's usual
+    range, or below the divergence point when there is no user LR). Nothing when the race is off or has nothing to
+    race over."""
     bounds = race_bounds(reading, rules, multiplier)
     if bounds is None or rules.candidates <= 0:
         return ()
+    if around_user(reading, rules, multiplier):
+        return user_candidates(reading, rules)
     if bounds[2]:
         return wide_candidates(bounds, rules)
     return race_candidates(reading.suggested_lr, bounds, rules)
@@ -461,7 +499,7 @@ def race_winner(entries, rules: RaceRules, start_loss: Optional[float] = None) -
     ``rules.reorder_within`` of the best (the user's own LR never wins). None when every candidate diverged, or
     when the best held-out loss is not ``rules.min_drop`` below ``start_loss`` (the loss at the user's state): a
     race where nothing trained supports no suggestion."""
-    ok = [e for e in entries if e.score is not None and e.round != "yours"]
+    ok = [e for e in entries if e.score is not None and e.round in ("coarse", "fine")]
     if not ok:
         return None
     best = min(e.loss for e in ok)
@@ -519,12 +557,88 @@ def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_
                               f"{best.loss:.4g} at {fmt_lr(winner)}"), advice
 
 
+def trained(entry: Optional[RaceEntry], start_loss: Optional[float], rules: RaceRules) -> bool:
+    """The raced LR brought the held-out loss ``rules.min_drop`` below its value at the user's state (the rule a
+    winner must meet); one that diverged did not."""
+    if entry is None or entry.loss is None:
+        return False
+    return start_loss is None or entry.loss <= start_loss - rules.min_drop * abs(start_loss)
+
+
+def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
+                      reading_rules: ReadingRules) -> tuple[Status, str, tuple[str, ...]]:
+    """The user's LR by a race around it, when the range test could not read the curve and the race has a winner.
+    Above the divergence point: a fail, as with a curve. The user's LR that won or came within
+    ``rules.user_tolerance`` of the winner's held-out loss passes; one beaten clearly passes too, with the winner as
+    the suggestion (a short race on a plateau is weak evidence against an LR that trains), unless it diverged or did
+    not train at all (``trained``) while the winner did: a warning naming both."""
+    user, winner, diverged = reading.user_lr, race.winner, reading.diverged_at
+    u, w = fmt_lr(user), fmt_lr(winner)
+    head = f"the range test could not read the curve ({reading.reason})"
+    if diverged is not None and user > reading_rules.fail_above * diverged:
+        return (Status.FAIL, f"your LR {u} is above the point where the loss diverged ({fmt_lr(diverged)}); {head}; "
+                             f"a race below it suggests {w}",
+                (f"Lower the LR to about {w}: at {u} the loss diverges.",))
+    yours, best = _entry(race, user), _entry(race, winner, ("coarse", "fine"))
+    if yours is None or best is None:
+        return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
+    after = f"after {best.steps} steps{_start(race)}"
+    if yours.loss is not None and yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
+        best_is = "yours is the best raced" if yours is best else f"the best raced {w} reached {best.loss:.4g}"
+        return (Status.PASS, f"{head}; a race around your LR: yours {u} trains as well as the best raced (held-out "
+                             f"loss {yours.loss:.4g}, {best_is}, {after}); suggested {w}", ())
+    if not trained(yours, race.start_loss, rules):
+        return _untrained(reading, race, yours, best, head, rules)
+    return (Status.PASS, f"{head}; a race around your LR trained {w} better than yours {u} (held-out loss "
+                         f"{best.loss:.4g} vs {yours.loss:.4g} {after}); suggested {w}", ())
+
+
+def _untrained(reading: LrReading, race: LrRace, yours: RaceEntry, best: RaceEntry, head: str,
+               rules: RaceRules) -> tuple[Status, str, tuple[str, ...]]:
+    """The user's LR did not train in the race around it while the winner did: a warning, unless it trained when
+    given ``user_longer`` times the steps (the race's "longer" entry: a plateau it leaves later)."""
+    u, w = fmt_lr(reading.user_lr), fmt_lr(race.winner)
+    longer = _entry(race, reading.user_lr, ("longer",))
+    if yours.loss is not None and longer is not None and trained(longer, race.start_loss, rules):
+        return (Status.PASS, f"{head}; a race around your LR: yours {u} trains, later than {w} (held-out loss "
+                             f"{yours.loss:.4g} after {yours.steps} steps, {longer.loss:.4g} after {longer.steps}{_start(race)}; "
+                             f"{w}: {best.loss:.4g} after {best.steps}); suggested {w}", ())
+    what = "diverged" if yours.loss is None else f"did not train (held-out loss {yours.loss:.4g} after {yours.steps} " \
+        f"steps{_longer_words(longer)}{_start(race)})"
+    return (Status.WARN, f"{head}; in a race around your LR, yours {u} {what} while {w} brought the held-out loss to "
+                         f"{best.loss:.4g} in {best.steps} steps",
+            (f"Try an LR near {w}: at {u} the held-out loss did not fall.",))
+
+
+def _start(race: LrRace) -> str:
+    return f", from {race.start_loss:.4g}" if race.start_loss is not None else ""
+
+
+def _longer_words(longer: Optional[RaceEntry]) -> str:
+    if longer is None:
+        return ""
+    return f", {longer.loss:.4g} after {longer.steps}" if longer.loss is not None else \
+        f", diverged when trained {longer.steps}"
+
+
+def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules) -> LrReading:
+    """The reading of a curve with no suggestion after a race around the user's LR: its verdict and the winner as
+    the suggestion, or, without a winner, the range test's skip with the race's reason added."""
+    if race.winner is None:
+        lrs = ", ".join(fmt_lr(e.lr) for e in race.entries)
+        return dataclasses.replace(out, summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}")
+    status, summary, advice = judge_around_user(out, race, rules, reading_rules)
+    return dataclasses.replace(out, suggested_lr=race.winner, status=status, summary=summary, advice=advice)
+
+
 def with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules,
               multiplier: Optional[tuple[float, float]] = None) -> LrReading:
     """The reading with the race's winner as its suggestion (the range test's own kept as ``range_lr``), the range
     with the race (``race_range``) and the user's LR judged with it (``judge_with_race``). Without a winner, the
     range test's reading stands."""
     out = dataclasses.replace(reading, race=race, range_lr=reading.suggested_lr)
+    if race.entries and around_user(reading, rules, multiplier):
+        return _around_user_reading(out, race, rules, reading_rules)
     if race.winner is None:
         return out
     status, summary, advice = judge_with_race(reading, race, rules, reading_rules, multiplier)

@@ -7,6 +7,7 @@ given to ``lr_range``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, TYPE_CHECKING
 
@@ -72,8 +73,16 @@ class LrRange(Check):
     from the race's second half to {race_horizon:g}x its steps (a longer run favours the LR whose loss still falls),
     among those within {reorder_within:.0%} of the best held-out loss; the winner must have brought that loss
     {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
-    range_lr either way). A curve with no suggestion whose sweep diverged is raced over the divergence point /
-    {no_curve_low:g} to / {no_curve_high:g}, about a decade apart; an optimizer whose lr is a multiplier of a
+    range_lr either way). A curve with no suggestion (a loss that needs more steps than the sweep gives each LR),
+    from a sweep that did not diverge from its start, is raced around the user's LR: it and {race_user_neighbours}
+    LR(s) race_spacing decades either side (none past half the divergence point), with, when the sweep diverged,
+    LRs about a decade apart from the divergence point / {no_curve_low:g} to / {no_curve_high:g}. The user's LR then
+    passes when it won or came within {race_user_tolerance:.0%} of the winner's held-out loss, and when beaten
+    clearly (the winner suggested: {race_steps} steps on a plateau are weak evidence against an LR that trains); it
+    warns only when it diverged or did not bring the held-out loss {race_min_drop:.0%} below its start while the
+    winner did (and, for a loss that only did not fall, still did not when trained {race_user_longer:g}x the race's
+    steps), and fails above the divergence point; a race where nothing trained leaves the skip. Without a user
+    LR, a sweep that diverged is raced over that wide span alone. An optimizer whose lr is a multiplier of a
     unit-correcting update (Adadelta: 0.1 to 10; torch's Adafactor: 1e-3 to 0.1) over that usual range, which the
     good range then includes. A race winner above the range's top raises the top to it. The user's LR fails above
     the divergence point (times {fail_above:g}) or more than {fail_below_x:g}x below the range's low end, warns
@@ -160,8 +169,18 @@ class LrRange(Check):
     race_min_drop: float = threshold(RACE.min_drop, "the race suggests an LR only when its held-out loss fell this "
                                                     "fraction below the loss at your state")
     race_user_tolerance: float = threshold(RACE.user_tolerance,
-                                           "your LR, outside the range, passes when the race trained it to a "
-                                           "held-out loss within this fraction of the winner's")
+                                           "your LR, outside the range (or raced when the curve gave no range), "
+                                           "passes when the race trained it to a held-out loss within this fraction "
+                                           "of the winner's")
+    race_user_neighbours: int = threshold(RACE.user_neighbours,
+                                          "a curve with no suggestion is raced around your LR: it and this many LRs "
+                                          "race_spacing decades either side (your LR is a prior the sweep could not "
+                                          "confirm or refute)")
+    race_user_longer: float = threshold(RACE.user_longer,
+                                        "in that race, your LR, when its held-out loss did not fall while another "
+                                        "LR's did, is trained this many times race_steps before a warning (a "
+                                        "plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 "
+                                        "and 96); 1: no longer run")
 
     def measure(self, session: "Session") -> SweepMeasured:
         sweep = session.evidence("lr_sweep")
@@ -200,7 +219,7 @@ class LrRange(Check):
         if len(scales) > 1:
             notes.append(f"{len(scales)} parameter groups were scaled together (ratios "
                          f"{', '.join(fmt_lr(s) for s in scales)}); LRs are the first group's.")
-        if measured.reading.reason and measured.reading.suggested_lr is not None:
+        if measured.reading.reason and any(a.suggestion is not None for a in measured.reading.analyses):
             notes.append(f"some repeats supported no suggestion: {measured.reading.reason}")
         if measured.step:
             notes.append(f"each sweep step was your step: {', '.join(measured.step)}")
@@ -240,12 +259,18 @@ class LrRange(Check):
         if race.skipped or race.winner is None:
             why = race.skipped or "every raced LR diverged"
             return (f"no race: {why}; the suggestion is the range test's",)
-        trained = [e for e in race.entries if e.round != "yours"]
-        return (f"the suggestion {fmt_lr(race.winner)} won a race of {len(trained)} LRs (coarse, then around the "
-                f"winner), each trained {trained[0].steps if trained else 0} steps from your state and compared on "
-                f"{race.held_out} held-out batches ({race.steps} steps, {race.seconds:.1f}s); "
-                + (f"the range test alone suggested {fmt_lr(v.range_lr)}" if v.range_lr else
-                   "the range test alone gave no suggestion"),)
+        trained = [e for e in race.entries if e.round in ("coarse", "fine")]
+        where = "around your LR" if race.around else "coarse"
+        notes = [f"the suggestion {fmt_lr(race.winner)} won a race of {len(trained)} LRs ({where}, then around the "
+                 f"winner), each trained {trained[0].steps if trained else 0} steps from your state and compared on "
+                 f"{race.held_out} held-out batches ({race.steps} steps, {race.seconds:.1f}s); "
+                 + (f"the range test alone suggested {fmt_lr(v.range_lr)}" if v.range_lr else
+                    "the range test alone gave no suggestion")]
+        if race.around and v.status is Status.PASS and abs(math.log10(race.winner / race.around)) > 0.02:
+            notes.append(f"the race trained {fmt_lr(race.winner)} better than your {fmt_lr(race.around)} in "
+                         f"{trained[0].steps if trained else 0} steps, but your LR trains: a short race on a loss that "
+                         f"falls slowly is weak evidence; worth trying {fmt_lr(race.winner)} beside yours")
+        return tuple(notes)
 
     @staticmethod
     def _cut_at_divergence(v: LrReading) -> str:

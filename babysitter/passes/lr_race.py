@@ -11,14 +11,15 @@ which wins are the pure rules of ``babysitter.analysis.lr_curve``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from typing import Optional
 
 import torch
 
-from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, coarse_candidates, race_bounds,
-                                 race_score, race_winner, refine_candidates)
+from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, coarse_candidates,
+                                 race_bounds, race_score, race_winner, refine_candidates, trained)
 from ..analysis.status import Status
 from ..optim import group_scales, lr_multiplier_range, set_lr
 from .stepper import Stepper
@@ -80,11 +81,13 @@ def run_candidate(session, lr: float, rules: RaceRules, train: list[int], held: 
                      mid_loss=mid, score=race_score(mid, end, rules))
 
 
-def _race_user(reading: LrReading, entries, multiplier) -> bool:
-    """Race the user's own LR too when the range test warns about it (or, for a multiplier optimizer, could not
-    read it) and it was not raced already: the race can confirm that it trains."""
+def _race_user(reading: LrReading, entries, multiplier, rules: RaceRules) -> bool:
+    """Race the user's own LR too when the range test warns about it (or could not read the curve: a multiplier
+    optimizer, or a race around the user's LR that capped it below the divergence point) and it was not raced
+    already: the race can confirm that it trains."""
     user = reading.user_lr
-    if not user or user <= 0 or not (reading.status is Status.WARN or (multiplier and reading.status is Status.SKIP)):
+    unread = reading.status is Status.SKIP and (multiplier or around_user(reading, rules, multiplier))
+    if not user or user <= 0 or not (reading.status is Status.WARN or unread):
         return False
     return not any(abs(math.log10(user / e.lr)) < 0.02 for e in entries)
 
@@ -102,9 +105,9 @@ def _why_no_race(sweep: LrSweep, rules: RaceRules, bounds, split) -> str:
 
 
 def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = RaceRules()) -> LrRace:
-    """The coarse round (``race_candidates`` around the range test's suggestion, or spread over a wide span), the
-    fine round around its winner, and the user's LR when the range test warns about it (or, for a multiplier
-    optimizer, cannot read it); the winner is the suggestion."""
+    """The coarse round (``race_candidates`` around the range test's suggestion, around the user's LR when the curve
+    gave none, or spread over a wide span), the fine round around its winner, and the user's LR when the range test
+    warns about it (or cannot read it and did not race it); the winner is the suggestion."""
     t0 = time.perf_counter()
     multiplier = lr_multiplier_range(session.make_optimizer())
     bounds = race_bounds(reading, rules, multiplier)
@@ -119,13 +122,29 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
                for lr in coarse_candidates(reading, rules, multiplier)]
     entries += [run_candidate(session, lr, rules, train, held, "fine")
                 for lr in refine_candidates(entries, bounds, rules)]
-    if _race_user(reading, entries, multiplier):
+    if _race_user(reading, entries, multiplier, rules):
         entries.append(run_candidate(session, reading.user_lr, rules, train, held, "yours"))
-    session.reset()
     winner = race_winner(entries, rules, start)
+    entries += _longer(session, reading, entries, winner, start, rules, (train, held), multiplier)
+    session.reset()
     return LrRace(entries=tuple(entries), winner=winner, steps=sum(e.steps for e in entries),
                   seconds=time.perf_counter() - t0, held_out=len(held), bounds=bounds[:2], start_loss=start,
-                  reason="" if winner else _no_winner(entries, start, rules))
+                  reason="" if winner else _no_winner(entries, start, rules),
+                  around=reading.user_lr if around_user(reading, rules, multiplier) else None)
+
+
+def _longer(session, reading: LrReading, entries, winner, start, rules: RaceRules, split, multiplier) -> list:
+    """In a race around the user's LR, the user's LR trained ``rules.user_longer`` times the race's steps when it did
+    not train in the race while the winner did (a plateau it may leave later); the verdict warns only if it still
+    does not train."""
+    user = reading.user_lr
+    if winner is None or rules.user_longer <= 1 or not around_user(reading, rules, multiplier):
+        return []
+    yours = next((e for e in entries if abs(math.log10(user / e.lr)) < 0.02), None)
+    if yours is None or yours.loss is None or trained(yours, start, rules) or abs(math.log10(winner / user)) < 0.02:
+        return []
+    longer = dataclasses.replace(rules, steps=int(round(rules.steps * rules.user_longer)))
+    return [run_candidate(session, user, longer, *split, "longer")]
 
 
 def _no_winner(entries, start: Optional[float], rules: RaceRules) -> str:
