@@ -12,19 +12,9 @@ from rich.console import Console
 from babysitter import config
 from babysitter.cli import main
 from babysitter.errors import ExitCode, UsageError
+import target_sources
 
-GOOD = """
-import torch
-from torch import nn
-
-def babysit():
-    torch.manual_seed(0)
-    x = torch.randn(256, 10)
-    y = (x[:, 0] > 0).long()
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
-    return dict(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
-                optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
-"""
+GOOD = target_sources.HEALTHY
 
 
 def write(path: Path, text: str) -> Path:

@@ -11,21 +11,11 @@ import pytest
 
 from babysitter.report import CheckResult, Report
 from babysitter.testing import UnhealthyReport, assert_healthy
+import target_sources
 
 pytest_plugins = ["pytester"]
 
-HEALTHY = """
-import torch
-from torch import nn
-
-def babysit():
-    torch.manual_seed(0)
-    x = torch.randn(256, 10)
-    y = (x[:, 0] > 0).long()
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
-    return dict(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(),
-                optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
-"""
+HEALTHY = target_sources.HEALTHY
 #: the same model fed a feature in the thousands: input_scale fails, and initial_loss too (the logits are huge)
 FAULTY = HEALTHY.replace("x = torch.randn(256, 10)", "x = torch.randn(256, 10)\n    x[:, 3] *= 1000")
 #: a final layer 12x too large: initial_loss warns
