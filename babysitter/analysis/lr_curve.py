@@ -584,7 +584,7 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
         return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
     if yours.loss is not None and yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
-        best_is = "yours is the best raced" if yours is best else f"the best raced {w} reached {best.loss:.4g}"
+        best_is = "yours is the winner" if yours is best else f"the winner {w} reached {best.loss:.4g}"
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains as well as the best raced (held-out "
                              f"loss {yours.loss:.4g}, {best_is}, {after}); suggested {w}", ())
     if not trained(yours, race.start_loss, rules):
