@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the corpus package, before this folder's corpus.py script
 sys.path.insert(0, str(ROOT / "tests"))
 
 import babysitter  # noqa: E402
