@@ -264,3 +264,15 @@ def test_background_two_warm_workers_share_the_jobs_and_do_each_once(monkeypatch
     assert len(workers) == 2 and os.getpid() not in workers
     assert len(list(tmp_path.glob("warm.*"))) == 1  # warmed once, before the sibling was forked
     assert len(list(tmp_path.iterdir())) == 13
+
+
+@fork_only
+def test_a_worker_whose_owner_is_gone_leaves_instead_of_waiting_for_ever(tmp_path):
+    import subprocess
+    import time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    start = time.monotonic()
+    parallel._work(str(tmp_path), lambda x: x, owner=gone.pid)  # no end mark, no job: only the owner's death ends it
+    assert time.monotonic() - start < 5

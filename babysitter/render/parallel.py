@@ -175,7 +175,7 @@ class Background:
             self.failed = True
             return False
         if pid == 0:
-            _serve_jobs(self.folder, self.fn, self.warm, self.workers - 1)  # never returns
+            _serve_jobs(self.folder, self.fn, self.warm, self.workers - 1, owner=os.getppid())  # never returns
         self.pid = pid
         return True
 
@@ -259,7 +259,7 @@ def claim(path: str) -> bool:
         return False
 
 
-def _serve_jobs(folder: str, fn: Callable, warm: Optional[Callable], siblings: int) -> None:
+def _serve_jobs(folder: str, fn: Callable, warm: Optional[Callable], siblings: int, owner: int) -> None:
     """A background worker's whole life: warm up, fork ``siblings`` more (they share the warm imports), then claim
     and compute jobs until the folder holds an ``end`` mark and no job is left; the first worker waits for its
     siblings, and each leaves with ``os._exit``. Ctrl-C is the parent's to handle (the workers run in a group of
@@ -278,7 +278,7 @@ def _serve_jobs(folder: str, fn: Callable, warm: Optional[Callable], siblings: i
                 kids, siblings = [], 0
                 break
             kids.append(pid)
-        _work(folder, fn)
+        _work(folder, fn, owner)
         code = 0
     except BaseException:  # noqa: B036 - whatever it did not finish, the parent computes
         pass
@@ -286,11 +286,14 @@ def _serve_jobs(folder: str, fn: Callable, warm: Optional[Callable], siblings: i
         for pid in kids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        if kids and not _alive(owner):  # the first worker, its owner killed: nobody else will remove the folder
+            shutil.rmtree(folder, ignore_errors=True)
         os._exit(code)
 
 
-def _work(folder: str, fn: Callable) -> None:
-    """Claim and compute the folder's jobs, lowest number first, until the end mark and no job left unclaimed."""
+def _work(folder: str, fn: Callable, owner: int) -> None:
+    """Claim and compute the folder's jobs, lowest number first, until the end mark and no job left unclaimed, or
+    until the process that started the workers (``owner``) is gone (killed before it could end them)."""
     while True:
         ending = os.path.exists(os.path.join(folder, "end"))
         jobs = sorted(int(name[:-4]) for name in os.listdir(folder) if name.endswith(".job"))
@@ -307,6 +310,16 @@ def _work(folder: str, fn: Callable) -> None:
             took = True
             break  # look again from the lowest: newer jobs may have come
         if not took:
-            if ending:
+            if ending or not _alive(owner):
                 return
             time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's: not ours, but alive
+        return True
