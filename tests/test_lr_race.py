@@ -208,7 +208,7 @@ def test_a_race_around_your_lr_passes_it_when_it_trains():
     assert "could not read the curve (the loss never fell by 10%" in won[1]
     close = judge_around_user(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.41, 1.6e-3: 0.40}, 1.6e-3), rules,
                               reading_rules)
-    assert close[0] is Status.PASS and "trains as well" in close[1] and "suggested 0.0016" in close[1]
+    assert close[0] is Status.PASS and "trains as well" in close[1] and "suggested: yours, 0.0005" in close[1]
     # beaten clearly but it trains (0.55 < 0.70 - 2%): a 48-step race on a plateau is weak evidence, no warning
     beaten = judge_around_user(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.55, 1.6e-3: 0.40}, 1.6e-3), rules,
                                reading_rules)
@@ -241,6 +241,11 @@ def test_with_race_around_your_lr_suggests_the_winner_or_keeps_the_skip():
     rules, reading_rules = RaceRules(), ReadingRules()
     out = with_race(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.40, 1.6e-3: 0.45}, 5e-4), rules, reading_rules)
     assert out.status is Status.PASS and out.suggested_lr == 5e-4 and out.range_lr is None and out.lr_low is None
+    # a winner 3x away whose held-out loss yours matches within 5%: yours stays the suggestion
+    close = with_race(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.41, 1.6e-3: 0.40}, 1.6e-3), rules, reading_rules)
+    assert close.status is Status.PASS and close.suggested_lr == 5e-4
+    beaten = with_race(_unread(), _race_around({1.6e-4: 0.60, 5e-4: 0.55, 1.6e-3: 0.40}, 1.6e-3), rules, reading_rules)
+    assert beaten.status is Status.PASS and beaten.suggested_lr == 1.6e-3
     flat = dataclasses.replace(_race_around({1.6e-4: 0.70, 5e-4: 0.69, 1.6e-3: 0.70}, None),
                                reason="no raced LR brought the held-out loss 2% below its start 0.7 (best 0.69)")
     out = with_race(_unread(), flat, rules, reading_rules)

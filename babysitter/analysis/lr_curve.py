@@ -542,7 +542,8 @@ def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_
         return (reading.status, f"{reading.summary}; a race of {len(race.entries)} LRs below the divergence point "
                                 f"suggests {fmt_lr(winner)}", reading.advice)
     low, high = rng
-    judged_by = reading_rules if reading.suggested_lr is not None else dataclasses.replace(reading_rules, fail_below=0.0)
+    judged_by = reading_rules if reading.suggested_lr is not None else \
+        dataclasses.replace(reading_rules, fail_below=0.0)
     status, summary, advice = judge_user_lr(user, winner, low, high, reading.diverged_at, judged_by,
                                             reading.open_top and multiplier is None and high == reading.lr_high)
     yours, best = _entry(race, user), _entry(race, winner, ("coarse", "fine"))
@@ -583,14 +584,20 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
     if yours is None or best is None:
         return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
-    if yours.loss is not None and yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
+    if as_good(yours, best, rules):  # then yours is the suggestion: a short race's winner is no reason to move
         best_is = "yours is the winner" if yours is best else f"the winner {w} reached {best.loss:.4g}"
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains as well as the best raced (held-out "
-                             f"loss {yours.loss:.4g}, {best_is}, {after}); suggested {w}", ())
+                             f"loss {yours.loss:.4g}, {best_is}, {after}); suggested: yours, {u}", ())
     if not trained(yours, race.start_loss, rules):
         return _untrained(reading, race, yours, best, head, rules)
     return (Status.PASS, f"{head}; a race around your LR trained {w} better than yours {u} (held-out loss "
                          f"{best.loss:.4g} vs {yours.loss:.4g} {after}); suggested {w}", ())
+
+
+def as_good(yours: Optional[RaceEntry], best: Optional[RaceEntry], rules: RaceRules) -> bool:
+    """Whether the user's raced LR reached the winner's held-out loss within ``rules.user_tolerance``."""
+    return yours is not None and best is not None and yours.loss is not None and best.loss is not None and \
+        yours.loss <= best.loss + rules.user_tolerance * abs(best.loss)
 
 
 def _untrained(reading: LrReading, race: LrRace, yours: RaceEntry, best: RaceEntry, head: str,
@@ -601,7 +608,8 @@ def _untrained(reading: LrReading, race: LrRace, yours: RaceEntry, best: RaceEnt
     longer = _entry(race, reading.user_lr, ("longer",))
     if yours.loss is not None and longer is not None and trained(longer, race.start_loss, rules):
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains, later than {w} (held-out loss "
-                             f"{yours.loss:.4g} after {yours.steps} steps, {longer.loss:.4g} after {longer.steps}{_start(race)}; "
+                             f"{yours.loss:.4g} after {yours.steps} steps, {longer.loss:.4g} after {longer.steps}"
+                             f"{_start(race)}; "
                              f"{w}: {best.loss:.4g} after {best.steps}); suggested {w}", ())
     what = "diverged" if yours.loss is None else f"did not train (held-out loss {yours.loss:.4g} after {yours.steps} " \
         f"steps{_longer_words(longer)}{_start(race)})"
@@ -628,7 +636,10 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
         lrs = ", ".join(fmt_lr(e.lr) for e in race.entries)
         return dataclasses.replace(out, summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}")
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
-    return dataclasses.replace(out, suggested_lr=race.winner, status=status, summary=summary, advice=advice)
+    keep = status is Status.PASS and as_good(_entry(race, out.user_lr), _entry(race, race.winner, ("coarse", "fine")),
+                                             rules)
+    return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.winner, status=status,
+                               summary=summary, advice=advice)
 
 
 def with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules,
