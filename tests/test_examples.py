@@ -22,7 +22,7 @@ def _readme_statuses(target: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("name, select", [
     ("my_model", None),  # the whole checklist: a second or two on 2 cores
-    ("faulty_model", ["initial_loss", "saturation", "input_scale", "param_updates", "nonfinite"]),
+    ("faulty_model", None),  # the whole checklist too: its overfit probe stops early on a loss that cannot fall
 ])
 def test_the_readme_shows_what_the_example_gives(name, select):
     shown = _readme_statuses(name)
