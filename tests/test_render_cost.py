@@ -124,14 +124,15 @@ def test_a_failing_child_leaves_the_work_to_this_process(monkeypatch):
         return x * x
 
     children = []
-    start = parallel._Child.start.__func__
+    start = parallel.Background.start
 
-    def recorded(cls, fn, items):
-        child = start(cls, fn, items)
-        children.append(child.pid)
-        return child
+    def recorded(self):
+        started = start(self)
+        if self.pid not in children:
+            children.append(self.pid)
+        return started
 
-    monkeypatch.setattr(parallel._Child, "start", classmethod(recorded))
+    monkeypatch.setattr(parallel.Background, "start", recorded)
     assert parallel.split_map(square, range(9)) == [x * x for x in range(9)]
     assert len(children) == 1
     with pytest.raises(ChildProcessError):

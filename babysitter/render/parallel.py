@@ -1,10 +1,10 @@
-"""Drawing a report's figures on two cores: half of them in a forked child while this process draws the rest.
+"""Drawing a report's figures on two cores: forked workers (:class:`Background`) draw while this process goes on.
 
-Drawing is matplotlib's Python, one core's work, and the report is written after the checks, when torch has
-left the machine's other cores idle. A fork (Linux only) starts at once with matplotlib already imported; the
-child draws, sends its PNGs back through a pipe as one pickle, and leaves with ``os._exit`` (no cleanup, no
-flushing of buffers it shares with this process). Whenever the child cannot start, fails, or does not answer, its
-figures are drawn here: the report never depends on it.
+Drawing is matplotlib's Python, one core's work. A fork (Linux only) starts at once with what this process has
+imported; a worker computes jobs from a private folder, writes each result beside it, and leaves with ``os._exit``
+(no cleanup, no flushing of buffers it shares with this process). Whatever a worker cannot start, fails at, or does
+not finish is computed here: the report never depends on it. :func:`split_map` shares one list of figures with one
+worker; :mod:`babysitter.render.prefetch` sends figures to two workers while the checks still run.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import contextlib
 import gc
 import os
 import pickle
-import select
 import shutil
 import signal
 import sys
@@ -26,9 +25,8 @@ R = TypeVar("R")
 
 #: fewer items than this are all drawn here: the fork and the pipe would cost more than they save
 MIN_ITEMS = 4
-#: seconds to wait for the child after this process has drawn its own half (it draws as many, as fast: a child
-#: that is this late is stuck, and is killed)
-PATIENCE_S = 60.0
+#: seconds without a finished job after which a worker is deemed stuck, and is killed
+PATIENCE_S = 10.0
 
 
 def two_cores() -> bool:
@@ -43,105 +41,19 @@ def two_cores() -> bool:
 
 
 def split_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """``[fn(x) for x in items]``, the odd-indexed items computed in a forked child when that helps (see
-    :func:`two_cores`, MIN_ITEMS); ``fn`` must touch nothing but its argument (no torch, no CUDA: only the
-    calling thread exists in the child)."""
+    """``[fn(x) for x in items]``, the odd-indexed items computed by a forked :class:`Background` worker while this
+    process computes the others, when that helps (see :func:`two_cores`, MIN_ITEMS); whatever the worker did not
+    finish is computed here. ``fn`` must touch nothing but its argument (no torch, no CUDA)."""
     items = list(items)
     if len(items) < MIN_ITEMS or not two_cores():
         return [fn(x) for x in items]
-    theirs = items[1::2]
-    child = _Child.start(fn, theirs)
-    try:
-        mine = [fn(x) for x in items[0::2]]
-        got = child.result() if child is not None else None
-    finally:
-        if child is not None:
-            child.close()
-    got = got if got is not None and len(got) == len(theirs) else [fn(x) for x in theirs]
-    out: list = [None] * len(items)
-    out[0::2], out[1::2] = mine, got
-    return out
-
-
-class _Child:
-    """A forked process computing ``[fn(x) for x in items]`` into a pipe."""
-
-    def __init__(self, pid: int, fd: int):
-        self.pid, self.fd = pid, fd
-
-    @classmethod
-    def start(cls, fn: Callable, items: list) -> Optional["_Child"]:
-        read, write = os.pipe()
-        try:
-            with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads alive (torch's idle pool):
-                warnings.simplefilter("ignore", DeprecationWarning)  # the child runs none of their code
-                pid = os.fork()
-        except OSError:  # no memory for the page tables, a process limit: draw everything here
-            os.close(read)
-            os.close(write)
-            return None
-        if pid == 0:
-            os.close(read)
-            _serve(write, fn, items)  # never returns
-        os.close(write)
-        return cls(pid, read)
-
-    def result(self) -> Optional[list]:
-        """The child's list, or None if it failed or took longer than PATIENCE_S."""
-        data = self._read()
-        if data is None:
-            return None
-        try:
-            _, status = os.waitpid(self.pid, 0)
-            done = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        except ChildProcessError:  # reaped by someone else (a SIGCHLD handler): the data decides
-            done = True
-        self.pid = 0
-        try:
-            return pickle.loads(data) if done else None
-        except Exception:  # cut short: the child died while writing
-            return None
-
-    def _read(self) -> Optional[bytes]:
-        """Everything the child writes, up to its end of the pipe; None if PATIENCE_S pass first. (poll, not
-        select: a process with many files open may be given a descriptor past select's limit of 1024.)"""
-        chunks, deadline = [], time.monotonic() + PATIENCE_S
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                return None
-            chunk = os.read(self.fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
-    def close(self) -> None:
-        """Kill the child if it is still there (an interrupt, a timeout), reap it, close the pipe."""
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pid = 0
-        os.close(self.fd)
-
-
-def _serve(fd: int, fn: Callable, items: list) -> None:
-    """The child's whole life: compute, write, leave at once (``os._exit``: no atexit handlers, no buffers
-    flushed twice, no finally blocks of the parent's stack run)."""
-    code = 1
-    try:
-        data = pickle.dumps([fn(x) for x in items], protocol=pickle.HIGHEST_PROTOCOL)
-        with os.fdopen(fd, "wb") as pipe:
-            pipe.write(data)
-        code = 0
-    except BaseException:  # noqa: B036 - an interrupt too: the parent draws these figures itself
-        pass
-    finally:
-        os._exit(code)
+    with Background(fn, workers=1) as worker:
+        sent = {worker.submit(x): i for i, x in enumerate(items) if i % 2}
+        out = {i: fn(x) for i, x in enumerate(items) if not i % 2}
+        done = worker.results()
+    for n, i in sent.items():
+        out[i] = done[n] if n is not None and n in done else fn(items[i])
+    return [out[i] for i in range(len(items))]
 
 
 class Background:
@@ -168,8 +80,8 @@ class Background:
             return False
         self.folder = tempfile.mkdtemp(prefix="babysitter-figures-")
         try:
-            with warnings.catch_warnings():  # see _Child.start
-                warnings.simplefilter("ignore", DeprecationWarning)
+            with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads alive (torch's idle pool):
+                warnings.simplefilter("ignore", DeprecationWarning)  # the workers run none of their code
                 pid = os.fork()
         except OSError:
             self.failed = True
@@ -195,7 +107,7 @@ class Background:
         self.sent += 1
         return n
 
-    def results(self, patience: float = PATIENCE_S / 6) -> dict[int, R]:
+    def results(self, patience: float = PATIENCE_S) -> dict[int, R]:
         """Let the workers finish the jobs sent so far and leave, waiting while they still finish one every
         ``patience`` seconds; the results, by job number (the folder is removed)."""
         if not self.pid:
