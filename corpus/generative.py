@@ -8,16 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Case, Fault
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from .data import generator
 
 
 def blob_images(n: int = 512, size: int = 8, seed: int = 0) -> torch.Tensor:
     """``n`` grey-level images (n, size * size) of one Gaussian blob each: random centre, width and brightness
     (4 factors of variation, so a small latent code explains them); values in [0, 1], mostly near 0."""
-    g = _gen(seed)
+    g = generator(seed)
     centre = 1.0 + (size - 3.0) * torch.rand(n, 2, generator=g)
     width = 0.8 + 0.8 * torch.rand(n, 1, 1, generator=g)
     bright = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=g)
@@ -115,7 +112,7 @@ def dae(seed: int = 0, normal_init: bool = False, per_image_max: bool = False) -
         clean = raw / raw.amax(dim=1, keepdim=True)  # the bug: NaN on every blank frame
     else:
         clean = raw / 255.0
-    keep = (torch.rand(clean.shape, generator=_gen(seed + 1)) > 0.25).float()
+    keep = (torch.rand(clean.shape, generator=generator(seed + 1)) > 0.25).float()
     return dict(model=DAE(normal_init=normal_init), data=(clean * keep, clean), batch_size=32, loss_fn=nn.MSELoss(),
                 optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
 

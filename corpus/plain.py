@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import torch
 
+from .data import batches as split_batches
+
 #: a healthy case trains when its final eval loss is at most this fraction of its initial eval loss
 TRAINS_BELOW = 0.8
 #: a fault hurts when its final eval loss exceeds the healthy case's by this factor (or is not finite)
@@ -39,8 +41,7 @@ class PlainRun:
 def _batches(fields: dict) -> list:
     data = fields["data"]
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        size = fields.get("batch_size") or 32
-        return [(data[0][i:i + size], data[1][i:i + size]) for i in range(0, len(data[0]) - size + 1, size)]
+        return split_batches(*data, size=fields.get("batch_size") or 32)
     return list(data)
 
 

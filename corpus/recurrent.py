@@ -10,17 +10,14 @@ from torch import nn
 import babysitter
 
 from . import Case, Fault
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from .data import generator
 
 
 # -- lstm-lm: pytorch/examples word_language_model ---------------------------------------------------------------
 def markov_tokens(length: int, vocab: int = 30, successors: int = 2, seed: int = 0) -> torch.Tensor:
     """A token stream from a Markov chain over ``vocab`` tokens where each token has ``successors`` likely next
     tokens (learnable: the entropy rate is about ln(successors), far below ln(vocab))."""
-    g = _gen(seed)
+    g = generator(seed)
     nxt = torch.stack([torch.randperm(vocab, generator=g)[:successors] for _ in range(vocab)])
     probs = torch.full((vocab, vocab), 0.05 / vocab)
     probs.scatter_(1, nxt, 0.95 / successors)
@@ -95,7 +92,7 @@ SOS = 0
 
 def reversal_batches(vocab: int = 12, length: int = 6, bsz: int = 32, n_batches: int = 16, seed: int = 0) -> list:
     """Sequences of tokens 1..vocab-1 and their reversals, sequence-first (T, B) as ``nn.GRU`` expects by default."""
-    g = _gen(seed)
+    g = generator(seed)
     out = []
     for _ in range(n_batches):
         src = torch.randint(1, vocab, (length, bsz), generator=g)

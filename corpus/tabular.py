@@ -9,10 +9,7 @@ import torch
 from torch import nn
 
 from . import Case, Fault
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from .data import generator
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
@@ -28,7 +25,7 @@ def regression_data(n: int = 512, seed: int = 0, standardise: bool = True):
     linear part, a sine, a product and a square of the underlying columns). Features standardised with the table's
     mean and std (StandardScaler) unless ``standardise=False``; the target always standardised. Returns
     (X (n, 16), y (n, 1))."""
-    g = _gen(seed)
+    g = generator(seed)
     z = torch.randn(n, len(RAW_UNITS), generator=g)
     mean = torch.tensor([m for m, _ in RAW_UNITS])
     std = torch.tensor([s for _, s in RAW_UNITS])
@@ -47,7 +44,7 @@ def regression_data(n: int = 512, seed: int = 0, standardise: bool = True):
 def multilabel_data(n: int = 512, d: int = 24, labels: int = 8, rate: float = 0.15, seed: int = 0):
     """Standardised features and 8 multi-hot labels from a random two-layer teacher, each label on for about
     ``rate`` of the examples (multi-label data sets are sparse). Returns (X (n, d), Y (n, labels) floats in {0, 1})."""
-    g = _gen(seed)
+    g = generator(seed)
     x = torch.randn(n, d, generator=g)
     w1 = torch.randn(d, 32, generator=g) / math.sqrt(d)
     w2 = torch.randn(32, labels, generator=g) / math.sqrt(32)

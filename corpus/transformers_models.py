@@ -43,13 +43,10 @@ from torch import nn
 import babysitter
 
 from . import Case, Fault
+from .data import batches, dict_batches, generator, stripes
 from .recurrent import markov_tokens
 
 FAMILY = "transformers"
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _cls_forward(model, batch):
@@ -62,7 +59,7 @@ def _cls_forward(model, batch):
 def token_presence(n: int, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random token ids in 1..vocab-1; label 1 for the half of the rows that hold token 7 (at a random place), 0
     for the rest (which hold none)."""
-    g = _gen(seed)
+    g = generator(seed)
     ids = torch.randint(1, vocab, (n, length), generator=g)
     ids[ids == 7] = 8
     y = torch.randint(0, 2, (n,), generator=g)
@@ -75,7 +72,7 @@ def token_presence(n: int, length: int, vocab: int, seed: int) -> tuple[torch.Te
 def padded_majority(n: int, vocab: int, seed: int, lo: int = 8, hi: int = 32) -> dict:
     """Rows of 8-32 real tokens padded with 0 to 32, with their attention mask; label 1 when most real tokens are
     below vocab/2."""
-    g = _gen(seed)
+    g = generator(seed)
     lengths = torch.randint(lo, hi + 1, (n,), generator=g)
     mask = (torch.arange(hi)[None] < lengths[:, None]).long()
     ids = torch.randint(1, vocab, (n, hi), generator=g) * mask
@@ -88,7 +85,7 @@ def chain_mixture(n: int, length: int, vocab: int, chains: int, seed: int, succe
     """Token rows, each from one of ``chains`` Markov chains over ``vocab`` tokens (each token has ``successors``
     likely next tokens in each chain, 95% of the mass): the next token depends on the current one and on which
     chain the row follows, which only the context (attention) tells."""
-    g = _gen(seed)
+    g = generator(seed)
     tables = torch.stack([torch.stack([torch.randperm(vocab, generator=g)[:successors] for _ in range(vocab)])
                           for _ in range(chains)])  # (chains, vocab, successors)
     which = torch.randint(0, chains, (n,), generator=g)
@@ -102,27 +99,11 @@ def chain_mixture(n: int, length: int, vocab: int, chains: int, seed: int, succe
     return out
 
 
-def stripes(n: int, size: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images whose class sets the orientation of a stripe pattern (random frequency and phase) under noise,
-    standardised per channel as ViTImageProcessor does (mean 0.5, std 0.5 of pixels in [0, 1])."""
-    g = _gen(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    coords = torch.linspace(-1, 1, size)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    angle = y.float() * math.pi / classes + 0.1 * torch.randn(n, generator=g)
-    freq = 4 + 3 * torch.rand(n, generator=g)
-    phase = 2 * math.pi * torch.rand(n, generator=g)
-    proj = xx[None] * torch.cos(angle)[:, None, None] + yy[None] * torch.sin(angle)[:, None, None]
-    pattern = torch.sin(freq[:, None, None] * proj + phase[:, None, None])
-    x = (0.5 + 0.35 * pattern[:, None] + 0.15 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-    return (x - 0.5) / 0.5, y
-
-
 def tones(n: int, samples: int, classes: int, seed: int, rate: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:
     """Waveforms at ``rate`` Hz: a sine whose pitch (one of ``classes`` between 300 and 2400 Hz, +-3%) is the class,
     of random phase and amplitude, under noise; zero mean, unit variance per row (Wav2Vec2FeatureExtractor's
     do_normalize)."""
-    g = _gen(seed)
+    g = generator(seed)
     y = torch.randint(0, classes, (n,), generator=g)
     base = 300 * 2 ** (3 * y.float() / (classes - 1))
     freq = base * (1 + 0.03 * (2 * torch.rand(n, generator=g) - 1))
@@ -131,11 +112,6 @@ def tones(n: int, samples: int, classes: int, seed: int, rate: int = 16000) -> t
     amp = 0.5 + torch.rand(n, 1, generator=g)
     x = amp * torch.sin(2 * math.pi * freq[:, None] * t[None] + phase) + 0.5 * torch.randn(n, samples, generator=g)
     return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True), y
-
-
-def _rows(tensors: dict, size: int) -> list[dict]:
-    n = len(next(iter(tensors.values())))
-    return [{k: v[i:i + size] for k, v in tensors.items()} for i in range(0, n - size + 1, size)]
 
 
 # -- BERT -------------------------------------------------------------------------------------------
@@ -147,7 +123,7 @@ def bert(seed: int, *, lr: float = 5e-4) -> dict:
                      intermediate_size=128, max_position_embeddings=64, num_labels=2)
     model = BertForSequenceClassification(cfg)
     ids, y = token_presence(256, 32, 100, seed)
-    data = _rows(dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=y), 16)
+    data = dict_batches(dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=y), 16)
     return dict(model=model, data=data, loss_fn=nn.CrossEntropyLoss(), forward=_cls_forward,
                 optimizer=lambda params: torch.optim.AdamW(params, lr=lr))
 
@@ -170,7 +146,7 @@ def distilbert(seed: int, *, inf_mask: bool = False) -> dict:
     cfg = DistilBertConfig(vocab_size=100, dim=64, n_layers=2, n_heads=2, hidden_dim=128,
                            max_position_embeddings=64, num_labels=2, pad_token_id=0)
     model = DistilBertForSequenceClassification(cfg)
-    data = _rows(padded_majority(256, 100, seed + 1), 16)
+    data = dict_batches(padded_majority(256, 100, seed + 1), 16)
     return dict(
         model=model, data=data, loss_fn=nn.CrossEntropyLoss(),
         forward=_inf_mask_forward if inf_mask else _cls_forward,
@@ -198,7 +174,7 @@ def gpt2(seed: int, *, init_std: float = 0.0) -> dict:
             if p.dim() >= 2:
                 nn.init.normal_(p, std=init_std)
     ids = markov_tokens(256 * 17, seed=seed).reshape(256, 17)
-    return dict(model=model, data=[(ids[i:i + 16],) for i in range(0, 256, 16)], loss_fn=nn.CrossEntropyLoss(),
+    return dict(model=model, data=batches(ids, size=16), loss_fn=nn.CrossEntropyLoss(),
                 forward=_lm_forward, optimizer=lambda params: torch.optim.AdamW(params, lr=5e-4),
                 step=babysitter.Step(clip_grad_norm=1.0))
 
@@ -238,7 +214,7 @@ def llama(seed: int, *, seq_first: bool = False, linear_std: float = 0.0) -> dic
     if linear_std:  # fault: model.apply(init) with nn.init.normal_(m.weight) on every nn.Linear (std 1)
         model.apply(lambda m: nn.init.normal_(m.weight, std=linear_std) if isinstance(m, nn.Linear) else None)
     ids = chain_mixture(256, 33, 32, 4, seed + 2)
-    return dict(model=model, data=[(ids[i:i + 16],) for i in range(0, 256, 16)], loss_fn=nn.CrossEntropyLoss(),
+    return dict(model=model, data=batches(ids, size=16), loss_fn=nn.CrossEntropyLoss(),
                 forward=_lm_forward,
                 optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1),
                 step=babysitter.Step(clip_grad_norm=1.0))
@@ -258,9 +234,9 @@ def t5(seed: int) -> dict:
                    relative_attention_num_buckets=16, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
                    eos_token_id=1)
     model = T5ForConditionalGeneration(cfg)
-    g = _gen(seed + 3)
+    g = generator(seed + 3)
     src = torch.randint(2, 64, (256, 10), generator=g)
-    data = _rows(dict(input_ids=src, attention_mask=torch.ones_like(src), labels=src.flip(1)), 16)
+    data = dict_batches(dict(input_ids=src, attention_mask=torch.ones_like(src), labels=src.flip(1)), 16)
     return dict(model=model, data=data, loss_fn=nn.CrossEntropyLoss(), forward=_seq2seq_forward,
                 optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
 
@@ -278,8 +254,9 @@ def vit(seed: int, *, frozen_head: bool = False) -> dict:
             p.requires_grad = False
         for p in model.vit.parameters():
             p.requires_grad = True
-    x, y = stripes(256, 16, 4, seed + 4)
-    data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    # ViTImageProcessor's normalisation (mean 0.5, std 0.5 of pixels in [0, 1])
+    x, y = stripes(256, 16, 4, seed + 4, jitter=0.1, tint=False)
+    data = batches((x - 0.5) / 0.5, y, size=32)
     return dict(model=model, data=data, loss_fn=nn.CrossEntropyLoss(),
                 forward=lambda m, b: (m(pixel_values=b[0]).logits, b[1]),
                 optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05))
@@ -300,7 +277,7 @@ def wav2vec2(seed: int, *, softmax: bool = False) -> dict:
         forward = lambda m, b: (m(input_values=b[0]).logits.softmax(-1), b[1])  # noqa: E731
     else:
         forward = lambda m, b: (m(input_values=b[0]).logits, b[1])  # noqa: E731
-    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 256, 16)]
+    data = batches(x, y, size=16)
     return dict(model=model, data=data, loss_fn=nn.CrossEntropyLoss(), forward=forward,
                 optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
 

@@ -23,8 +23,6 @@
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,36 +30,12 @@ from torch import nn
 import babysitter
 
 from . import Case, Fault
+from .data import batches, generator, stripes
 
 FAMILY = "vision"
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _batched(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x) - size + 1, size)]
-
-
 # -- data -------------------------------------------------------------------------------------------
-def stripes(n: int, size: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """RGB images in [0, 1] whose class sets the orientation of a stripe pattern (random frequency, phase and tint)
-    under pixel noise."""
-    g = _gen(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    coords = torch.linspace(-1, 1, size)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    angle = y.float() * math.pi / classes + 0.15 * torch.randn(n, generator=g)
-    freq = 4 + 3 * torch.rand(n, generator=g)
-    phase = 2 * math.pi * torch.rand(n, generator=g)
-    proj = xx[None] * torch.cos(angle)[:, None, None] + yy[None] * torch.sin(angle)[:, None, None]
-    pattern = torch.sin(freq[:, None, None] * proj + phase[:, None, None])  # (n, H, W)
-    tint = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=g)
-    x = 0.5 + 0.35 * tint * pattern[:, None] + 0.15 * torch.randn(n, 3, size, size, generator=g)
-    return x.clamp(0, 1), y
-
-
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Per-channel standardisation with the data set's own statistics (transforms.Normalize(mean, std))."""
     mean = x.mean((0, 2, 3), keepdim=True)
@@ -77,7 +51,7 @@ SEGMENTS = ("1111110", "0110000", "1101101", "1111001", "0110011", "1011011", "1
 def digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """28x28 grey images in [0, 1] (what ``transforms.ToTensor()`` gives): seven-segment digits, randomly shifted,
     of random stroke width and ink, with a little noise; labels 0-9."""
-    g = _gen(seed)
+    g = generator(seed)
     y = torch.randint(0, 10, (n,), generator=g)
     x = torch.zeros(n, 1, 28, 28)
     for i in range(n):
@@ -106,7 +80,7 @@ def digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Grey images with a few squares and discs of random size, position and brightness on a noisy background;
     the per-pixel label is 0 background, 1 square, 2 disc."""
-    g = _gen(seed)
+    g = generator(seed)
     coords = torch.arange(size).float()
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     x = torch.zeros(n, 1, size, size)
@@ -187,7 +161,7 @@ def resnet(seed: int, *, softmax_head: bool = False, bn_beta: float = 0.0, freez
     if freeze_stem:
         model.conv1.weight.requires_grad_(False)
     return dict(
-        model=model, data=_batched(normalize(x), y, 32), loss_fn=nn.CrossEntropyLoss(),
+        model=model, data=batches(normalize(x), y, size=32), loss_fn=nn.CrossEntropyLoss(),
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4),
         step=babysitter.Step(scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, RESNET_STEPS)),
     )
@@ -273,7 +247,7 @@ def mobilenet(seed: int, *, se_sum_pool: bool = False, raw_pixels: bool = False)
     x = x * 255 if raw_pixels else normalize(x)
     model = MobileNetV3(se_sum_pool=se_sum_pool)
     return dict(
-        model=model, data=_batched(x, y, 32), loss_fn=nn.CrossEntropyLoss(),
+        model=model, data=batches(x, y, size=32), loss_fn=nn.CrossEntropyLoss(),
         optimizer=lambda params: torch.optim.RMSprop(params, lr=0.002, alpha=0.9, eps=0.0316, momentum=0.9,
                                                      weight_decay=1e-5),
     )
@@ -321,7 +295,7 @@ def unet(seed: int, *, freeze_head: bool = False) -> dict:
     if freeze_head:  # fault: the output conv left frozen at its random init
         model.outc.requires_grad_(False)
     return dict(
-        model=model, data=_batched(x, mask, 16), loss_fn=nn.CrossEntropyLoss(),
+        model=model, data=batches(x, mask, size=16), loss_fn=nn.CrossEntropyLoss(),
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
     )
 
@@ -374,7 +348,7 @@ def mnist_cnn(seed: int, *, init: str = "", bias: float = 0.0) -> dict:
                 nn.init.constant_(m.bias, bias)
     gamma = 0.7 ** (1 / MNIST_BATCHES)
     return dict(
-        model=model, data=_batched(x, y, 32), loss_fn=F.nll_loss,
+        model=model, data=batches(x, y, size=32), loss_fn=F.nll_loss,
         optimizer=lambda params: torch.optim.Adadelta(params, lr=1.0),
         step=babysitter.Step(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)),
     )
@@ -402,7 +376,7 @@ def lenet(seed: int, *, raw_pixels: bool = False) -> dict:
     # fault raw_pixels: the uint8 bytes 0..255 as floats, without ToTensor's scaling or Normalize
     x = x * 255 if raw_pixels else (x - 0.1307) / 0.3081
     return dict(
-        model=LeNet5(), data=_batched(x, y, 32), loss_fn=nn.CrossEntropyLoss(),
+        model=LeNet5(), data=batches(x, y, size=32), loss_fn=nn.CrossEntropyLoss(),
         optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
     )
 
