@@ -60,9 +60,11 @@ def eval_loss(fields: dict, batches: Iterable) -> float:
     model = fields["model"]
     was = model.training
     model.eval()
-    with torch.no_grad():
-        losses = [float(_loss(fields, b)) for b in batches]
-    model.train(was)
+    try:
+        with torch.no_grad():
+            losses = [float(_loss(fields, b)) for b in batches]
+    finally:
+        model.train(was)
     value = sum(losses) / len(losses)
     return value if math.isfinite(value) else math.inf
 
@@ -71,10 +73,9 @@ def _step_settings(fields: dict) -> tuple[Any, Any, int]:
     step = fields.get("step")
     if step is None:
         return None, None, 1
-    if callable(step) and not hasattr(step, "clip_grad_norm"):
-        raise ValueError("the plain loop runs declared Steps only, not step functions")
-    get = step.get if isinstance(step, dict) else lambda k, d=None: getattr(step, k, d)
-    return get("clip_grad_norm"), get("clip_grad_value"), get("accumulate", 1) or 1
+    if not hasattr(step, "clip_grad_norm"):
+        raise ValueError(f"the plain loop runs declared babysitter.Steps only, not {type(step).__name__}")
+    return step.clip_grad_norm, step.clip_grad_value, step.accumulate or 1
 
 
 def train(fields: dict, steps: int, seed: int = 0) -> PlainRun:
