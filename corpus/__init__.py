@@ -4,8 +4,9 @@ Each healthy :class:`Case` builds the target fields of a model people actually t
 from small random configs, classic vision networks written to their published designs, recurrent models, a VAE,
 regression and multi-label heads), with the optimizer and LR its community uses and data generated in code that
 training can learn. Each :class:`Fault` is one real-world bug injected into one of those cases, named with the
-check that must flag it. ``corpus.plain`` trains every case and fault by a plain PyTorch loop at the same settings:
-the evidence that a healthy case trains and that a fault hurts training.
+check that must flag it. ``corpus.plain`` trains every case and fault by a plain PyTorch loop at the same settings
+(a declared LR scheduler left out: the optimizer's LR throughout): the evidence that a healthy case trains and that
+a fault hurts training.
 
 The corpus is split in two halves, ``tune`` and ``held``, by a rule nobody chose per model (within each family,
 cases sorted by the SHA-1 of their names alternate between the halves): thresholds and rules are tuned on ``tune``

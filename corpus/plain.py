@@ -1,7 +1,7 @@
 """The plain-loop evidence: each case and fault trained by an ordinary PyTorch loop at its own settings.
 
 No babysitter code runs here (only the declared ``babysitter.Step`` fields are read, to clip or accumulate as the
-user's loop would). A healthy case must train: its loss over the whole data set, in eval mode, falls well below the
+user's loop would; a declared scheduler is left out, so the LR stays the optimizer's). A healthy case must train: its loss over the whole data set, in eval mode, falls well below the
 loss at initialization. A fault must hurt: after the same number of steps its eval loss is worse than the healthy
 case's (or not finite).
 
