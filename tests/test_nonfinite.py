@@ -404,3 +404,20 @@ def test_an_op_in_the_users_forward_function_is_named_there_not_in_the_loss():
                               select=["nonfinite"])["nonfinite"]
     assert result.status == "fail" and "your forward function" in result.summary, result.summary
     assert result.metrics["phase"] == "forward"
+
+
+def test_a_healthy_users_forward_function_passes():
+    """The same forward(model, batch), masking by multiplication: nothing non-finite, nothing blamed on it."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    mask = (torch.rand(64, 8) > 0.25).float()
+
+    def forward(m, batch):
+        inputs, targets, keep = batch
+        return m(inputs * keep), targets
+
+    data = [(x[i:i + 16], y[i:i + 16], mask[i:i + 16]) for i in range(0, 64, 16)]
+    result = babysitter.check(model, data, loss_fn=nn.CrossEntropyLoss(), forward=forward,
+                              select=["nonfinite"])["nonfinite"]
+    assert result.status == "pass", result.summary
+    assert "your forward function" not in result.summary

@@ -363,3 +363,32 @@ def test_cuda_rng_is_as_found_after_an_interrupted_gpu_run():
     report = babysitter.check(model, data, loss_fn=nn.CrossEntropyLoss(), device="cuda", select=["overfit_batch"])
     assert report.interrupted
     _assert_same(before, _state(model))
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_a_stop_inside_the_lr_race_leaves_everything_as_found(monkeypatch, exc):
+    import babysitter.passes.lr_race as lr_race
+
+    real, calls = lr_race.run_candidate, []
+
+    def stops_after_the_first(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) > 1:
+            raise exc("stopped inside the race")
+        return real(*args, **kwargs)
+
+    model, opt, data = _awkward_target()
+    np.random.seed(3)
+    random.seed(4)
+    monkeypatch.setattr(lr_race, "run_candidate", stops_after_the_first)
+    monkeypatch.setattr(runner, "CHECKLIST", tuple(c for c in CHECKLIST if c.id == "lr_range"))
+    before = _state(model, opt)
+    report = babysitter.check(model, data, loss_fn=nn.CrossEntropyLoss(), optimizer=opt)
+    assert len(calls) == 2, "the race did not reach its second candidate"
+    _assert_same(before, _state(model, opt))
+    for m in model.modules():
+        assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks), type(m).__name__
+    if exc is KeyboardInterrupt:
+        assert report.interrupted and report.not_run == ("lr_range",)
+    else:
+        assert report["lr_range"].status == "error" and "stopped inside the race" in report["lr_range"].traceback
