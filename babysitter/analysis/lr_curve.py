@@ -470,8 +470,13 @@ def coarse_candidates(reading: LrReading, rules: RaceRules,
     return race_candidates(reading.suggested_lr, bounds, rules)
 
 
+def same_lr(a: float, b: float) -> bool:
+    """Two LRs within ~5% of each other (0.02 decades): the race's one notion of "the same LR"."""
+    return abs(math.log10(a / b)) < 0.02
+
+
 def _tried(lr: float, entries) -> bool:
-    return any(abs(math.log10(lr / e.lr)) < 0.02 for e in entries)
+    return any(same_lr(lr, e.lr) for e in entries)
 
 
 def refine_candidates(entries, bounds: tuple[float, ...], rules: RaceRules) -> tuple[float, ...]:
@@ -513,7 +518,7 @@ def _entry(race: LrRace, lr: Optional[float], rounds=("coarse", "fine", "yours")
     """The race's entry at ``lr`` (within 5%), None when that LR was not raced."""
     if not lr:
         return None
-    return next((e for e in race.entries if e.round in rounds and abs(math.log10(e.lr / lr)) < 0.02), None)
+    return next((e for e in race.entries if e.round in rounds and same_lr(e.lr, lr)), None)
 
 
 def race_range(reading: LrReading, race: LrRace,

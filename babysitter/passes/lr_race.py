@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, coarse_candidates,
-                                 race_bounds, race_score, race_winner, refine_candidates, trained)
+                                 race_bounds, race_score, race_winner, refine_candidates, same_lr, trained)
 from ..analysis.status import Status
 from ..optim import group_scales, lr_multiplier_range, set_lr
 from .stepper import Stepper
@@ -89,7 +89,7 @@ def _race_user(reading: LrReading, entries, multiplier, rules: RaceRules) -> boo
     unread = reading.status is Status.SKIP and (multiplier or around_user(reading, rules, multiplier))
     if not user or user <= 0 or not (reading.status is Status.WARN or unread):
         return False
-    return not any(abs(math.log10(user / e.lr)) < 0.02 for e in entries)
+    return not any(same_lr(user, e.lr) for e in entries)
 
 
 def _why_no_race(sweep: LrSweep, rules: RaceRules, bounds, split) -> str:
@@ -140,8 +140,8 @@ def _longer(session, reading: LrReading, entries, winner, start, rules: RaceRule
     user = reading.user_lr
     if winner is None or rules.user_longer <= 1 or not around_user(reading, rules, multiplier):
         return []
-    yours = next((e for e in entries if abs(math.log10(user / e.lr)) < 0.02), None)
-    if yours is None or yours.loss is None or trained(yours, start, rules) or abs(math.log10(winner / user)) < 0.02:
+    yours = next((e for e in entries if same_lr(user, e.lr)), None)
+    if yours is None or yours.loss is None or trained(yours, start, rules) or same_lr(winner, user):
         return []
     longer = dataclasses.replace(rules, steps=int(round(rules.steps * rules.user_longer)))
     return [run_candidate(session, user, longer, *split, "longer")]
