@@ -28,7 +28,6 @@ from .instruments.activations import ActivationInstrument
 from .instruments.hooks import CallOrder
 from .passes.facts import call_order, loss_facts
 from .passes.init_pass import init_pass
-from .optim import lr_multiplier_range
 from .passes.lr_race import lr_race
 from .passes.lr_sweep import lr_sweep
 from .passes.train_probe import TRAIN_STEPS, train_probe
@@ -64,7 +63,7 @@ def _lr_reading(s) -> Any:
     """The range test's reading with the race's winner as its suggestion and the user's LR judged with it."""
     options = s.options.get("lr_range", {})
     return with_race(s.evidence("lr_curve"), s.evidence("lr_race"), _race_rules(options),
-                     _settings(ReadingRules, options), lr_multiplier_range(s.make_optimizer()))
+                     _settings(ReadingRules, options), s.evidence("lr_sweep").multiplier)
 
 
 #: evidence name -> provider(session)

@@ -62,6 +62,7 @@ class LrSweep:
     step: tuple[str, ...] = ()  # the parts of the user's step each sweep step kept (clipping, accumulation, ...)
     scheduler_left_out: bool = False  # the user's scheduler was not run: the sweep sets the LR
     end_lr: Optional[float] = None  # the sweep's last LR (beyond the settings' when extended to cover the user's)
+    multiplier: Optional[tuple[float, float]] = None  # the usual range of an optimizer whose lr is a multiplier
 
 
 # -- reading one curve --------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from typing import Optional, TYPE_CHECKING
 from ..analysis.fmt import lr as fmt_lr
 from ..analysis.lr_curve import LrRace, LrReading, RaceRules, ReadingRules, SweepSettings
 from ..analysis.status import Status
-from ..optim import lr_multiplier_range
 from ..report import CheckResult, Marker, Plot, Series, Table
 from .base import Check, Judgment, threshold
 
@@ -190,7 +189,7 @@ class LrRange(Check):
                              optimizer=sweep.optimizer, seconds=sweep.seconds, group_scales=tuple(sweep.group_scales),
                              step=sweep.step, scheduler_left_out=sweep.scheduler_left_out,
                              extended_to=sweep.end_lr if sweep.end_lr and sweep.end_lr > self.end_lr else None,
-                             multiplier=lr_multiplier_range(session.make_optimizer()))
+                             multiplier=sweep.multiplier)
 
     def judge(self, measured: SweepMeasured) -> Judgment:
         """The reading's verdict: ``read_sweep`` judged the user's LR under this check's rules (the options given

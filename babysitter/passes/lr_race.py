@@ -21,7 +21,7 @@ import torch
 from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, coarse_candidates,
                                  race_bounds, race_score, race_winner, refine_candidates, same_lr, trained)
 from ..analysis.status import Status
-from ..optim import group_scales, lr_multiplier_range, set_lr
+from ..optim import group_scales, set_lr
 from .stepper import Stepper
 
 #: losses are read from the device every this many race steps, to stop a candidate that diverged
@@ -109,7 +109,7 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
     gave none, or spread over a wide span), the fine round around its winner, and the user's LR when the range test
     warns about it (or cannot read it and did not race it); the winner is the suggestion."""
     t0 = time.perf_counter()
-    multiplier = lr_multiplier_range(session.make_optimizer())
+    multiplier = sweep.multiplier
     bounds = race_bounds(reading, rules, multiplier)
     split = split_pool(len(session.pool), rules.held_out)
     skipped = _why_no_race(sweep, rules, bounds, split)

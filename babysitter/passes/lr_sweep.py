@@ -13,7 +13,7 @@ import time
 import torch
 
 from ..analysis.lr_curve import LrSweep, SweepRun, SweepSettings
-from ..optim import group_scales, is_adaptive, lr_of, lr_unused, set_lr
+from ..optim import group_scales, is_adaptive, lr_multiplier_range, lr_of, lr_unused, set_lr
 from .stepper import Stepper
 
 
@@ -123,4 +123,5 @@ def lr_sweep(session, settings: SweepSettings = SweepSettings()) -> LrSweep:
     return LrSweep(runs=tuple(runs), user_lr=user_lr if user_lr is not None else lr_of(optimizer),
                    group_scales=tuple(scales), optimizer=type(optimizer).__name__, steps=sum(r.taken for r in runs),
                    seconds=time.perf_counter() - t0, skipped=skipped, adaptive=is_adaptive(optimizer),
-                   step=tuple(stepper.kept()), scheduler_left_out=stepper.scheduler_declared, end_lr=settings.end_lr)
+                   step=tuple(stepper.kept()), scheduler_left_out=stepper.scheduler_declared, end_lr=settings.end_lr,
+                   multiplier=lr_multiplier_range(optimizer))
