@@ -235,30 +235,26 @@ def _check_all(refs, settings, out: "_Output") -> tuple[list, ExitCode]:
 def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
     """Load, check, save and print one target: its exit code, and its report (an Unloaded when it has none)."""
     from .render.junit import Unloaded
-    from .render.prefetch import FigurePrefetch
     from .runner import run_target, select_checks
     from .target import importable, load
 
-    with FigurePrefetch() as figures:  # figures drawn on the idle core while the checks run
-        try:
-            with importable(ref):  # the project's modules stay importable while the checks run the target's code
-                target = load(ref, seed=settings.seed)
-                out.checking(target.name, ref)
-                if settings.report:
-                    figures.start()
-                with out.progress(len(select_checks(settings.select, settings.ignore, settings.options))) as progress:
-                    report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
-                                        ignore=settings.ignore, options=settings.options, where=ref.source,
-                                        progress=_drawing(progress, figures if settings.report else None))
-        except TargetError as exc:
-            out.target_error(ref, exc)
-            return ExitCode.USAGE_ERROR, Unloaded(ref.name, "target error", str(exc))
-        except (BabysitterError, KeyboardInterrupt, BrokenPipeError):
-            raise
-        except Exception:  # a bug of ours: reported with its traceback, and the other targets still run
-            out.internal_error(ref)
-            return ExitCode.INTERNAL_ERROR, Unloaded(ref.name, "internal error", traceback.format_exc())
-        saved = save_report(report, settings, figures.ready)  # the JSON and CSVs first, then the figures
+    try:
+        with importable(ref):  # the project's modules stay importable while the checks run the target's code
+            target = load(ref, seed=settings.seed)
+            out.checking(target.name, ref)
+            with out.progress(len(select_checks(settings.select, settings.ignore, settings.options))) as progress:
+                report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
+                                    ignore=settings.ignore, options=settings.options, where=ref.source,
+                                    progress=progress)
+    except TargetError as exc:
+        out.target_error(ref, exc)
+        return ExitCode.USAGE_ERROR, Unloaded(ref.name, "target error", str(exc))
+    except (BabysitterError, KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception:  # a bug of ours: reported with its traceback, and the other targets still run
+        out.internal_error(ref)
+        return ExitCode.INTERNAL_ERROR, Unloaded(ref.name, "internal error", traceback.format_exc())
+    saved = save_report(report, settings)
     out.report(report, saved, settings.strict)
     if report.interrupted:
         return ExitCode.INTERRUPTED, report
@@ -274,28 +270,13 @@ def shown_ref(ref) -> str:
     return f"{shown(Path(ref.source))}:{ref.function}" if ref.is_file else str(ref)
 
 
-def save_report(report, settings, figures=None) -> Optional[str]:
+def save_report(report, settings) -> Optional[str]:
     """Write the report under ``settings.out``, one folder per target, unless ``settings.report`` is off: the path
-    of its HTML page, or None. ``figures``: PNGs drawn while the checks ran, or the function that returns them."""
+    of its HTML page, or None."""
     if not settings.report:
         return None
     folder = Path(settings.out) / report.target
-    return str(report.save(folder, figures=figures).get("html", folder))
-
-
-def _drawing(progress, figures):
-    """The runner's progress callback, which also sends each finished check's figures to be drawn on the idle core
-    (see babysitter.render.prefetch) when a report will be written."""
-    if figures is None:
-        return progress
-
-    def on_event(event: str, check_id: str, result) -> None:
-        if progress is not None:
-            progress(event, check_id, result)
-        if event == "done" and result is not None:
-            figures.add(result)
-
-    return on_event
+    return str(report.save(folder).get("html", folder))
 
 
 def _single(settings) -> bool:

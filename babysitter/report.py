@@ -201,14 +201,11 @@ class Report:
         return cls.from_dict(json.loads(text))
 
     # -- files ------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("json", "html", "csv"),
-             figures: Any = None) -> dict[str, Path]:
-        """Write the report into ``directory`` (created if needed); returns the written paths by format.
-        ``figures``: PNGs drawn while the checks ran, or a function returning them
-        (:class:`babysitter.render.prefetch.FigurePrefetch`)."""
+    def save(self, directory: str | os.PathLike, formats: Sequence[str] = ("json", "html", "csv")) -> dict[str, Path]:
+        """Write the report into ``directory`` (created if needed); returns the written paths by format."""
         from .render import write_report
 
-        return write_report(self, Path(directory), formats=formats, figures=figures)
+        return write_report(self, Path(directory), formats=formats)
 
     def __repr__(self) -> str:  # a short one: the dataclass default prints every series
         return f"Report(target={self.target!r}, status={self.status!r}, counts={self.counts()})"

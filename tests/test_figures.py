@@ -1,13 +1,21 @@
-"""Figures as people read them (issue 13, item 12): whole titles, integer ticks where x counts layers or steps,
-marker lines that no curve shares a colour with, an LR curve's y-range kept to where it informs, no log axis
-stretched down to 1e-21 by zeros."""
+"""The optional matplotlib figures (``babysitter.render.figures.draw``, outside the report, whose figures are SVG:
+see test_svg.py), as people read them (issue 13, item 12): whole titles, integer ticks where x counts layers or
+steps, marker lines that no curve shares a colour with, an LR curve's y-range kept to where it informs, no log axis
+stretched down to 1e-21 by zeros, margins measured without a layout pass that draws a figure twice."""
 from __future__ import annotations
 
 import math
 
-from matplotlib.colors import to_hex
+import pytest
 
-from babysitter.render.figures import draw
+pytest.importorskip("matplotlib")
+
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from test_svg import awkward_plots  # noqa: E402
+
+from babysitter.render.figures import draw, to_png  # noqa: E402
 from babysitter.report import Marker, Plot, Series
 
 
@@ -80,30 +88,10 @@ def test_zeros_on_a_log_axis_sit_on_a_zero_line():
     assert plain.get_yscale() == "log"  # no zero, a plain log axis: tiny values are data, not zeros
 
 
-def _awkward_plots() -> list[Plot]:
-    names = [f"model.encoder.layers.{i}.self_attn.out_proj (Linear)" for i in range(12)]
-    return [
-        Plot("heat", "log10 |activation| per layer at init (left bin: zeros)", "heatmap",
-             tuple(Series(n, list(range(20)), [(i * j) % 7 for j in range(20)]) for i, n in enumerate(names))),
-        Plot("bars", "Update/weight ratio per weight matrix", "bar",
-             (Series("ratio", names, [1e-3 * (i + 1) for i in range(12)]),), log_y=True,
-             markers=(Marker("low", 1e-5, axis="y"),)),
-        Plot("many", "Per-feature std", "bar", (Series("std", list(range(64)), [1.0] * 64),)),
-        Plot("title", "A very long title " * 12, "line", (Series("a", [0, 1, 2], [1e6, 2e6, 3e6]),), x_label="step",
-             y_label="big values"),
-        Plot("offset", "Offset", "line", (Series("a", [0, 1, 2], [1.000001, 1.000002, 1.000003]),), y_label="y"),
-        Plot("symlog", "Zeros on a log axis", "line", (Series("a", list(range(5)), [0, 1e-6, 1e-3, 0, 1]),),
-             log_y=True),
-        Plot("x", "Large x", "scatter", (Series("a", [1e5, 2e5, 3e5], [1, 2, 3]),), x_label="examples"),
-        Plot("sweep", "Loss against the LR", "line", (Series("a", [1e-7, 1e-3, 1.0], [2.3, 1.0, 3.0]),), log_x=True,
-             x_label="learning rate", y_label="loss"),
-    ]
-
-
 def test_every_figure_keeps_its_text_inside_without_a_layout_pass():
     """The margins are measured before drawing (no tight_layout, which draws each figure once more): the title,
     labels and tick labels of awkward figures still lie inside them, and the axes keep most of the room."""
-    for plot in _awkward_plots():
+    for plot in awkward_plots():
         fig = draw(plot)
         fig.canvas.draw()
         ax = fig.axes[0]
@@ -114,13 +102,32 @@ def test_every_figure_keeps_its_text_inside_without_a_layout_pass():
 
 
 def test_long_names_keep_their_end_and_crowded_labels_thin_out():
-    ax = draw(_awkward_plots()[1]).axes[0]
+    ax = draw(awkward_plots()[1]).axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels[3] == "…3.self_attn.out_proj (Linear)" and len(set(labels)) == 12
-    fig = draw(_awkward_plots()[2])
+    fig = draw(awkward_plots()[2])
     fig.canvas.draw()
     ticks = fig.axes[0].get_xticklabels()
     assert ticks[0].get_text() == "0" and 8 <= len(ticks) < 64  # every k-th feature...
     assert all(t.get_horizontalalignment() == "center" for t in ticks)  # ...under its bar
     boxes = [t.get_window_extent() for t in ticks]
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # and no two overlap
+
+
+def test_to_png_draws_each_figure_once_without_a_layout_pass(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("tight_layout draws the figure once more to measure it")
+
+    monkeypatch.setattr(Figure, "tight_layout", refuse)
+    renders = []
+    real = Figure.draw
+
+    def counted(self, *args, **kwargs):
+        renders.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "draw", counted)
+    for plot in awkward_plots():
+        assert to_png(plot).startswith(b"\x89PNG")
+        assert draw(plot).get_layout_engine() is None  # no constrained layout either
+    assert len(renders) == len(awkward_plots())

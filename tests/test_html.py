@@ -13,6 +13,8 @@ import babysitter
 from babysitter.report import CheckResult, Marker, Plot, Report, Series, Table
 
 VOID = {"br", "img", "meta", "hr", "input", "link", "col", "wbr"}
+#: the self-closing elements of the inline SVG figures
+SVG_EMPTY = {"rect", "path", "polyline", "circle", "line"}
 
 
 class Node:
@@ -50,6 +52,9 @@ class Tree(HTMLParser):
         self.cur.children.append(node)
         if tag not in VOID:
             self.cur = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.cur.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.cur))
 
     def handle_endtag(self, tag):
         node = self.cur
@@ -93,12 +98,13 @@ def test_the_top_is_a_one_screen_summary_with_the_three_figures(real):
     summary = root.first("section", "overview")
     rows = summary.first("table").all("tr")
     assert [r.first("a").text() for r in rows if r.all("a")] == [c.id for c in report.checks]
-    alts = [img.attrs["alt"] for img in summary.all("img")]
+    figures = summary.all("svg")
+    labels = [f.attrs["aria-label"] for f in figures if f.attrs.get("role") == "img"]
     wanted = [report["lr_range"].plots[0], report["grad_norms"].plots[0], report["activation_scale"].plots[0]]
     assert [p.id for p in wanted] == ["lr_curve", "total_hist", "std_by_depth"]
-    assert alts == [p.title for p in wanted], alts
-    for img in summary.all("img"):
-        assert img.attrs["src"].startswith("data:image/png;base64,")
+    assert labels == [p.title for p in wanted], labels  # inline SVG, named for screen readers
+    for figure in (f for f in figures if f.attrs.get("role") == "img"):
+        assert figure.attrs["viewbox"].startswith("0 0 ") and figure.first("title").text() in labels
     body = root.first("body")
     first_card = body.first("details", "check")
     order = [n for n in _walk(body) if n is summary or n is first_card]
@@ -175,4 +181,4 @@ def test_dict_metrics_read_as_name_value_lines(tmp_path):
 def test_the_summary_without_those_checks_has_no_figures(tmp_path):
     report = Report("t", (CheckResult(id="initial_loss", status="pass", summary="ok"),))
     summary = parse(report.save(tmp_path)["html"]).first("section", "overview")
-    assert summary.all("table") and not summary.all("img")
+    assert summary.all("table") and not summary.all("svg")

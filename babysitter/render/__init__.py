@@ -4,18 +4,15 @@ from __future__ import annotations
 import contextlib
 import gc
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, Union
+from typing import Iterator, Sequence
 
 from ..report import Report, write_atomic
 
 FORMATS = ("json", "html", "csv")
 
 
-def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMATS,
-                 figures: Union[Mapping, Callable[[], Mapping], None] = None) -> dict[str, Path]:
-    """Write report.json, report.html and one CSV per table into ``directory``, each atomically; ``figures``:
-    PNGs drawn while the checks ran, or a function returning them, called once the JSON and CSVs are written
-    (see :mod:`babysitter.render.prefetch`)."""
+def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Write report.json, report.html and one CSV per table into ``directory``, each atomically."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown report format(s) {unknown}; choose from {FORMATS}")
@@ -35,7 +32,7 @@ def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMA
             from .html import render
 
             written["html"] = directory / "report.html"
-            write_atomic(written["html"], render(report, figures))
+            write_atomic(written["html"], render(report))
     return written
 
 
@@ -43,8 +40,8 @@ def write_report(report: Report, directory: Path, formats: Sequence[str] = FORMA
 def gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while the report is written (as it was, after). The process that
     writes it still holds the whole run (torch, the target, the evidence: 360k objects for a small MLP), and
-    importing matplotlib and drawing figures allocate enough to start full collections that walk all of them:
-    a fifth of the report's time. What the figures leave behind is collected once the collector is back."""
+    building the page's strings allocates enough to start full collections that walk all of them. What the report
+    leaves behind is collected once the collector is back."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -1,11 +1,16 @@
-"""Figures from plot data, through matplotlib's object API (no pyplot, no global state)."""
+"""A report's plots drawn with matplotlib's object API (no pyplot, no global state), for use outside the report:
+``draw(plot, ax=None)`` returns the Figure (to show in a notebook, or save in any format), ``to_png`` its PNG.
+
+Optional: it needs matplotlib (``pip install matplotlib``), which babysitter does not install; the HTML report's
+figures are SVG written by :mod:`babysitter.render.svg`, from the same facts (:mod:`babysitter.render.plotdata`).
+"""
 from __future__ import annotations
 
 import io
 import math
 import os
 import textwrap
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -14,51 +19,23 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 
 from ..report import Plot
 from .layout import fit
-from .parallel import split_map
+from .plotdata import COLORS, cut_label, finite, has_data, integer_x, log_y, markers, pairs, short, sweep_limits
 
-#: colours of curves, bars and histograms
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-#: reference lines (suggestions, thresholds, the user's setting): colours no curve uses, and dash patterns, so
-#: that "your LR" is never mistaken for a repeat of the sweep
-_MARKER_STYLES = tuple((color, dash) for dash in ("--", "-.", ":")
-                       for color in ("#000000", "#17becf", "#bcbd22", "#7f7f7f", "#d100d1"))
+__all__ = ["draw", "to_png", "has_data"]
+
 #: a title wraps at this many characters per inch of figure width (matplotlib's 10 pt sans-serif)
 _TITLE_CHARS_PER_INCH = 10.5
-#: a sweep's curve (log x) is drawn up to its start plus this many times its descent; higher is divergence
-_SWEEP_HEADROOM = 1.0
 #: the font size (points) of a bar chart's group labels
 _BAR_LABEL_PT = 7
-#: the most characters of a name on an axis (a bar's group, a heatmap's row): longer ones lose their start
-_LABEL_CHARS = 32
 #: a figure's size (inches) when the caller gives none
 SIZE = (6.4, 3.6)
-#: pixels per inch: a figure of SIZE is 538 px wide, within the 540 px the HTML report shows a figure at, so that
-#: browsers show its own pixels instead of scaling 640 down (as at 100 dpi): text and lines as large on the page as
-#: before, sharper, with 30% fewer pixels to draw and encode
+#: pixels per inch: a figure of SIZE is 538 px wide, the 540 px the HTML report shows a figure at
 DPI = 84
 #: at most this many minor ticks per decade on a log axis spanning more than _FULL_MINOR_DECADES decades (every
 #: minor tick is an object with its own lines and label: eight per decade made a sweep over 1e-7..1 cost twice a
 #: linear plot, for marks nobody reads); shorter axes keep matplotlib's, whose minor ticks carry labels there
 _FEW_MINOR = (2.0, 5.0)
 _FULL_MINOR_DECADES = 2.0
-
-
-def _finite(values) -> list[float]:
-    out = []
-    for v in values:
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            out.append(float(v))
-    return out
-
-
-def _pairs(xs, ys):
-    return [(float(x), float(y)) for x, y in zip(xs, ys)
-            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(x) and math.isfinite(y)]
-
-
-def has_data(plot: Plot) -> bool:
-    """Whether ``plot`` has a finite value to draw (a plot of nothing is left out of the report)."""
-    return any(_finite(s.y) for s in plot.series)
 
 
 def draw(plot: Plot, ax: Optional[Axes] = None, *, size: Optional[tuple[float, float]] = None) -> Figure:
@@ -120,7 +97,7 @@ def _title(plot: Plot, ax: Axes) -> None:
 
 def _hist(plot: Plot, ax: Axes) -> None:
     """Histograms of each series' sample over one shared range."""
-    samples = [_finite(s.y) for s in plot.series]
+    samples = [finite(s.y) for s in plot.series]
     pooled = [v for s in samples for v in s]
     if not pooled:
         return
@@ -130,18 +107,18 @@ def _hist(plot: Plot, ax: Axes) -> None:
     for i, (s, vals) in enumerate(zip(plot.series, samples)):
         if vals:
             ax.hist(vals, bins=plot.bins, range=(lo, hi), alpha=0.6 if len(samples) > 1 else 0.9,
-                    histtype="stepfilled", label=s.name, color=_COLORS[i % len(_COLORS)])  # one polygon, not 40 bars
+                    histtype="stepfilled", label=s.name, color=COLORS[i % len(COLORS)])  # one polygon, not 40 bars
 
 
 def _bars(plot: Plot, ax: Axes) -> None:
     """Grouped bars, one group per x label, one bar per series."""
     n = max(len(plot.series), 1)
     width = 0.8 / n
-    labels = [_short(str(x)) for x in plot.series[0].x] if plot.series else []
+    labels = [short(str(x)) for x in plot.series[0].x] if plot.series else []
     for i, s in enumerate(plot.series):
         ys = [float(y) if isinstance(y, (int, float)) and math.isfinite(y) else 0.0 for y in s.y]
         ax.bar([j + (i - (n - 1) / 2) * width for j in range(len(ys))], ys, width=width, label=s.name,
-               color=_COLORS[i % len(_COLORS)])
+               color=COLORS[i % len(COLORS)])
     _bar_labels(ax, labels)
 
 
@@ -159,36 +136,22 @@ def _bar_labels(ax: Axes, labels: list[str]) -> None:
                        fontsize=_BAR_LABEL_PT)
 
 
-def _short(label: str) -> str:
-    """A name of at most _LABEL_CHARS characters: its leading dotted parts give way to an ellipsis, since the end
-    is what tells layers apart (``…3.self_attn.out_proj (Linear)``; the tables have the whole names)."""
-    if len(label) <= _LABEL_CHARS:
-        return label
-    parts = label.split(".")
-    while len(parts) > 1 and len(".".join(parts)) >= _LABEL_CHARS:
-        parts.pop(0)
-    return "…" + ".".join(parts)[-(_LABEL_CHARS - 1):]
-
-
 def _lines(plot: Plot, ax: Axes) -> None:
     """Lines (or scatter points) over each series' x, or over the index when it has none."""
     for i, s in enumerate(plot.series):
-        pts = _pairs(s.x, s.y) if s.x else _pairs(range(len(s.y)), s.y)
+        pts = pairs(s.x, s.y) if s.x else pairs(range(len(s.y)), s.y)
         if not pts:
             continue
         xs, ys = zip(*pts)
         if plot.kind == "scatter":
-            ax.scatter(xs, ys, s=12, label=s.name, color=_COLORS[i % len(_COLORS)])
+            ax.scatter(xs, ys, s=12, label=s.name, color=COLORS[i % len(COLORS)])
         else:
-            ax.plot(xs, ys, label=s.name, color=_COLORS[i % len(_COLORS)], lw=1.5)
+            ax.plot(xs, ys, label=s.name, color=COLORS[i % len(COLORS)], lw=1.5)
 
 
 def _markers(plot: Plot, ax: Axes) -> None:
-    for i, m in enumerate(plot.markers):
-        if not isinstance(m.value, (int, float)) or not math.isfinite(m.value):
-            continue
+    for m, color, dash in markers(plot):
         line = ax.axvline if m.axis == "x" else ax.axhline
-        color, dash = _MARKER_STYLES[i % len(_MARKER_STYLES)]
         line(m.value, color=color, ls=dash, lw=1.3, label=m.label)
 
 
@@ -210,50 +173,33 @@ def _axes(plot: Plot, ax: Axes) -> None:
 
 
 def _log_y(plot: Plot, ax: Axes) -> None:
-    """A log y axis over the positive values; zeros (which a log axis cannot show, and used to be clipped off
-    its bottom) sit on a labelled 0 one decade below the smallest positive value, on a symmetric-log axis."""
-    values = [v for s in plot.series for v in _finite(s.y)]
-    positive = [v for v in values if v > 0] + [m.value for m in plot.markers if m.axis == "y"
-                                               and isinstance(m.value, (int, float)) and 0 < m.value < math.inf]
-    if not any(v > 0 for v in values):
+    """A log y axis over the positive values; zeros sit on a labelled 0 one decade below the smallest positive value,
+    on a symmetric-log axis (see :func:`~babysitter.render.plotdata.log_y`)."""
+    scale = log_y(plot)
+    if scale is None:
         return  # a log axis over no positive value is empty, and matplotlib warns
-    if all(v > 0 for v in values):
+    if scale.zero is None:
         ax.set_yscale("log")
         return
-    floor = 10.0 ** math.floor(math.log10(min(positive)))
-    ax.set_yscale("symlog", linthresh=floor, linscale=0.4)
-    top = max(positive)
-    ax.set_ylim(min(min(values), 0.0), top * 10 ** 0.15)
+    ax.set_yscale("symlog", linthresh=scale.zero, linscale=0.4)
+    values = [v for s in plot.series for v in finite(s.y)]
+    ax.set_ylim(min(min(values), 0.0), scale.high * 10 ** 0.15)
 
 
 def _integer_ticks(plot: Plot, ax: Axes) -> None:
     """Whole-number ticks where x counts layers, steps or examples, and on a histogram's counts."""
     if plot.kind == "hist":
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    elif plot.kind in ("line", "scatter") and not plot.log_x:
-        xs = [x for s in plot.series for x in s.x]
-        if all(isinstance(x, int) and not isinstance(x, bool) for x in xs):  # a series without x runs over 0..n-1
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    elif integer_x(plot):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _sweep_range(plot: Plot, ax: Axes) -> None:
-    """A sweep (a curve over a log x, such as the loss against the LR) informs from its start down to its minimum
-    and the turn back up; a repeat that diverges to 1e4 would flatten all of that. The y-range stops at the start
-    plus ``_SWEEP_HEADROOM`` times the descent, and the axis label says so."""
-    if not (plot.log_x and plot.kind == "line" and not plot.log_y):
-        return
-    curves = [ys for ys in (_finite(s.y) for s in plot.series) if ys]
-    if not curves:
-        return
-    start = max(ys[0] for ys in curves)
-    low = min(min(ys) for ys in curves)
-    high = max(max(ys) for ys in curves)
-    span = start - low if start > low else abs(start) or 1.0
-    top = start + _SWEEP_HEADROOM * span
-    if high <= top:
-        return
-    ax.set_ylim(low - 0.05 * span, top)
-    ax.set_ylabel(f"{plot.y_label or 'value'} (divergence cut off)", fontsize=9)
+    """A sweep's y-range stops short of its divergence (see :func:`~babysitter.render.plotdata.sweep_limits`)."""
+    cut = sweep_limits(plot)
+    if cut is not None:
+        ax.set_ylim(*cut)
+        ax.set_ylabel(cut_label(plot), fontsize=9)
 
 
 def _heatmap(plot: Plot, ax: Axes) -> None:
@@ -263,35 +209,18 @@ def _heatmap(plot: Plot, ax: Axes) -> None:
         return
     width = max(len(r) for r in rows)
     rows = [r + [0.0] * (width - len(r)) for r in rows]
-    xs = _finite(plot.series[0].x) or [0.0, float(width)]
+    xs = finite(plot.series[0].x) or [0.0, float(width)]
     step = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) if len(xs) > 1 else 1.0
     ax.imshow(rows, aspect="auto", cmap="viridis", interpolation="nearest",
               extent=(xs[0] - step / 2, xs[-1] + step / 2, len(rows) - 0.5, -0.5))
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([_short(s.name) for s in plot.series], fontsize=6 if len(rows) > 12 else 7)
+    ax.set_yticklabels([short(s.name) for s in plot.series], fontsize=6 if len(rows) > 12 else 7)
     ax.figure.set_size_inches(6.4, min(max(3.6, 0.25 * len(rows) + 1.2), 12.0))
 
 
 def to_png(plot: Plot, *, size: Optional[tuple[float, float]] = None) -> bytes:
+    """``plot`` drawn by :func:`draw`, as PNG bytes."""
     fig = draw(plot, size=size)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-def pngs(plots: Sequence[Plot], sizes: Sequence[Optional[tuple[float, float]]],
-         ready: Optional[Mapping] = None) -> list[bytes]:
-    """Each plot drawn once, as PNG bytes, at its size (None: SIZE); on two cores when there are (see
-    :func:`~babysitter.render.parallel.split_map`). ``ready``: PNGs drawn before, by (id(plot), size), not drawn
-    again."""
-    ready = ready or {}
-    out = [ready.get((id(p), size)) for p, size in zip(plots, sizes)]
-    todo = [i for i, png in enumerate(out) if png is None]
-    for i, png in zip(todo, split_map(_png, [(plots[i], sizes[i]) for i in todo])):
-        out[i] = png
-    return out
-
-
-def _png(job: tuple) -> bytes:
-    plot, size = job
-    return to_png(plot, size=size)

@@ -1,21 +1,22 @@
 """A self-contained HTML report: inline CSS and figures, opens offline, every user string escaped."""
 from __future__ import annotations
 
-import base64
 import html
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Optional
 
 from ..analysis import fmt
 from ..analysis.status import PROBLEMS
 from ..report import CheckResult, Plot, Report, Table
-from .figures import has_data, pngs
-from .prefetch import SUMMARY_FIGURES, size_of
+from . import svg
+from .plotdata import has_data
 from .tables import cell
 
-# SUMMARY_FIGURES (render/prefetch.py): the figures people come for, shown at the top of the report when their
-# checks drew them: the LR curve with the suggestion and the user's LR, the gradient-norm histogram with the clip
-# line, activation scale through depth; at SUMMARY_SIZE inches three side by side fill one screen's width. Each is
-# drawn once, at that size, and the same image shows in the summary and in its check's card
+#: the figures people come for, by (check id, plot id), shown at the top of the report when their checks drew them:
+#: the LR curve with the suggestion and the user's LR, the gradient-norm histogram with the clip line, activation
+#: scale through depth. At SUMMARY_SIZE (px) three side by side fill one screen's width; each is drawn once, at that
+#: size, and the same figure shows in the summary and in its check's card
+SUMMARY_FIGURES = (("lr_range", "lr_curve"), ("grad_norms", "total_hist"), ("activation_scale", "std_by_depth"))
+SUMMARY_SIZE = (390, 270)
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;
@@ -30,10 +31,10 @@ text-align:left;vertical-align:top} th{background:#f5f5f5}
 .check summary{cursor:pointer} .check summary h2{display:inline} .more{color:#1565c0;font-size:.8em;
 margin-left:.4em}
 .summary{margin:.3em 0 .2em 0} .advice li{margin:.2em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;
-font-size:.8em} img{max-width:100%;margin:.4em 0} .metrics td:first-child{font-family:monospace}
-.figs{display:flex;flex-wrap:wrap;gap:.5em} .figs img{max-width:540px}
+font-size:.8em} .metrics td:first-child{font-family:monospace}
+.figs{display:flex;flex-wrap:wrap;gap:.5em} .figs svg{max-width:100%;height:auto;margin:.4em 0}
 .overview{border-bottom:1px solid #e0e0e0;padding-bottom:.6em} .overview .figs{flex-wrap:nowrap}
-.overview .figs a{flex:1 1 0;min-width:0} .overview .figs img{width:100%;max-width:100%;margin:0}
+.overview .figs a{flex:1 1 0;min-width:0} .overview .figs svg{width:100%;margin:0}
 .num{text-align:right;white-space:nowrap;color:#666}
 """
 
@@ -53,8 +54,9 @@ def _table(t: Table) -> str:
     return f"<h3>{esc(t.title)}</h3><table><tr>{head}</tr>{rows}</table>"
 
 
-def _img(plot: Plot, images: dict[int, str]) -> str:
-    return f'<img alt="{esc(plot.title)}" src="{images[id(plot)]}">'
+def size_of(check_id: str, plot: Plot) -> Optional[tuple[float, float]]:
+    """The size (px) a plot is drawn at on the page (None: the figures' default)."""
+    return SUMMARY_SIZE if (check_id, plot.id) in SUMMARY_FIGURES else None
 
 
 def _summary_plots(report: Report) -> list[tuple[str, Plot]]:
@@ -63,16 +65,10 @@ def _summary_plots(report: Report) -> list[tuple[str, Plot]]:
             for p in c.plots if p.id == pid and has_data(p)]
 
 
-def _images(report: Report, ready: Union[Mapping, Callable[[], Mapping], None] = None) -> dict[int, str]:
-    """Every figure the page shows, drawn once (the summary's three at SUMMARY_SIZE), as data URIs keyed by the
-    id of their Plot: the summary and the cards share them. ``ready``: PNGs drawn while the checks ran
-    (:class:`~babysitter.render.prefetch.FigurePrefetch`), by (id(plot), size), or a function returning them (called
-    only now: the JSON and CSVs were written while they were still being drawn); only the rest are drawn here."""
-    ready = ready() if callable(ready) else ready
-    shown = [(p, size_of(c.id, p)) for c in report.checks for p in c.plots if has_data(p)]
-    drawn = pngs([p for p, _ in shown], [size for _, size in shown], ready)
-    return {id(p): "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-            for (p, _), png in zip(shown, drawn)}
+def _figures(report: Report) -> dict[int, str]:
+    """Every figure the page shows, drawn once as inline SVG (the summary's three at SUMMARY_SIZE), keyed by the id
+    of their Plot: the summary and the cards share them."""
+    return {id(p): svg.render(p, size_of(c.id, p)) for c in report.checks for p in c.plots if has_data(p)}
 
 
 def _contents(c: CheckResult, plots: list) -> str:
@@ -82,7 +78,7 @@ def _contents(c: CheckResult, plots: list) -> str:
     return f'<span class="more">{esc(", ".join(parts))}</span>' if parts else ""
 
 
-def _check(c: CheckResult, images: dict[int, str]) -> str:
+def _check(c: CheckResult, figures: dict[int, str]) -> str:
     plots = [p for p in c.plots if has_data(p)]
     parts = [f'<details class="check" id="{esc(c.id)}" {"open" if c.status in PROBLEMS else ""}>',
              f'<summary><h2><span class="badge {esc(c.status)}">{esc(c.status.upper())}</span> '
@@ -93,7 +89,7 @@ def _check(c: CheckResult, images: dict[int, str]) -> str:
     if c.notes:
         parts.append("<p class='sub'>" + "<br>".join(esc(n) for n in c.notes) + "</p>")
     if plots:
-        parts.append("<div class='figs'>" + "".join(_img(p, images) for p in plots) + "</div>")
+        parts.append("<div class='figs'>" + "".join(figures[id(p)] for p in plots) + "</div>")
     for t in c.tables:
         parts.append(_table(t))
     if c.metrics:
@@ -105,21 +101,21 @@ def _check(c: CheckResult, images: dict[int, str]) -> str:
     return "".join(parts)
 
 
-def _overview(report: Report, images: dict[int, str]) -> str:
+def _overview(report: Report, figures: dict[int, str]) -> str:
     """The one-screen summary: the verdict of every check (linked to its card, with its time), then the figures
     of SUMMARY_FIGURES that the run drew."""
     rows = "".join(
         f"<tr><td><span class='badge {esc(c.status)}'>{esc(c.status.upper())}</span></td>"
         f"<td><a href='#{esc(c.id)}'>{esc(c.id)}</a></td><td class='num'>{c.duration_s:.1f}s</td>"
         f"<td>{esc(c.summary)}</td></tr>" for c in report.checks)
-    figs = [f"<a href='#{esc(cid)}'>{_img(p, images)}</a>" for cid, p in _summary_plots(report)]
-    figures = f"<div class='figs'>{''.join(figs)}</div>" if figs else ""
-    return f"<section class='overview' id='overview'><table>{rows}</table>{figures}</section>"
+    figs = [f"<a href='#{esc(cid)}'>{figures[id(p)]}</a>" for cid, p in _summary_plots(report)]
+    shown = f"<div class='figs'>{''.join(figs)}</div>" if figs else ""
+    return f"<section class='overview' id='overview'><table>{rows}</table>{shown}</section>"
 
 
-def render(report: Report, figures: Union[Mapping, Callable[[], Mapping], None] = None) -> str:
-    """The self-contained page; ``figures``: PNGs already drawn (see :func:`_images`)."""
-    images = _images(report, figures)
+def render(report: Report) -> str:
+    """The self-contained page."""
+    figures = _figures(report)
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     run_rows = "".join(f"<tr><td>{esc(k)}</td><td>{_cell(v)}</td></tr>" for k, v in report.run.items())
     interrupted = (f"<p><b>Interrupted: this report is partial; {len(report.not_run)} of {len(report.checks)} checks "
@@ -129,7 +125,7 @@ def render(report: Report, figures: Union[Mapping, Callable[[], Mapping], None] 
         f"<title>babysitter: {esc(report.target)}</title><style>{_CSS}</style></head><body>"
         f"<h1>babysitter: {esc(report.target)} <span class='badge {esc(report.status)}'>"
         f"{esc(report.status.upper())}</span></h1><p class='sub'>{esc(counts)}</p>{interrupted}"
-        + _overview(report, images)
-        + "".join(_check(c, images) for c in report.checks)
+        + _overview(report, figures)
+        + "".join(_check(c, figures) for c in report.checks)
         + f"<details><summary>Run facts</summary><table class='metrics'>{run_rows}</table></details>"
         "</body></html>")
