@@ -23,10 +23,11 @@ _EXPORTS = {
     "CheckResult": ".report", "Report": ".report",
     "Step": ".step",
     "Target": ".target",
+    "watch": ".watching", "Watcher": ".watching",
 }
 
 __all__ = ["check", "wrap", "Sitter", "Target", "Step", "Report", "CheckResult", "ExitCode", "TargetError",
-           "UsageError", "__version__"]
+           "UsageError", "watch", "Watcher", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .api import Sitter, check, wrap
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .report import CheckResult, Report
     from .step import Step
     from .target import Target
+    from .watching import Watcher, watch
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..analysis import fmt
 from ..analysis.params import display, is_weight_matrix, layers_of, module_at
+from ..analysis.run import finite, suggested_clip
 from ..analysis.status import Status
 from ..passes.train_probe import TRAIN_STEPS, TrainProbe
 from ..report import CheckResult, Marker, Plot, Series, Table
@@ -32,11 +33,6 @@ GROWTH_PARTS = 4
 
 
 # -- pure statistics of norms per step ------------------------------------------------------------------------
-def finite(values: Sequence) -> list[float]:
-    """The finite numbers among ``values``."""
-    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-
-
 def local_spike(totals: Sequence[float], half: int = SPIKE_WINDOW) -> Optional[list]:
     """[step, ratio, norm] of the step whose norm is the largest multiple of the median of its neighbours
     (``half`` steps either side); None when no step has finite, positive neighbours."""
@@ -89,16 +85,6 @@ def end_groups(layers: Sequence[int], fraction: float = END_FRACTION) -> tuple[l
         return list(layers), list(layers)
     k = max(1, min(int(len(layers) * fraction), len(layers) // 2))
     return list(layers[:k]), list(layers[-k:])
-
-
-def suggested_clip(norms: Sequence[float], spike: float, percentile: float) -> float:
-    """The ``percentile`` of the finite norms that moved (zero-gradient steps say nothing about a clip) and are not
-    spikes (more than ``spike`` times the median)."""
-    norms = finite(norms)
-    p50 = float(np.median(norms))
-    moving = [v for v in norms if v > 0] or norms
-    healthy = [v for v in moving if v <= spike * p50] or moving
-    return float(np.percentile(healthy, percentile))
 
 
 def median_or_nan(values: Sequence[float]) -> float:
