@@ -302,3 +302,17 @@ def test_the_legend_covers_no_data(busy):
     for line in polylines(root):
         for x, y in line:
             assert not (left - 1 < x + ox < right + 1 and top - 1 < y + oy < bottom + 1), (x, y)
+
+
+@pytest.mark.parametrize("kind", ["line", "scatter", "bar", "hist", "heatmap"])
+def test_odd_values_never_break_a_figure(kind):
+    """A figure is drawn, with finite coordinates, from values a report can hold: subnormal and huge numbers,
+    negatives and zeros on log axes, one repeated x, names for x, a single value."""
+    odd = [5e-324, 1e300, -3.0, 0.0, float("nan"), 2.0, 2.0]
+    for xs in ([], [5] * 7, [f"n{i}" for i in range(7)], odd):
+        for log in (False, True):
+            plot = Plot("p", "odd", kind, (Series("a", xs, odd), Series("b", xs[:1], odd[5:6])), log_x=log,
+                        log_y=log, markers=(Marker("m", 5e-324, axis="y"), Marker("x", -1.0)), bins=1)
+            text = svg.render(plot)
+            parse(text)
+            assert "nan" not in text and "inf" not in text, (xs, log)

@@ -98,7 +98,7 @@ def log_y(plot: Plot) -> Optional[LogY]:
     shown = positive + [v for v in lines if v > 0]
     if all(v > 0 for v in values):
         return LogY(None, min(shown), max(shown))
-    floor = 10.0 ** math.floor(math.log10(min(shown)))
+    floor = 10.0 ** max(math.floor(math.log10(min(shown))), -300)  # a subnormal's decade would round to 0
     return LogY(floor, floor, max(shown))
 
 

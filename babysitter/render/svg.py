@@ -178,7 +178,7 @@ class Axis:
         if not ts:
             self.lo, self.hi = (-1.0, 1.0) if self.log else (0.0, 1.0)
             return
-        lo, hi = min(ts), max(ts)
+        lo, hi = max(min(ts), -1e300), min(max(ts), 1e300)  # a range that stays finite
         if lo == hi:
             half = 0.5 if self.log else (abs(lo) * 0.1 or 0.5)
             lo, hi = lo - half, hi + half
@@ -187,7 +187,7 @@ class Axis:
         self.hi = hi if sticky is not None and hi == sticky else hi + pad * span
 
     def px(self, t: float) -> float:
-        return self.a + (t - self.lo) * (self.b - self.a) / (self.hi - self.lo)
+        return self.a + (t - self.lo) * (self.b - self.a) / ((self.hi - self.lo) or 1.0)
 
     def ticks(self, most: int) -> list[Tick]:
         """At most ``most`` labelled ticks inside the range (and minor ones on a log axis)."""
@@ -228,7 +228,8 @@ def _linear_ticks(lo: float, hi: float, most: int, integer: bool) -> tuple[list[
 
 def _log_ticks(lo: float, hi: float, most: int) -> list[Tick]:
     """Decades labelled 10^k when three or more are in range (every n-th when crowded), minor ticks between them;
-    over a shorter range, 1-2-5 (or 1..9) times a power of ten, labelled; over less than that, linear ones."""
+    over a shorter range, 1-2-5 times a power of ten when that makes three labels, else 1..9, 1-2-5, 1-3 times
+    one, the first that ``most`` allows; over less than that, linear ones."""
     decades = list(range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1))
     if len(decades) >= 3:
         every = math.ceil(len(decades) / max(most, 2))
@@ -238,13 +239,12 @@ def _log_ticks(lo: float, hi: float, most: int) -> list[Tick]:
         ticks += [Tick(t, None) for k in range(decades[0] - 1, decades[-1] + 1) for m in subs
                   if lo <= (t := k + math.log10(m)) <= hi]
         return ticks
-    for subs in ((1, 2, 5), range(1, 10)):
-        values = [m * 10.0 ** k for k in range(math.floor(lo) - 1, math.ceil(hi) + 1) for m in subs
+    for subs, least in (((1, 2, 5), 3), (range(1, 10), 2), ((1, 2, 5), 2), ((1, 3), 2), ((1,), 2)):
+        places = [(k, m) for k in range(math.floor(lo) - 1, math.ceil(hi) + 1) for m in subs
                   if lo - 1e-9 <= k + math.log10(m) <= hi + 1e-9]
-        if len(values) >= 2:
-            if len(values) > max(most, 2):
-                continue
-            return [Tick(math.log10(v), _compact(v)) for v in values]
+        if least <= len(places) <= max(most, 2):
+            return [Tick(k + math.log10(m), _compact(m * 10.0 ** k) if abs(k) < 300 else power(k, f"{m}"))
+                    for k, m in places]
     linear, _ = _linear_ticks(10 ** lo, 10 ** hi, most, False)
     return [Tick(math.log10(t.at), _compact(t.at)) for t in linear if t.at > 0]
 
@@ -298,16 +298,19 @@ class Body:
 
 
 def _fitted_ticks(axis: Axis, length: float, horizontal: bool) -> list[Tick]:
-    """Ticks whose labels do not collide over ``length`` px."""
-    most = max(2, int(length / (55 if horizontal else 24)))
-    for _ in range(6):
+    """The most ticks whose labels do not collide over ``length`` px (the axis' positions set)."""
+    most = max(2, int(length / (60 if horizontal else 28)))
+    while True:
         ticks = axis.ticks(most)
-        labels = [t.label for t in ticks if t.label]
-        need = (max((lab.width(TICK_PX) for lab in labels), default=0) + 10) if horizontal else TICK_PX * 1.8
-        if most <= 2 or len(labels) * need <= length:
+        if most <= 2 or not _collide([t for t in ticks if t.label], axis, horizontal):
             return ticks
-        most = max(2, min(most - 1, int(length / need)))
-    return ticks
+        most -= 1
+
+
+def _collide(ticks: list[Tick], axis: Axis, horizontal: bool) -> bool:
+    """Whether two neighbouring labels overlap, or come closer than a gap."""
+    at = sorted((axis.px(t.at), t.label.width(TICK_PX) if horizontal else TICK_PX) for t in ticks)
+    return any(b - a < (wa + wb) / 2 + (8 if horizontal else 0.4 * TICK_PX) for (a, wa), (b, wb) in zip(at, at[1:]))
 
 
 class Lines(Body):
@@ -370,10 +373,11 @@ class Lines(Body):
 
 
 class Hist(Body):
-    """Histograms of each series' sample over one shared range, as filled steps."""
+    """Histograms of each series' sample over one shared range, as filled steps, on linear axes."""
 
     def __init__(self, plot: Plot):
         super().__init__(plot)
+        self.x = Axis()
         samples = [finite(s.y) for s in plot.series]
         pooled = [v for s in samples for v in s]
         lo, hi = min(pooled), max(pooled)
@@ -486,7 +490,8 @@ class Heatmap(Body):
         self.vmin, self.vmax = (min(values), max(values)) if values else (0.0, 1.0)
         cols = max((len(r) for r in self.rows), default=1)
         xs = finite(plot.series[0].x) if plot.series else []
-        xs = xs if len(xs) == cols else [float(k) for k in range(cols)]
+        if len(xs) != cols or any(b <= a for a, b in zip(xs, xs[1:])) or not math.isfinite(xs[-1] - xs[0]):
+            xs = [float(k) for k in range(cols)]  # no usable x: the columns' numbers
         step = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) if len(xs) > 1 else 1.0
         self.starts = [x - step / 2 for x in xs] + [xs[-1] + step / 2]
         self.lines = []
@@ -799,36 +804,31 @@ def _marker_lines(body: Body, f: Box) -> str:
     return "".join(out)
 
 
+def _placed(ticks: list[Tick], axis: Axis, start: float, end: float):
+    """Each tick inside the axes with its position (px) and the length of its mark (minor ones are half)."""
+    for t in ticks:
+        p = start + axis.px(t.at)
+        if min(start, end) - 0.5 <= p <= max(start, end) + 0.5:
+            yield p, t, TICK if t.label else TICK / 2
+
+
 def _ticks(body: Body, layout: Layout, w: float) -> str:
     f = layout.frame
-    marks, texts = [], []
+    marks, texts, ylabels = [], [], []
     turned = isinstance(body, Bars) and body.turned()
-    group = isinstance(body, Bars)
-    px = GROUP_PX if group else TICK_PX
-    for t in layout.x_ticks:
-        x = f.left + body.x.px(t.at)
-        if not f.left - 0.5 <= x <= f.right + 0.5:
-            continue
-        size = TICK if t.label else TICK / 2
+    px = GROUP_PX if isinstance(body, Bars) else TICK_PX
+    for x, t, size in _placed(layout.x_ticks, body.x, f.left, f.right):
         marks.append(f"M{_n(x)},{_n(f.bottom)}v{_n(size)}")
-        if not t.label:
-            continue
         y = f.bottom + TICK + GAP + px * 0.8
-        if turned:
+        if t.label and turned:
             texts.append(f'<text x="{_n(x + 3)}" y="{_n(y)}" text-anchor="end" transform="rotate(-45 {_n(x + 3)} '
                          f'{_n(y)})">{t.label.markup(px)}</text>')
-        else:
+        elif t.label:
             half = t.label.width(px) / 2
-            cx = min(max(x, EDGE + half), w - EDGE - half)
-            texts.append(f'<text x="{_n(cx)}" y="{_n(y)}">{t.label.markup(px)}</text>')
-    heat = isinstance(body, Heatmap)
-    ypx = GROUP_PX if heat else TICK_PX
-    ylabels = []
-    for t in layout.y_ticks:
-        y = f.top + body.y.px(t.at)
-        if not f.top - 0.5 <= y <= f.bottom + 0.5:
-            continue
-        size = TICK if t.label else TICK / 2
+            texts.append(f'<text x="{_n(min(max(x, EDGE + half), w - EDGE - half))}" y="{_n(y)}">'
+                         f'{t.label.markup(px)}</text>')
+    ypx = GROUP_PX if isinstance(body, Heatmap) else TICK_PX
+    for y, t, size in _placed(layout.y_ticks, body.y, f.top, f.bottom):
         marks.append(f"M{_n(f.left)},{_n(y)}h{_n(-size)}")
         if t.label:
             ylabels.append(f'<text x="{_n(f.left - TICK - GAP)}" y="{_n(y + ypx * 0.35)}">'
