@@ -1,16 +1,14 @@
 """The optional matplotlib figures (``babysitter.render.figures.draw``, outside the report, whose figures are SVG:
 see test_svg.py), as people read them (issue 13, item 12): whole titles, integer ticks where x counts layers or
-steps, marker lines that no curve shares a colour with, an LR curve's y-range kept to where it informs, no log axis
-stretched down to 1e-21 by zeros, margins measured without a layout pass that draws a figure twice."""
+steps, no log axis stretched down to 1e-21 by zeros, margins measured without a layout pass that draws a figure
+twice. The facts both renderers draw (marker styles, a sweep's y-range) are render/plotdata.py's, tested through
+the SVG figures."""
 from __future__ import annotations
-
-import math
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
-from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from test_svg import awkward_plots  # noqa: E402
@@ -43,31 +41,6 @@ def test_layer_and_step_axes_have_integer_ticks():
     hist = draw(Plot("h", "norms", "hist", (Series("total norm", (), [0.3, 0.35, 0.5, 0.5, 0.9]),)))
     ticks = _visible_ticks(hist.axes[0], "y")  # counts of steps
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
-
-
-def test_marker_lines_never_share_a_colour_with_a_curve():
-    series = tuple(Series(f"order {i}", [1e-5, 1e-3, 1e-1], [1.0, 0.8 - i / 10, 1.2]) for i in range(4))
-    markers = tuple(Marker(label, v) for label, v in (("suggested", 1e-3), ("range low", 1e-5), ("range high", 0.05),
-                                                        ("diverged", 0.09), ("your LR", 0.01)))
-    ax = draw(Plot("lr", "Smoothed loss against the learning rate", "line", series, log_x=True,
-                   markers=markers)).axes[0]
-    by_label = {line.get_label(): line for line in ax.get_lines()}
-    curves = {to_hex(by_label[s.name].get_color()) for s in series}
-    marks = [(to_hex(by_label[m.label].get_color()), by_label[m.label].get_linestyle()) for m in markers]
-    assert not curves & {c for c, _ in marks}, (curves, marks)
-    assert len(set(marks)) == len(marks)  # and no two markers look alike
-
-
-def test_a_diverging_repeat_does_not_flatten_the_lr_curve():
-    lrs = [10 ** (-7 + i / 10) for i in range(80)]
-    calm = [2.3 - 1.5 * (1 / (1 + math.exp(-(i - 50) / 4))) for i in range(80)]  # 2.3 falling to 0.8
-    wild = calm[:70] + [calm[69] * 3 ** k for k in range(1, 11)]  # one repeat shoots to ~4e4
-    ax = draw(Plot("lr_curve", "Smoothed loss against the learning rate", "line",
-                   (Series("order 0", lrs, calm), Series("order 1", lrs, wild)), log_x=True,
-                   markers=(Marker("suggested", 1e-3),))).axes[0]
-    lo, hi = ax.get_ylim()
-    assert hi < 2 * 2.3, (lo, hi)  # the start, the descent and the turn up are what the reader needs
-    assert lo <= 0.8
 
 
 def test_zeros_on_a_log_axis_sit_on_a_zero_line():
