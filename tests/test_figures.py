@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from test_svg import awkward_plots  # noqa: E402
 
 from babysitter.render.figures import draw, to_png  # noqa: E402
-from babysitter.report import Marker, Plot, Series
+from babysitter.report import Marker, Plot, Series  # noqa: E402
 
 
 def _visible_ticks(ax, which: str) -> list[float]:
