@@ -10,7 +10,8 @@ from .target import Target
 
 
 class Sitter:
-    """A model wrapped with its data, loss and optimizer; ``check()`` runs the checklist on it."""
+    """A model wrapped with its data, loss and optimizer; ``check()`` runs the checklist on it, ``watch(steps)`` a
+    short watched training."""
 
     def __init__(self, target: Target):
         self.target = target
@@ -23,6 +24,13 @@ class Sitter:
 
         return run_target(self.target, device=device, seed=seed, select=select, ignore=ignore, options=options,
                           max_batches=max_batches)
+
+    def watch(self, steps: int, *, every: int = 50, device: str = "auto", seed: int = 0) -> Report:
+        """Train the wrapped model ``steps`` optimizer steps the way the target trains, under the watcher, and
+        return the watch's report; the model is left untouched (see :mod:`babysitter.watching.target`)."""
+        from .watching.target import watch_target
+
+        return watch_target(self.target, steps=steps, every=every, device=device, seed=seed)
 
 
 def wrap(model: nn.Module, data: Any = None, *, loss_fn: Callable, optimizer: Any = None,

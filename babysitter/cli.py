@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="DIR", help="where reports go, one folder per target (default: reports/)")
     c.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
                    help="write report.json, report.html and CSVs (default: yes; --no-report prints only)")
+    c.add_argument("--watch", type=int, metavar="STEPS",
+                   help="after the checklist, train each target STEPS steps under the watcher and write that "
+                        "report to OUT/TARGET/watch (default 0: no watch)")
     c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                    help="treat warnings as failures (exit 1)")
     c.add_argument("--format", choices=("text", "json"), default="text",
@@ -184,7 +187,8 @@ def _settings(args):
              "ignore": (_ids(args.ignore), "--ignore"), "out": (args.out, "--out"), "seed": (args.seed, "--seed"),
              "device": (args.device, "--device"),
              "strict": (args.strict, "--strict" if args.strict else "--no-strict"),
-             "report": (args.report, "--report" if args.report else "--no-report")}
+             "report": (args.report, "--report" if args.report else "--no-report"),
+             "watch": (args.watch, "--watch")}
     flags = {key: Flag(value, flag) for key, (value, flag) in given.items() if value is not None}
     return config.load(file=Path(args.config) if args.config else None, isolated=args.no_config, flags=flags,
                        options=config.option_flags(args.option))
@@ -246,6 +250,7 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
                 report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
                                     ignore=settings.ignore, options=settings.options, where=ref.source,
                                     progress=progress)
+            watched = _watch(target, ref, settings) if settings.watch and not report.interrupted else None
     except TargetError as exc:
         out.target_error(ref, exc)
         return ExitCode.USAGE_ERROR, Unloaded(ref.name, "target error", str(exc))
@@ -258,8 +263,18 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
     out.report(report, saved, settings.strict)
     if report.interrupted:
         return ExitCode.INTERRUPTED, report
-    failed = any(failing(c.status, strict=settings.strict) for c in report.checks)
+    if watched is not None:
+        out.report(watched, save_report(watched, settings, folder=report.target + "/watch"), settings.strict)
+    checked = report.checks + (watched.checks if watched is not None else ())
+    failed = any(failing(c.status, strict=settings.strict) for c in checked)
     return (ExitCode.CHECKS_FAILED if failed else ExitCode.OK), report
+
+
+def _watch(target, ref, settings):
+    """The watch of a target after its checklist (``--watch STEPS``)."""
+    from .watching.target import watch_target
+
+    return watch_target(target, steps=settings.watch, device=settings.device, seed=settings.seed, where=ref.source)
 
 
 def shown_ref(ref) -> str:
@@ -270,12 +285,12 @@ def shown_ref(ref) -> str:
     return f"{shown(Path(ref.source))}:{ref.function}" if ref.is_file else str(ref)
 
 
-def save_report(report, settings) -> Optional[str]:
-    """Write the report under ``settings.out``, one folder per target, unless ``settings.report`` is off: the path
-    of its HTML page, or None."""
+def save_report(report, settings, folder: Optional[str] = None) -> Optional[str]:
+    """Write the report under ``settings.out``, one folder per target (or in ``folder`` there), unless
+    ``settings.report`` is off: the path of its HTML page, or None."""
     if not settings.report:
         return None
-    folder = Path(settings.out) / report.target
+    folder = Path(settings.out) / (folder or report.target)
     return str(report.save(folder).get("html", folder))
 
 

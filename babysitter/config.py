@@ -72,6 +72,9 @@ KEYS: tuple[Key, ...] = (
         "write report.json, report.html and the CSVs (false: as --no-report)"),
     Key("pytest", False, "true or false", lambda v: isinstance(v, bool),
         "pytest collects the targets as test items in every run (as pytest --babysit)"),
+    Key("watch", 0, "a non-negative integer", lambda v: _is_int(v) and v >= 0,
+        "after the checklist, train each target this many steps under the watcher (its data, loss, optimizer "
+        "and step) and write that report to OUT/TARGET/watch (0: no watch)"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}
@@ -97,6 +100,7 @@ class Settings:
     strict: bool
     report: bool
     pytest: bool
+    watch: int = 0
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     file: Optional[Path] = None
     searched_from: Optional[Path] = None
@@ -325,7 +329,7 @@ def _settings(values: Mapping[str, Any], sources: Mapping[str, str], thresholds:
     return Settings(targets=tuple(values["targets"]), targets_root=targets_root, select=tuple(values["select"]),
                     ignore=tuple(values["ignore"]), out=str(out), seed=int(values["seed"]), device=values["device"],
                     strict=values["strict"], report=values["report"], pytest=values["pytest"],
-                    options={c: dict(n) for c, n in thresholds.items()}, file=path, searched_from=start,
+                    watch=int(values["watch"]), options={c: dict(n) for c, n in thresholds.items()}, file=path, searched_from=start,
                     sources=dict(sources))
 
 

@@ -279,7 +279,7 @@ class Watcher:
         facts = {"mode": "watch", "running": running, "optimizer_steps": self.steps, "backwards": self.backwards,
                  "every": self.every, "device": str(self.params[0].device), "optimizer": type(self.optimizer).__name__,
                  "param_groups": len(self.optimizer.param_groups), "scaler": self.scaler is not None,
-                 "elapsed_s": getattr(self, "elapsed", time.perf_counter() - self.started)}
+                 "duration_s": round(getattr(self, "elapsed", time.perf_counter() - self.started), 3)}
         if error is not None:
             facts["stopped_by"] = f"{type(error).__name__}: {error}"[:300]
         return facts
