@@ -236,24 +236,28 @@ def _first_last(record: RunRecord, pick: Callable) -> list[tuple]:
     return out
 
 
-def _needs_samples(record: RunRecord) -> Optional[Judgment]:
+def _sampled(record: RunRecord, pick: Callable, nothing: str) -> tuple[list, Optional[Judgment]]:
+    """The (layer, first, last) rows ``pick`` reads, or the skip when there are not two samples or no such layer."""
     if len(record.samples) < 2:
-        return Judgment(Status.SKIP, f"{fmt.plural(len(record.samples), 'activation sample')}: two are needed "
-                                     f"(one every `every` steps, and the first)")
-    return None
+        return [], Judgment(Status.SKIP, f"{fmt.plural(len(record.samples), 'activation sample')}: two are "
+                                         f"needed (one every `every` steps, and the first)")
+    rows = _first_last(record, pick)
+    return rows, None if rows else Judgment(Status.SKIP, nothing)
+
+
+def _listed(rows: list, row: Callable) -> str:
+    return "; ".join(row(*r) for r in rows[:4])
 
 
 def judge_dead_relu(record: RunRecord) -> Judgment:
-    skip = _needs_samples(record)
+    rows, skip = _sampled(record, lambda r: r[2] if r and r[1] == RECTIFIER else None,
+                          "no rectifier activation was seen")
     if skip:
         return skip
-    rows = _first_last(record, lambda r: r[2] if r and r[1] == RECTIFIER else None)
-    if not rows:
-        return Judgment(Status.SKIP, "no rectifier activation was seen")
     span = f"between steps {record.samples[0].step} and {record.samples[-1].step}"
     whole = [(n, a, b) for n, a, b in rows if b >= 0.99 and a < DEAD_LAYER]
     died = [(n, a, b) for n, a, b in rows if b - a > record.rules.dead_grown and b > DEAD_LAYER]
-    listed = "; ".join(f"{n} {fmt.pct(a)} -> {fmt.pct(b)} dead" for n, a, b in (whole or died)[:4])
+    listed = _listed(whole or died, lambda n, a, b: f"{n} {fmt.pct(a)} -> {fmt.pct(b)} dead")
     lr = fmt.lr(record.lr_at(record.samples[-1].step))
     advice = (f"Units die when a too-large step pushes their pre-activation below zero for every input: lower "
               f"the LR (now {lr}), warm it up, clip the gradient norm, or use LeakyReLU/GELU.",)
@@ -268,16 +272,14 @@ def judge_dead_relu(record: RunRecord) -> Judgment:
 
 
 def judge_saturation(record: RunRecord) -> Judgment:
-    skip = _needs_samples(record)
+    rows, skip = _sampled(record, lambda r: r[3] if r and r[1] in (TANH, SIGMOID) and not r[5] else None,
+                          "no hidden tanh or sigmoid activation was seen")
     if skip:
         return skip
-    rows = _first_last(record, lambda r: r[3] if r and r[1] in (TANH, SIGMOID) and not r[5] else None)
-    if not rows:
-        return Judgment(Status.SKIP, "no hidden tanh or sigmoid activation was seen")
     limit = record.rules.saturated
     bad = [(n, a, b) for n, a, b in rows if b > limit and a <= limit]
     if bad:
-        listed = "; ".join(f"{n} {fmt.pct(a)} -> {fmt.pct(b)}" for n, a, b in bad[:4])
+        listed = _listed(bad, lambda n, a, b: f"{n} {fmt.pct(a)} -> {fmt.pct(b)}")
         return Judgment(Status.WARN, f"{fmt.plural(len(bad), 'layer')} saturated during training: {listed} of the "
                                      f"outputs in the flat region",
                         ("Saturated units pass almost no gradient: lower the LR, normalise the layer's input "
@@ -287,16 +289,13 @@ def judge_saturation(record: RunRecord) -> Judgment:
 
 
 def judge_activation_scale(record: RunRecord) -> Judgment:
-    skip = _needs_samples(record)
+    rows, skip = _sampled(record, lambda r: r[4] if r and r[4] else None, "no activation with a finite scale was seen")
     if skip:
         return skip
-    rows = _first_last(record, lambda r: r[4] if r and r[4] else None)
-    if not rows:
-        return Judgment(Status.SKIP, "no activation with a finite scale was seen")
     limit = record.rules.scale_change
     changed = [(n, a, b) for n, a, b in rows if b / a > limit or a / b > limit]
     if changed:
-        listed = "; ".join(f"{n} std {fmt.num(a)} -> {fmt.num(b)}" for n, a, b in changed[:4])
+        listed = _listed(changed, lambda n, a, b: f"{n} std {fmt.num(a)} -> {fmt.num(b)}")
         return Judgment(Status.WARN, f"the activation scale changed more than {limit:g}x during training in "
                                      f"{fmt.plural(len(changed), 'layer')}: {listed}",
                         ("Activations that grow without bound precede NaNs; add normalization or weight decay, "
