@@ -36,11 +36,11 @@ class WatchRules:
     #: ZClip's z-score threshold and EMA factor (arXiv 2504.02507's defaults)
     zclip_z: float = 2.5
     zclip_alpha: float = 0.97
-    #: warn when more than this share of the steps (and at least ``min_spikes``) have a total norm above ``spike``
-    #: times the median of the recent window (ZClip's z-score spikes are counted and shown, not judged: they are
-    #: a clipping rule, and 5% of a healthy run's steps reach them)
-    spike_rate: float = 0.01
+    #: gradient spikes: a total norm above ``spike`` times the median of the ``spike_window`` steps before it (a
+    #: local median: norms fall by orders of magnitude over a healthy run); noted from ``min_spikes`` on, never
+    #: judged (see verdicts._spike_note). ZClip's z-score spikes are counted and shown too
     min_spikes: int = 3
+    spike_window: int = 100
     #: warn when the median norm of the recent window is this many times that of the first window (or 1/this)
     growth: float = 100.0
     #: gradients that reach the optimizer clipped: this share of the recent norms sit at their maximum
@@ -106,6 +106,7 @@ class RunRecord:
     norms: Downsampled
     zclip: ZClip
     recent: RecentWindow
+    local: RecentWindow
     first_norms: list
     grad_sum: np.ndarray
     grad_max: np.ndarray
@@ -133,7 +134,7 @@ class RunRecord:
         p, groups = len(names), len(group_sizes)
         return cls(name=name, names=list(names), group_sizes=list(group_sizes), rules=rules,
                    loss=LossTracker(rules.loss), norms=Downsampled(), zclip=ZClip(rules.zclip_alpha, rules.zclip_z),
-                   recent=RecentWindow(rules.clip_window), first_norms=[], grad_sum=np.zeros(p),
+                   recent=RecentWindow(rules.clip_window), local=RecentWindow(rules.spike_window), first_norms=[], grad_sum=np.zeros(p),
                    grad_max=np.zeros(p), grad_steps=np.zeros(p, int), zero_steps=np.zeros(p, int),
                    lrs=[Downsampled() for _ in range(groups)], lr_peak=[0.0] * groups,
                    ratio_recent=deque(maxlen=rules.ratio_window))
@@ -156,14 +157,15 @@ class RunRecord:
             self.norms.add(first + i, totals[i])
             self.zclip.update(first + i, totals[i])
             self.recent.add(totals[i])
+            self.local.add(totals[i])
         self._add_params(totals, norms)
         self.steps = first + n
         return self._first_nonfinite(first, has_loss & ~np.isfinite(loss), totals, norms)
 
     def _big_spikes(self, first: int, totals: np.ndarray) -> None:
-        """Steps whose total norm is above ``spike`` times the median of the recent window before the block."""
-        median = self.recent.median()
-        if median is None or len(self.recent.values) < self.rules.loss.min_steps:
+        """Steps whose total norm is above ``spike`` times the local median before the block."""
+        median = self.local.median()
+        if median is None or len(self.local.values) < self.rules.loss.min_steps:
             return
         with np.errstate(invalid="ignore"):
             where = np.flatnonzero(totals > self.rules.spike * median)
@@ -276,6 +278,6 @@ class RunRecord:
         samples = sum(6 * len(s.layers) for s in self.samples)
         series = self.norms.size() + self.loss.series.size() + self.loss.smooth.size() + self.ratio_median.size() \
             + sum(d.size() for d in self.lrs)
-        return per_param + samples + series + len(self.recent.values) + len(self.first_norms) \
+        return per_param + samples + series + len(self.recent.values) + len(self.local.values) + len(self.first_norms) \
             + len(self.loss.recent)
 

@@ -121,13 +121,6 @@ def judge_grad_norms(record: RunRecord) -> Judgment:
                                      f"since the start of the run; {numbers}",
                         ("Growing norms: lower the LR or clip at the suggested value; shrinking ones: the model "
                          "may be settling in a flat region or its gradients vanishing (look at dead_relu).",))
-    big = record.big_spikes
-    if big >= r.min_spikes and big > r.spike_rate * record.steps:
-        return Judgment(Status.WARN, f"{fmt.plural(big, 'gradient spike')} above {r.spike:g}x the running median "
-                                     f"({fmt.pct(big / record.steps, 1)} of the steps, first at step "
-                                     f"{record.first_big_spikes[0]}); {numbers}",
-                        (f"Clip the gradient norm at {fmt.num(clip)} (torch.nn.utils.clip_grad_norm_), or "
-                         f"adaptively at ZClip's threshold; frequent spikes also mean the LR is near its limit.",))
     return Judgment(Status.PASS, numbers, (f"To clip: torch.nn.utils.clip_grad_norm_(model.parameters(), "
                                            f"{fmt.num(clip)}) before optimizer.step().",))
 
@@ -143,10 +136,10 @@ def _growth(record: RunRecord) -> Optional[float]:
 def grad_norms(record: RunRecord):
     judgment = judge_grad_norms(record)
     norms = list(record.recent.values)
-    notes = ()
+    notes = _spike_note(record)
     share, top = clipped_share(norms)
     if norms and share >= record.rules.clipped_share:
-        notes = (f"{fmt.pct(share)} of the recent norms sit at {fmt.num(top)}: the gradients reach the optimizer "
+        notes += (f"{fmt.pct(share)} of the recent norms sit at {fmt.num(top)}: the gradients reach the optimizer "
                  f"clipped, so these are norms after clipping. Hand over the norm before clipping: "
                  f"w.after_backward(loss, grad_norm=torch.nn.utils.clip_grad_norm_(...)).",)
     clip = suggested_clip(norms, record.rules.spike, record.rules.clip_percentile) if norms else None
@@ -166,6 +159,18 @@ def grad_norms(record: RunRecord):
                "spikes": record.big_spikes, "spike_steps": record.first_big_spikes, "p50": _pct(norms, 50), "p90": _pct(norms, 90),
                "p99": _pct(norms, 99), "clipped_share": share, "growth": _growth(record)}
     return judgment, {"metrics": metrics, "plots": (plot,), "tables": (table,), "notes": notes}
+
+
+def _spike_note(record: RunRecord) -> tuple[str, ...]:
+    """Gradient spikes are noted, not judged: a healthy run has them (the corpus's BERT and MobileNetV3: 2-4% of
+    steps at 10x the local median), the suggested clip caps them, and whether they hurt shows in the loss
+    (``loss_trend`` judges its spikes)."""
+    r = record.rules
+    if record.big_spikes < r.min_spikes:
+        return ()
+    return (f"{fmt.plural(record.big_spikes, 'gradient spike')} above {r.spike:g}x the median of the "
+            f"{r.spike_window} steps before ({fmt.pct(record.big_spikes / max(record.steps, 1), 1)} of the steps, "
+            f"first at step {record.first_big_spikes[0]}): clipping at the suggested value caps them.",)
 
 
 def _pct(values, q) -> Optional[float]:
