@@ -168,7 +168,8 @@ class LossRules:
     rise: float = 0.5
     #: no progress: the loss of the last window is above this fraction of the first window's
     stalled: float = 0.98
-    #: a plateau: over the last of ``windows`` equal windows the loss fell by less than this fraction, while the LR
+    #: a plateau: over the last of ``windows`` equal windows the loss moved by less than this fraction (or than two
+    #: standard errors of the windows' means, when the loss is noisier than that), while the LR
     #: was still above ``undecayed`` of its largest value (a decayed LR ends every healthy schedule on a plateau)
     plateau: float = 0.01
     windows: int = 3
@@ -257,10 +258,16 @@ class LossVerdict:
     detail: str = ""
 
 
-def _window_means(means: Sequence[float], windows: int) -> list[float]:
+def _windows(means: Sequence[float], windows: int) -> list[tuple[float, float]]:
+    """(mean, standard error of the mean) of each of ``windows`` equal windows of ``means``."""
     n = len(means)
     size = max(n // windows, 1)
-    return [float(np.mean(means[i * size:(i + 1) * size])) for i in range(windows) if means[i * size:(i + 1) * size]]
+    out = []
+    for i in range(windows):
+        part = np.asarray(means[i * size:(i + 1) * size], float)
+        if part.size:
+            out.append((float(part.mean()), float(part.std(ddof=1) / np.sqrt(part.size)) if part.size > 1 else 0.0))
+    return out
 
 
 def judge_loss(t: LossTracker, lr_at_end: Optional[float], lr_peak: Optional[float]) -> LossVerdict:
@@ -270,7 +277,8 @@ def judge_loss(t: LossTracker, lr_at_end: Optional[float], lr_peak: Optional[flo
     if t.n < r.min_steps or t.best is None:
         return LossVerdict("too_short")
     _, means, _ = t.series.points()
-    last = _window_means(means, r.windows)
+    stats = _windows(means, r.windows)
+    last = [m for m, _ in stats]
     current = t.smooth.points()[1][-1]
     fall = t.start - t.best
     if current > max(t.start, r.diverge * t.best) and t.worst_after_best is not None:
@@ -280,13 +288,18 @@ def judge_loss(t: LossTracker, lr_at_end: Optional[float], lr_peak: Optional[flo
     if len(last) == r.windows and last[-1] > r.stalled * last[0]:
         return LossVerdict("stalled")
     undecayed = lr_at_end is None or lr_peak is None or lr_at_end >= r.undecayed * lr_peak
-    if (len(last) == r.windows and t.n >= r.plateau_min_steps and undecayed and last[-2] > 0
-            and (last[-2] - last[-1]) / last[-2] < r.plateau):
+    if len(last) == r.windows and t.n >= r.plateau_min_steps and undecayed and last[-2] > 0 \
+            and abs(last[-2] - last[-1]) < max(r.plateau * last[-2], _noise(stats[-2], stats[-1])):
         change = (last[-2] - last[-1]) / last[-2]
         return LossVerdict("plateau", _plateau_start(t, r), f"{'fell' if change >= 0 else 'rose'} {abs(change):.2%}")
     if t.spikes >= r.min_spikes and t.spikes > r.spike_rate * t.n:
         return LossVerdict("spiky", t.first_spikes[0] if t.first_spikes else None)
     return LossVerdict("ok")
+
+
+def _noise(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Two standard errors of the difference of two windows' means: a change within it is no change."""
+    return 2.0 * math.hypot(a[1], b[1])
 
 
 def _plateau_start(t: LossTracker, r: LossRules) -> Optional[int]:

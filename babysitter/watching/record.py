@@ -26,7 +26,8 @@ from ..checklist.saturation import Saturation
 class WatchRules:
     """The thresholds of a watch. Those that the checklist has too take the checklist's defaults (one number,
     one place): the clip percentile and the spike factor of ``grad_norms``, the update/weight bounds of
-    ``param_updates``, the saturated share of ``saturation``, the scale ratio of ``activation_scale``."""
+    ``param_updates``, the saturated share of ``saturation`` (its failure level), the scale ratio of
+    ``activation_scale``."""
 
     loss: LossRules = LossRules()
     #: the clip is suggested from the total norms of this many most recent steps (norms change as training goes)
@@ -51,7 +52,9 @@ class WatchRules:
     ratio_window: int = 16
     #: a layer whose dead share grew by more than this during the run, to above DEAD_LAYER, died in training
     dead_grown: float = 0.1
-    saturated: float = Saturation.warn_layer
+    #: a hidden tanh/sigmoid layer saturated during training: above this share (the checklist's failure level at
+    #: init; its warning level, 10%, is about a fresh init, and a trained layer that grew confident passes it)
+    saturated: float = Saturation.fail_layer
     #: warn when a layer's activation std changed by more than this factor between the first and last sample
     scale_change: float = ActivationScale.warn_ratio
     #: the scaler may skip steps while it finds its scale: judged after this many steps, warn above skip_rate
