@@ -294,3 +294,25 @@ def test_judge_grad_norms_notes_spikes_and_warns_on_growth():
         grown.recent.add(v)
     assert judge_grad_norms(grown).status == "warn" and "grew" in judge_grad_norms(grown).summary
     assert judge_grad_norms(_record()).status == "skip"
+
+
+class SqrtOfMasked(nn.Module):
+    """A real bug: sqrt of a value masked to zero by a multiplication: a finite forward, and at the masked zeros an
+    infinite derivative times the mask's 0, NaN, in the backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(20, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.first(x)
+        return self.second(torch.sqrt(h * (h > 0).float()))
+
+
+def test_a_nonfinite_gradient_under_a_finite_loss_is_placed_in_the_backward_pass():
+    model = SqrtOfMasked()
+    w = train(model, torch.optim.SGD(model.parameters(), 0.01), steps=40)
+    r = w.report_["nonfinite"]
+    assert r.status == "fail" and r.metrics["what"] == "gradient" and r.metrics["step"] == 0
+    assert "first.weight" in r.metrics["params"] and "second.weight" not in r.metrics["params"]
+    assert "backward pass broke: first is the last layer" in r.summary

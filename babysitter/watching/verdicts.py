@@ -337,6 +337,11 @@ def judge_nonfinite(record: RunRecord) -> Judgment:
         owners = sorted({owner_of(n) for n in e.params})
         noun = "values" if e.what == "parameter" else "gradients"
         where = f"; non-finite {noun} of {fmt.listed(e.params, 4)} (in {fmt.listed(owners, 4)})"
+    if e.what == "gradient" and e.params:
+        last = max(e.params, key=record.names.index)
+        where += (f"; the loss was finite, so the backward pass broke: {owner_of(last)} is the last layer, in the "
+                  f"model's order, whose gradients are not finite (the layers after it got finite ones): look at "
+                  f"what runs between it and the next layer (sqrt or pow at 0, log, a division)")
     if record.forward_site is not None:
         where += f"; the first module with a non-finite output: {record.forward_site[0]} ({record.forward_site[1]})"
     return Judgment(Status.FAIL, f"first non-finite {e.what} at optimizer step {e.step} (LR {fmt.lr(e.lr)}){where}",

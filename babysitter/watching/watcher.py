@@ -168,14 +168,16 @@ class Watcher:
             self._snapshot = [p.detach().clone() for p in self.params]
         if self.checks_each_step and len(args) <= 1 and kwargs.get("closure") is None:  # args: (optimizer,)
             self.record_gradients()
-            if self.record.nonfinite is None and self.record.forward_site is None and not self._finite_now():
+            if self.record.nonfinite is None and self.record.forward_site is None and not self._loss_finite():
                 self._replay()
 
-    def _finite_now(self) -> bool:
-        """Whether this step's gradient norms and losses are finite: read at once where reading is free (on the
-        CPU, where no device queue runs ahead), before the step writes a non-finite value into the weights."""
-        values = [self._rows[self.slot].sum()] + [loss.float().cpu() for loss in self._losses]
-        return bool(torch.isfinite(torch.stack([v.reshape(()).cpu() for v in values])).all())
+    def _loss_finite(self) -> bool:
+        """Whether this step's losses are finite: read at once where reading is free (on the CPU, where no device
+        queue runs ahead), before the step writes a non-finite value into the weights. A finite loss with
+        non-finite gradients broke in the backward pass: the 32-step read names its parameters."""
+        if not self._losses:
+            return True
+        return bool(torch.isfinite(torch.stack([loss.float().reshape(()) for loss in self._losses])).all())
 
     def _replay(self) -> None:
         """The first non-finite step, seen before it is applied: run its forward again on the inputs it had, with
