@@ -36,8 +36,7 @@ class BabysitterTrainerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs) -> None:
         if model is None or optimizer is None:
             return
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
-        self.watcher = Watcher(model, inner, out=self.out if state.is_world_process_zero else None,
+        self.watcher = Watcher(model, optimizer, out=self.out if state.is_world_process_zero else None,
                                name=type(model).__name__, **{"live": False, **self.options}).__enter__()
         self._hook = model.register_forward_hook(self._loss_of)
 

@@ -54,6 +54,7 @@ class Watcher:
                  name: Optional[str] = None, scaler: Any = None, sync_every: int = 32,
                  write_every_s: Optional[float] = None, live: Optional[bool] = None,
                  rules: WatchRules = WatchRules()):
+        optimizer = _unwrapped(optimizer)
         _validate(model, optimizer, every, sync_every, scaler)
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.out, self.every, self.sync_every, self.rules = out, int(every), int(sync_every), rules
@@ -362,6 +363,16 @@ def _kept(model: nn.Module):
 
 def _cuda_devices(model: nn.Module) -> list:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def _unwrapped(optimizer: Any) -> Any:
+    """The torch optimizer inside a framework's wrapper (accelerate's ``AcceleratedOptimizer.optimizer``,
+    Lightning's ``LightningOptimizer._optimizer``): its step is the one whose hooks run."""
+    for attr in ("optimizer", "_optimizer"):
+        inner = getattr(optimizer, attr, None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+            return _unwrapped(inner)
+    return optimizer
 
 
 # -- validation ------------------------------------------------------------------------------------------
