@@ -515,6 +515,62 @@ def race_winner(entries, rules: RaceRules, start_loss: Optional[float] = None) -
     return min(close, key=lambda e: e.score).lr
 
 
+def race_user(reading: LrReading, entries, rules: RaceRules,
+              multiplier: Optional[tuple[float, float]] = None) -> bool:
+    """Race the user's own LR too when the range test warns about it (or could not read the curve: a multiplier
+    optimizer, or a race around the user's LR that capped it below the divergence point) and it was not raced
+    already: the race can confirm that it trains."""
+    user = reading.user_lr
+    unread = reading.status is Status.SKIP and (multiplier or around_user(reading, rules, multiplier))
+    if not user or user <= 0 or not (reading.status is Status.WARN or unread):
+        return False
+    return not any(same_lr(user, e.lr) for e in entries)
+
+
+def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optional[float],
+                multiplier: Optional[tuple[float, float]] = None) -> bool:
+    """In a race around the user's LR, train the user's LR ``rules.user_longer`` times the race's steps when it did
+    not train in the race while the winner did (a plateau it may leave later); the verdict warns only if it still
+    does not train."""
+    user, winner = reading.user_lr, race_winner(entries, rules, start_loss)
+    if winner is None or rules.user_longer <= 1 or not around_user(reading, rules, multiplier):
+        return False
+    yours = next((e for e in entries if same_lr(user, e.lr)), None)
+    return not (yours is None or yours.loss is None or trained(yours, start_loss, rules) or same_lr(winner, user))
+
+
+#: the race's rounds, in order; each runs once, on what the rounds before it found
+RACE_ROUNDS = ("coarse", "fine", "yours", "longer")
+
+
+def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries,
+               start_loss: Optional[float]) -> tuple[tuple[float, int, str], ...]:
+    """The race's next round as (lr, steps, round) to train, given the entries of the rounds so far; () when the race
+    is over. The pass (``babysitter.passes.lr_race``) trains what this asks for and asks again, so a simulator can
+    run the same rules on recorded curves."""
+    bounds = race_bounds(reading, rules, multiplier)
+    if bounds is None or rules.candidates <= 0:
+        return ()
+    done = {e.round for e in entries}
+    last = max((RACE_ROUNDS.index(r) for r in done if r in RACE_ROUNDS), default=-1)
+    for i, name in enumerate(RACE_ROUNDS):
+        if i <= last:
+            continue
+        if name == "coarse":
+            lrs = coarse_candidates(reading, rules, multiplier)
+        elif name == "fine":
+            lrs = refine_candidates(entries, bounds, rules)
+        elif name == "yours":
+            lrs = (reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()
+        else:
+            if user_longer(reading, entries, rules, start_loss, multiplier):
+                return ((reading.user_lr, int(round(rules.steps * rules.user_longer)), "longer"),)
+            lrs = ()
+        if lrs:
+            return tuple((lr, rules.steps, name) for lr in lrs)
+    return ()
+
+
 def _entry(race: LrRace, lr: Optional[float], rounds=("coarse", "fine", "yours")) -> Optional[RaceEntry]:
     """The race's entry at ``lr`` (within 5%), None when that LR was not raced."""
     if not lr:

@@ -18,9 +18,8 @@ from typing import Optional
 
 import torch
 
-from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, coarse_candidates,
-                                 race_bounds, race_score, race_winner, refine_candidates, same_lr, trained)
-from ..analysis.status import Status
+from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, race_bounds,
+                                 race_round, race_score, race_winner)
 from ..optim import group_scales, set_lr
 from .stepper import Stepper
 
@@ -57,39 +56,60 @@ def _diverged(values: list[float], first: float, factor: float) -> bool:
     return any(not math.isfinite(v) for v in values) or (first > 0 and sum(values) / len(values) > factor * first)
 
 
-def run_candidate(session, lr: float, rules: RaceRules, train: list[int], held: list[int], stage: str) -> RaceEntry:
-    """Train ``rules.steps`` steps at ``lr`` from the user's state; the held-out loss half-way and at the end, and
-    the score they rank by. A candidate whose training loss turns non-finite or exceeds ``rules.diverge_factor``
-    times its first loss stops (loss None)."""
+@dataclasses.dataclass(frozen=True)
+class TrainedCurve:
+    """One LR trained from the user's state: the training loss of every step taken, the held-out loss at each
+    checkpoint reached (None where it was not finite), and whether it stopped because it diverged."""
+
+    lr: float
+    train: tuple[float, ...]
+    held_out: dict
+    diverged: bool
+
+
+def train_curve(session, lr: float, steps: int, train: list[int], held: list[int], checkpoints=(),
+                diverge_factor: float = math.inf) -> TrainedCurve:
+    """Train ``steps`` steps at ``lr`` from the user's state (``session.reset()``: weights, optimizer state, seeds)
+    with the user's step on the ``train`` batches, evaluating the held-out loss after each step count in
+    ``checkpoints``. Losses are read from the device every ``SYNC_EVERY`` steps and at each checkpoint; the run stops
+    when its training loss turns non-finite or its recent mean exceeds ``diverge_factor`` times its first loss."""
     session.reset()
     session.model.train()
     optimizer = session.make_optimizer()
     stepper = Stepper(session, optimizer, scheduler=False)
     set_lr(optimizer, lr, group_scales(optimizer)[1])
-    k, pending, seen, mid = stepper.accumulate, [], [], None
-    for i in range(rules.steps):
+    k, pending, seen, losses = stepper.accumulate, [], [], {}
+    marks = set(checkpoints)
+    for i in range(steps):
         pending.append(stepper.step([session.batch(train[(i * k + j) % len(train)]) for j in range(k)]).loss)
-        if len(pending) == SYNC_EVERY or i == rules.steps - 1 or i + 1 == rules.steps // 2:
+        if len(pending) == SYNC_EVERY or i == steps - 1 or i + 1 in marks:
             seen += torch.stack(pending).float().cpu().tolist()
             pending = []
-            if _diverged(seen[-SYNC_EVERY:], seen[0], rules.diverge_factor):
-                return RaceEntry(lr=lr, loss=None, round=stage, train_loss=None, steps=i + 1)
-        if i + 1 == rules.steps // 2:
-            mid = _held_out_loss(session, stepper, held)
-    tail, end = seen[-SYNC_EVERY:], _held_out_loss(session, stepper, held)
-    return RaceEntry(lr=lr, loss=end, round=stage, train_loss=sum(tail) / len(tail), steps=rules.steps,
+            if _diverged(seen[-SYNC_EVERY:], seen[0], diverge_factor):
+                return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=True)
+        if i + 1 in marks:
+            losses[i + 1] = _held_out_loss(session, stepper, held)
+    return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=False)
+
+
+def run_candidate(session, lr: float, rules: RaceRules, train: list[int], held: list[int], stage: str,
+                  steps: Optional[int] = None) -> RaceEntry:
+    """Train ``steps`` (default ``rules.steps``) steps at ``lr`` from the user's state; the held-out loss half-way
+    and at the end, and the score they rank by. A candidate whose training loss turns non-finite or exceeds
+    ``rules.diverge_factor`` times its first loss stops (loss None)."""
+    steps = steps or rules.steps
+    curve = train_curve(session, lr, steps, train, held, (steps // 2, steps), rules.diverge_factor)
+    return entry_of(curve, steps, stage, rules)
+
+
+def entry_of(curve: TrainedCurve, steps: int, stage: str, rules: RaceRules) -> RaceEntry:
+    """The race's entry for a curve trained ``steps`` steps."""
+    if curve.diverged:
+        return RaceEntry(lr=curve.lr, loss=None, round=stage, train_loss=None, steps=len(curve.train))
+    tail = curve.train[-SYNC_EVERY:]
+    mid, end = curve.held_out.get(steps // 2), curve.held_out.get(steps)
+    return RaceEntry(lr=curve.lr, loss=end, round=stage, train_loss=sum(tail) / len(tail), steps=steps,
                      mid_loss=mid, score=race_score(mid, end, rules))
-
-
-def _race_user(reading: LrReading, entries, multiplier, rules: RaceRules) -> bool:
-    """Race the user's own LR too when the range test warns about it (or could not read the curve: a multiplier
-    optimizer, or a race around the user's LR that capped it below the divergence point) and it was not raced
-    already: the race can confirm that it trains."""
-    user = reading.user_lr
-    unread = reading.status is Status.SKIP and (multiplier or around_user(reading, rules, multiplier))
-    if not user or user <= 0 or not (reading.status is Status.WARN or unread):
-        return False
-    return not any(same_lr(user, e.lr) for e in entries)
 
 
 def _why_no_race(sweep: LrSweep, rules: RaceRules, bounds, split) -> str:
@@ -118,33 +138,18 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
     train, held = split
     session.reset()
     start = _held_out_loss(session, Stepper(session, session.make_optimizer(), scheduler=False), held)
-    entries = [run_candidate(session, lr, rules, train, held, "coarse")
-               for lr in coarse_candidates(reading, rules, multiplier)]
-    entries += [run_candidate(session, lr, rules, train, held, "fine")
-                for lr in refine_candidates(entries, bounds, rules)]
-    if _race_user(reading, entries, multiplier, rules):
-        entries.append(run_candidate(session, reading.user_lr, rules, train, held, "yours"))
+    entries: list[RaceEntry] = []
+    while True:
+        todo = race_round(reading, rules, multiplier, tuple(entries), start)
+        if not todo:
+            break
+        entries += [run_candidate(session, lr, rules, train, held, stage, steps) for lr, steps, stage in todo]
     winner = race_winner(entries, rules, start)
-    entries += _longer(session, reading, entries, winner, start, rules, (train, held), multiplier)
     session.reset()
     return LrRace(entries=tuple(entries), winner=winner, steps=sum(e.steps for e in entries),
                   seconds=time.perf_counter() - t0, held_out=len(held), bounds=bounds[:2], start_loss=start,
                   reason="" if winner else _no_winner(entries, start, rules),
                   around=reading.user_lr if around_user(reading, rules, multiplier) else None)
-
-
-def _longer(session, reading: LrReading, entries, winner, start, rules: RaceRules, split, multiplier) -> list:
-    """In a race around the user's LR, the user's LR trained ``rules.user_longer`` times the race's steps when it did
-    not train in the race while the winner did (a plateau it may leave later); the verdict warns only if it still
-    does not train."""
-    user = reading.user_lr
-    if winner is None or rules.user_longer <= 1 or not around_user(reading, rules, multiplier):
-        return []
-    yours = next((e for e in entries if same_lr(user, e.lr)), None)
-    if yours is None or yours.loss is None or trained(yours, start, rules) or same_lr(winner, user):
-        return []
-    longer = dataclasses.replace(rules, steps=int(round(rules.steps * rules.user_longer)))
-    return [run_candidate(session, user, longer, *split, "longer")]
 
 
 def _no_winner(entries, start: Optional[float], rules: RaceRules) -> str:
