@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -106,11 +107,30 @@ def main(argv: Optional[Sequence[str]] = None, console: Optional[Console] = None
     if err is None:
         err = _Console(stderr=True, highlight=False) if console.file is sys.stdout else console
     try:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # under torchrun: see babysitter.distributed
+            return _run_distributed(argv, console, err)
         return _run(argv, console, err)
     except BrokenPipeError:  # the reader went away (`| head`): stop at once, quietly, as for Ctrl-C
         if own:
             _silence_stdout()
         return int(ExitCode.INTERRUPTED)
+
+
+def _run_distributed(argv, console: Console, err: Console) -> int:
+    """Every rank runs the command inside the process group; rank 0 alone prints and writes."""
+    import signal
+
+    from . import distributed
+
+    def stop(signum, frame):  # torchrun ends the other ranks with SIGTERM when one fails: as a Ctrl-C, so the
+        raise KeyboardInterrupt  # running check stops, the model is restored and rank 0 writes its partial report
+
+    signal.signal(signal.SIGTERM, stop)
+    with distributed.joined() as place:
+        if not place.main:
+            quiet = _Console(file=open(os.devnull, "w"), highlight=False)
+            console, err = quiet, quiet
+        return _run(argv, console, err, place)
 
 
 def _silence_stdout() -> None:
@@ -122,7 +142,7 @@ def _silence_stdout() -> None:
         pass
 
 
-def _run(argv: Optional[Sequence[str]], console: Console, err: Console) -> int:
+def _run(argv: Optional[Sequence[str]], console: Console, err: Console, place: Any = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except CommandLineError as exc:
@@ -135,7 +155,7 @@ def _run(argv: Optional[Sequence[str]], console: Console, err: Console) -> int:
         if args.command == "explain":
             return _explain(console, args.check_id)
         if args.command == "check":
-            return _check(args, console, err)
+            return _check(args, console, err, place)
         _parser().print_help()
         return int(ExitCode.USAGE_ERROR)
     except KeyboardInterrupt:
@@ -167,7 +187,8 @@ def _explain(console: Console, check_id: str) -> int:
     try:
         cls = by_id(check_id)
     except KeyError:
-        raise UsageError(f"unknown check id {check_id!r}; the checks are: {', '.join(c.id for c in CHECKLIST)}")
+        raise UsageError(f"unknown check id {check_id!r}; the checks are: {', '.join(c.id for c in CHECKLIST)} (and "
+                         f"under torchrun: ddp_params, ddp_data, ddp_grads)")
     console.print(cls.doc(width=max(console.width, 40)), markup=False, highlight=False)  # filled to the console
     return int(ExitCode.OK)
 
@@ -194,7 +215,7 @@ def _settings(args):
                        options=config.option_flags(args.option))
 
 
-def _check(args, console: Console, err: Console) -> int:
+def _check(args, console: Console, err: Console, place: Any = None) -> int:
     from .report import Report
     from .runner import select_checks
     from .target import collect
@@ -205,13 +226,15 @@ def _check(args, console: Console, err: Console) -> int:
     select_checks(settings.select, settings.ignore, settings.options)  # bad ids are a usage error before loading
     found = collect(settings.targets, root=settings.targets_root)
     out = _Output("json" if args.format == "json" else "quiet" if args.quiet else "text", args.verbose,
-                  console, err)
+                  console, err, place)
+    if place is not None and not place.main:
+        settings = dataclasses.replace(settings, report=False)
     for skipped in found.skipped:
         out.note(f"note: {skipped}")
     outcomes, code = _check_all(found.refs, settings, out)
     if args.format == "json":
         out.json([o for _, o in outcomes if isinstance(o, Report)], single=_single(settings))
-    if args.junit_xml:
+    if args.junit_xml and (place is None or place.main):
         _write_junit(Path(args.junit_xml), outcomes, settings.strict)
     return int(code)
 
@@ -246,10 +269,12 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
         with importable(ref):  # the project's modules stay importable while the checks run the target's code
             target = load(ref, seed=settings.seed)
             out.checking(target.name, ref)
+            target, device, extra = _on_rank(target, settings, out.place)
             with out.progress(len(select_checks(settings.select, settings.ignore, settings.options))) as progress:
-                report = run_target(target, device=settings.device, seed=settings.seed, select=settings.select,
+                report = run_target(target, device=device, seed=settings.seed, select=settings.select,
                                     ignore=settings.ignore, options=settings.options, where=ref.source,
-                                    progress=progress)
+                                    progress=progress, extra=extra)
+            report = _ranks_agreed(report, out.place)
             watched = _watch(target, ref, settings) if settings.watch and not report.interrupted else None
     except TargetError as exc:
         out.target_error(ref, exc)
@@ -268,6 +293,40 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
     checked = report.checks + (watched.checks if watched is not None else ())
     failed = any(failing(c.status, strict=settings.strict) for c in checked)
     return (ExitCode.CHECKS_FAILED if failed else ExitCode.OK), report
+
+
+def _on_rank(target, settings, place) -> tuple[Any, str, tuple]:
+    """Under torchrun: the target with this rank's shard of tuple data, this rank's device, the distributed
+    checks; otherwise the target as it is."""
+    if place is None or not place.active:
+        return target, settings.device, ()
+    from . import distributed
+    from .checklist.ddp import DISTRIBUTED
+
+    device = distributed.device_for(place) if settings.device == "auto" else settings.device
+    return dataclasses.replace(target, data=distributed.shard(target.data, place, settings.seed)), device, DISTRIBUTED
+
+
+def _ranks_agreed(report, place):
+    """Under torchrun: the report with the run's ranks, the effective batch and every rank's statuses where they
+    differ from rank 0's (each rank checked its own shard)."""
+    if place is None or not place.active:
+        return report
+    from .distributed import gathered
+    from .report import Report
+
+    batch = report.run.get("batch_size")
+    run = {**report.run, "world_size": place.world, "rank": place.rank,
+           "effective_batch_size": batch * place.world if isinstance(batch, int) else None}
+    try:
+        statuses = gathered({c.id: c.status for c in report.checks})
+    except Exception as exc:  # another rank is gone: this rank's report is still written
+        run["ranks_differ"] = f"not compared: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    else:
+        differ = {r: {k: v for k, v in st.items() if st.get(k) != statuses[0].get(k)} for r, st in enumerate(statuses)}
+        run["ranks_differ"] = {str(r): d for r, d in differ.items() if d}
+    return Report(target=report.target, checks=report.checks, run=run, interrupted=report.interrupted,
+                  not_run=report.not_run)
 
 
 def _watch(target, ref, settings):
@@ -315,8 +374,9 @@ class _Output:
     ``json`` (the report JSON on stdout at the end, and nothing else there: notes and errors on stderr, the live
     line on stderr when it is a terminal)."""
 
-    def __init__(self, mode: str, verbose: bool, console: Console, err: Console):
+    def __init__(self, mode: str, verbose: bool, console: Console, err: Console, place: Any = None):
         self.mode, self.verbose, self.console, self.err = mode, verbose, console, err
+        self.place = place  # a babysitter.distributed.Place under torchrun
 
     def note(self, text: str) -> None:
         if self.mode != "quiet":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from .checklist import CHECKLIST
+from .checklist.ddp import DISTRIBUTED
 from .checklist.base import Check
 from .passes.init_pass import INIT_BATCHES
 from .passes.train_probe import TRAIN_STEPS
@@ -43,6 +44,10 @@ def markdown() -> str:
     lines += [f"| {i} | [`{c.id}`](#{c.id}-{_anchor(c.title)}) | {c.title} |" for i, c in enumerate(CHECKLIST, 1)]
     lines.append("")
     for cls in CHECKLIST:
+        lines += _check(cls)
+    lines += ["## Under torchrun", "", "These run after the checklist on every rank of a distributed run (`torchrun "
+              "--nproc_per_node N -m babysitter check`), and only there.", ""]
+    for cls in DISTRIBUTED:
         lines += _check(cls)
     return "\n".join(lines).rstrip() + "\n"
 

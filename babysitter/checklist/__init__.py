@@ -31,7 +31,10 @@ CHECKLIST: tuple[type[Check], ...] = (
 
 
 def by_id(check_id: str) -> type[Check]:
-    for cls in CHECKLIST:
+    """A check of the checklist, or one of the distributed checks (run under torchrun only)."""
+    from .ddp import DISTRIBUTED
+
+    for cls in CHECKLIST + DISTRIBUTED:
         if cls.id == check_id:
             return cls
     raise KeyError(check_id)

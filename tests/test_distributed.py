@@ -1,0 +1,186 @@
+"""babysit check under torchrun: 2 CPU ranks over gloo, in one launch for the healthy target and one faulty target
+per distributed check; a crash on one rank ends the run on all; the distributed report agrees with the
+single-process one on a healthy target."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+COMMON = '''
+import os
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+def data():
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    return x, (x[:, 0] > 0).long()
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def sgd(p):
+    return torch.optim.SGD(p, 0.1)
+'''
+
+TARGETS = {
+    # healthy: tuple data (sharded by babysitter as DistributedSampler would), one seed for the model
+    "healthy.py": "def babysit():\n    x, y = data()\n    torch.manual_seed(1)\n"
+                  "    return dict(model=mlp(), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, "
+                  "batch_size=32)\n",
+    # a model built with a per-rank seed
+    "per_rank_seed.py": "def babysit():\n    x, y = data()\n    torch.manual_seed(int(os.environ['RANK']))\n"
+                        "    return dict(model=mlp(), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, "
+                        "batch_size=32)\n",
+    # a DataLoader without DistributedSampler: every rank draws the same batches
+    "no_sampler.py": "def babysit():\n    x, y = data()\n    torch.manual_seed(1)\n"
+                     "    return dict(model=mlp(), data=DataLoader(TensorDataset(x, y), batch_size=32), "
+                     "loss_fn=nn.CrossEntropyLoss(), optimizer=sgd)\n",
+    # a loop of its own that forgets the all-reduce (data sharded with a DistributedSampler)
+    "no_allreduce.py": "def step(model, batch, opt):\n    x, y = batch\n    opt.zero_grad()\n"
+                       "    loss = nn.functional.cross_entropy(model(x), y)\n    loss.backward()\n    opt.step()\n"
+                       "    return loss\n\n\ndef babysit():\n    x, y = data()\n    torch.manual_seed(1)\n"
+                       "    ds = TensorDataset(x, y)\n"
+                       "    return dict(model=mlp(), data=DataLoader(ds, batch_size=32, sampler=DistributedSampler(ds)), "
+                       "loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, step=step)\n",
+    # a head the loss never reaches
+    "unused_head.py": "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                      "        self.body, self.spare = mlp(), nn.Linear(4, 4)\n\n    def forward(self, x):\n"
+                      "        return self.body(x)\n\n\ndef babysit():\n    x, y = data()\n    torch.manual_seed(1)\n"
+                      "    return dict(model=Net(), data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, "
+                      "batch_size=32)\n",
+}
+
+
+def _torchrun(args: list[str], cwd: Path, timeout: float = 240, env: dict | None = None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + os.getpid() % 1000), "-m", "babysitter", *args]
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "checks").mkdir()
+    (root / "checks" / "common.py").write_text(COMMON)
+    for name, body in TARGETS.items():
+        (root / "checks" / name).write_text("from common import *  # noqa: F401,F403\n\n\n" + body)
+    done = _torchrun(["check", "checks", "--select", "initial_loss", "--no-config", "-q"], root)
+    return root, done
+
+
+def _report(root: Path, name: str) -> dict:
+    return json.loads((root / "reports" / name / "report.json").read_text())
+
+
+def _statuses(report: dict) -> dict:
+    return {c["id"]: c["status"] for c in report["checks"]}
+
+
+def test_a_healthy_target_passes_every_distributed_check_and_rank_0_alone_writes(launched):
+    root, done = launched
+    report = _report(root, "healthy")
+    assert _statuses(report) == {"initial_loss": "pass", "ddp_params": "pass", "ddp_data": "pass",
+                                 "ddp_grads": "pass"}, done.stderr[-3000:]
+    assert report["run"]["world_size"] == 2 and report["run"]["rank"] == 0
+    assert report["run"]["effective_batch_size"] == 64
+    assert done.stdout.count("PASS  healthy") == 1  # one rank printed
+
+
+def test_each_distributed_fault_is_flagged_by_its_check(launched):
+    root, done = launched
+    assert _statuses(_report(root, "per_rank_seed"))["ddp_params"] == "warn"
+    assert _statuses(_report(root, "per_rank_seed"))["ddp_grads"] == "pass"  # DDP broadcasts rank 0's weights
+    assert _statuses(_report(root, "no_sampler"))["ddp_data"] == "fail"
+    no_allreduce = _statuses(_report(root, "no_allreduce"))
+    assert no_allreduce["ddp_grads"] == "fail" and no_allreduce["ddp_data"] == "pass"
+    unused = [c for c in _report(root, "unused_head")["checks"] if c["id"] == "ddp_grads"][0]
+    assert unused["status"] == "warn" and "spare" in unused["summary"]
+    assert done.returncode != 0  # some rank exited 1: the faults failed
+
+
+def test_the_distributed_report_agrees_with_the_single_process_one(launched):
+    import babysitter
+
+    root, _ = launched
+    sys.path.insert(0, str(root / "checks"))
+    try:
+        import healthy
+        single = babysitter.check(**healthy.babysit(), select=["initial_loss"], device="cpu")
+    finally:
+        sys.path.remove(str(root / "checks"))
+    distributed = _statuses(_report(root, "healthy"))
+    assert {c.id: c.status for c in single.checks} == {"initial_loss": distributed["initial_loss"]}
+
+
+def test_a_crash_on_one_rank_ends_the_run_on_all_within_the_timeout(tmp_path):
+    (tmp_path / "crash.py").write_text(
+        "import os\nimport torch\nfrom torch import nn\n\n\ndef babysit():\n"
+        "    if os.environ['RANK'] == '1':\n        raise RuntimeError('rank 1 cannot build its model')\n"
+        "    x = torch.randn(256, 8)\n"
+        "    return dict(model=nn.Linear(8, 2), data=(x, (x[:, 0] > 0).long()), loss_fn=nn.CrossEntropyLoss())\n")
+    start = time.monotonic()
+    done = _torchrun(["check", "crash.py", "--select", "initial_loss", "--no-config", "-q"], tmp_path,
+                     env={"BABYSITTER_DIST_TIMEOUT": "20"})
+    assert time.monotonic() - start < 120 and done.returncode != 0
+    # rank 0 still wrote its report: interrupted by torchrun's SIGTERM (as a Ctrl-C), or with the distributed
+    # checks in error when the lost peer was seen first; never a hang
+    report = _report(tmp_path, "crash")
+    statuses = _statuses(report)
+    assert report["interrupted"] or {statuses[i] for i in ("ddp_params", "ddp_data", "ddp_grads")} <= {"error", "skip"}
+    assert statuses["initial_loss"] in ("pass", "skip")
+
+
+WATCHED = '''
+import json, os, sys
+import torch
+import torch.distributed as dist
+from torch import nn
+import babysitter
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)))
+opt = torch.optim.SGD(model.parameters(), 0.1)
+g = torch.Generator().manual_seed(rank)  # each rank its own data
+out = sys.argv[1] if rank == 0 else None
+with babysitter.watch(model, opt, out=out, every=10, live=False) as w:
+    for _ in range(60):
+        x = torch.randn(32, 8, generator=g)
+        loss = nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long())
+        loss.backward()
+        w.after_backward(loss)
+        opt.step()
+        opt.zero_grad()
+norms = w.report_["grad_norms"].metrics
+json.dump({"p50": norms["p50"], "clip": norms["suggested_clip"]}, open(f"{sys.argv[2]}/rank{rank}.json", "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_the_watcher_under_ddp_reads_the_all_reduced_gradients_and_rank_0_writes(tmp_path):
+    (tmp_path / "watched.py").write_text(WATCHED)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(30500 + os.getpid() % 1000), "watched.py", str(tmp_path / "report"), str(tmp_path)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the norms of the averaged gradients, the same on both ranks
+    assert (tmp_path / "report" / "report.json").exists() and not (tmp_path / "None").exists()
