@@ -316,3 +316,18 @@ def test_a_nonfinite_gradient_under_a_finite_loss_is_placed_in_the_backward_pass
     assert r.status == "fail" and r.metrics["what"] == "gradient" and r.metrics["step"] == 0
     assert "first.weight" in r.metrics["params"] and "second.weight" not in r.metrics["params"]
     assert "backward pass broke: first is the last layer" in r.summary
+
+
+def test_the_report_is_written_while_the_run_goes_on(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.05)
+    with babysitter.watch(model, opt, out=tmp_path, live=False, write_every_s=0.0, sync_every=8) as w:
+        for step in range(20):
+            loss = nn.functional.cross_entropy(model(X[:32]), Y[:32])
+            loss.backward()
+            w.after_backward(loss)
+            opt.step()
+            opt.zero_grad()
+        running = json.loads((tmp_path / "report.json").read_text())
+    assert running["run"]["running"] and running["run"]["optimizer_steps"] == 16  # the last 8-step read
+    assert json.loads((tmp_path / "report.json").read_text())["run"]["optimizer_steps"] == 20
