@@ -89,6 +89,8 @@ class Watcher:
             return
         try:
             self._flush()
+        except Exception as exc:  # the last read failed (the device is gone): the report says so, and is written
+            error = error or exc
         finally:
             self.hooks.close()
             self.state = "closed"
