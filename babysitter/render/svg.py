@@ -34,6 +34,9 @@ PAD = 0.05
 ZERO_DECADES = 0.6
 #: a heatmap row's height (px) and the most a heatmap may grow to
 ROW_PX, MAX_HEIGHT = 21.0, 1008.0
+#: where a legend may sit inside the axes, in the order tried (matplotlib's "best" order, less the centre): the
+#: share of the free room left of it and above it
+PLACES = ((1, 0), (0, 0), (0, 1), (1, 1), (1, 0.5), (0, 0.5), (0.5, 1), (0.5, 0))
 #: the widest a legend beside the axes may be, as a share of the figure's width (wider: below the axes)
 LEGEND_SIDE = 0.4
 #: dash patterns (px) of matplotlib's line styles
@@ -668,11 +671,11 @@ def render(plot: Plot, size: Optional[tuple[float, float]] = None) -> str:
         f = layout.frame
         segments += _marker_segments(body, f)
         inset = 5.0
-        for left, up in ((False, True), (True, True), (False, False), (True, False)):
-            x = inset if left else f.width - inset - legend.width
-            y = inset if up else f.height - inset - legend.height
-            if x >= 0 and y >= 0 and _clear(Box(x - 3, y - 3, x + legend.width + 3, y + legend.height + 3),
-                                             rects, segments):
+        for across, down in PLACES:
+            x = inset + across * (f.width - 2 * inset - legend.width)
+            y = inset + down * (f.height - 2 * inset - legend.height)
+            if x >= inset and y >= inset and _clear(Box(x - 3, y - 3, x + legend.width + 3, y + legend.height + 3),
+                                                    rects, segments):
                 layout = layout._replace(legend_at=(f.left + x, f.top + y))
                 break
         else:
