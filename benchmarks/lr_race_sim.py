@@ -13,13 +13,14 @@ offline, in seconds, against the benchmark's regret.
 ``simulate`` then runs a race's rules (``babysitter.analysis.lr_curve.race_round`` and ``race_winner``, the same
 code the pass runs) with every candidate's entry read from those curves instead of trained: the held-out losses at
 an LR between grid points are interpolated in log-LR (a candidate is diverged when its nearer grid point diverged,
-by the race's own divergence test replayed on the recorded training losses). The winner's regret is the benchmark's
-regret at it, interpolated the same way, against the benchmark's reference (the 13-point grid's best LR). Cost is
-counted in training steps and held-out evaluations.
+by the race's own divergence test replayed on the recorded training losses); the race's LRs lie on its lattice of 6
+per decade, the grid's, so they are read exactly. The winner's regret is the benchmark's regret at it (interpolated
+likewise off the grid) against the benchmark's reference (the 13-point grid's best LR). Cost is counted in
+training steps and held-out evaluations.
 
     python benchmarks/lr_race_sim.py record            # ~40 min on one thread; cached per task in benchmarks/out
     python benchmarks/lr_race_sim.py eval              # the current rules against the recorded tasks
-    python benchmarks/lr_race_sim.py eval --rules '{"candidates": 5, "spacing": 0.5}'
+    python benchmarks/lr_race_sim.py eval --rules '{"finalists": 3, "steps": 80}'
 
 The held-out set is never recorded: ``record`` refuses it.
 """
@@ -42,8 +43,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import lr_quality as q  # noqa: E402
-from babysitter.analysis.lr_curve import (RaceEntry, RaceRules, ReadingRules, race_round, race_score,  # noqa: E402
-                                          race_winner, read_sweep)
+from babysitter.analysis.lr_curve import (RaceEntry, RaceRules, ReadingRules, race_round, race_winner,  # noqa: E402
+                                          read_sweep)
 from babysitter.api import wrap  # noqa: E402
 from babysitter.passes.lr_race import SYNC_EVERY, _diverged, _held_out_loss, split_pool, train_curve  # noqa: E402
 from babysitter.passes.stepper import Stepper  # noqa: E402
@@ -155,34 +156,36 @@ def _curve_diverged(curve: dict, steps: int, factor: float) -> bool:
 
 
 class Oracle:
-    """Race entries read from one seed's recorded curves, and what they cost."""
+    """Race entries read from one seed's recorded curves, and what they cost (every candidate trained from the
+    user's state, as the pass does)."""
 
     def __init__(self, seed_data: dict, rules: RaceRules):
         self.d, self.rules = seed_data, rules
         self.steps = self.evals = 0
-        self.trained: dict = {}  # lr -> steps trained so far (a resumed candidate costs only the extra steps)
+
+    def _grid(self, lr: float) -> Optional[float]:
+        """The grid LR within 0.01 decades of ``lr`` (exact for LRs on the race's lattice), None when none is."""
+        near = min(self.d["curves"], key=lambda g: abs(math.log10(g / lr)))
+        return near if abs(math.log10(near / lr)) < 0.01 else None
 
     def held(self, lr: float, steps: int) -> float:
         step = _nearest(steps)
         table = {g: (c["held_out"].get(step) if c["held_out"].get(step) is not None else math.inf)
                  for g, c in self.d["curves"].items()}
-        return _log_interp(lr, table)
+        g = self._grid(lr)
+        return table[g] if g is not None else _log_interp(lr, table)
 
     def diverged(self, lr: float, steps: int) -> bool:
         near = min(self.d["curves"], key=lambda g: abs(math.log10(g / lr)))
         return _curve_diverged(self.d["curves"][near], steps, self.rules.diverge_factor)
 
-    def entry(self, lr: float, steps: int, stage: str, resume: bool = False) -> RaceEntry:
-        done = self.trained.get(round(math.log10(lr), 3), 0) if resume else 0
-        self.steps += max(steps - done, 0)
-        self.trained[round(math.log10(lr), 3)] = max(steps, done)
-        self.evals += 2
+    def entry(self, lr: float, steps: int, stage: str) -> RaceEntry:
+        self.steps += steps
+        self.evals += 1
         if self.diverged(lr, steps):
             return RaceEntry(lr=lr, loss=None, round=stage, steps=steps)
-        mid, end = self.held(lr, steps // 2), self.held(lr, steps)
-        end = end if math.isfinite(end) else None
-        mid = mid if math.isfinite(mid) else None
-        return RaceEntry(lr=lr, loss=end, round=stage, steps=steps, mid_loss=mid, score=race_score(mid, end, self.rules))
+        end = self.held(lr, steps)
+        return RaceEntry(lr=lr, loss=end if math.isfinite(end) else None, round=stage, steps=steps)
 
 
 def _nearest(steps: int) -> int:

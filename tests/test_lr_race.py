@@ -9,14 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import babysitter
 import zoo
 from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, RaceEntry, RaceRules, ReadingRules,
-                                          SweepSettings, around_user, coarse_candidates, judge_around_user,
-                                          judge_with_race, race_bounds, race_candidates, race_score, race_winner,
-                                          refine_candidates, with_race)
+                                          around_user, coarse_candidates, finalists, judge_around_user,
+                                          judge_with_race, race_bounds, race_candidates, race_round, race_winner, snap,
+                                          with_race)
 from babysitter.analysis.status import Status
 from babysitter.passes.lr_race import split_pool
 
@@ -28,20 +27,25 @@ def _decades(lrs):
 
 
 # -- the pure rules ---------------------------------------------------------------------------------------------
-def test_candidates_are_spaced_around_the_suggestion():
-    rules = RaceRules(candidates=4, spacing=0.5)
+def test_candidates_span_the_window_around_the_suggestion_on_the_lattice():
+    rules = RaceRules()  # a third of a decade apart, 1.5 decades below to 0.75 above, 6 values per decade
     lrs = race_candidates(1e-2, (1e-6, 10.0), rules)
-    assert len(lrs) == 4 and _decades(lrs) == [0.5] * 3
-    assert lrs[0] * lrs[-1] == pytest.approx(1e-4)  # centred on the suggestion in log space
-    assert race_candidates(1e-2, (1e-6, 10.0), RaceRules(candidates=2)) == pytest.approx((10 ** -2.25, 10 ** -1.75))
+    assert _decades(lrs) == pytest.approx([1 / 3] * 6) and 1e-2 in lrs
+    assert lrs[0] == pytest.approx(10 ** (-2 - 4 / 3)) and lrs[-1] == pytest.approx(10 ** (-2 + 2 / 3))
+    off = race_candidates(1.1e-2, (1e-6, 10.0), rules)  # the suggestion rounded to the lattice first
+    assert off == pytest.approx(lrs)
+    assert all(abs(math.log10(lr) * 6 - round(math.log10(lr) * 6)) < 1e-9 for lr in lrs)
+    assert snap(1.3e-2, 6) == pytest.approx(10 ** (-11 / 6)) and snap(1.3e-2, 0) == 1.3e-2
+    half = race_candidates(1e-2, (1e-6, 10.0), RaceRules(spacing=0.5, below=1.0, above=0.5))
+    assert half == pytest.approx((1e-3, 10 ** -2.5, 1e-2, 10 ** -1.5))
+    assert len(race_candidates(1e-2, (1e-6, 10.0), RaceRules(candidates=3))) == 3  # the nearest to the suggestion
 
 
-def test_candidates_stay_inside_the_range():
-    rules = RaceRules(candidates=4, spacing=0.5)
-    near_top = race_candidates(0.15, (3e-5, 0.29), rules)
-    assert max(near_top) <= 0.29 and _decades(near_top) == [0.5] * 3
-    narrow = race_candidates(1e-2, (5e-3, 2e-2), rules)  # narrower than the round: squeezed evenly over it
-    assert narrow[0] == pytest.approx(5e-3) and narrow[-1] == pytest.approx(2e-2) and len(narrow) == 4
+def test_candidates_stay_inside_the_bounds():
+    near_top = race_candidates(0.15, (3e-5, 0.29), RaceRules())
+    assert max(near_top) <= 0.29 and _decades(near_top) == pytest.approx([1 / 3] * (len(near_top) - 1))
+    narrow = race_candidates(1e-2, (5e-3, 2e-2), RaceRules())  # narrower than the spacing: the suggestion alone
+    assert narrow == pytest.approx((1e-2,))
     assert race_candidates(1e-2, (1e-6, 1.0), RaceRules(candidates=0)) == ()
 
 
@@ -80,7 +84,7 @@ def test_a_curve_without_a_suggestion_is_raced_around_the_users_lr():
     never_diverged = dataclasses.replace(FLAT_THEN_DIVERGED, diverged_at=None)
     reading = LrReading(analyses=(never_diverged,), user_lr=20.0, status=Status.SKIP, summary="")
     assert around_user(reading, RaceRules())
-    lrs = coarse_candidates(reading, RaceRules(spacing=0.5))
+    lrs = coarse_candidates(reading, RaceRules())
     assert lrs == pytest.approx((20 / 10 ** 0.5, 20.0, 20 * 10 ** 0.5))  # yours, half a decade either side
     assert len(coarse_candidates(reading, RaceRules(user_neighbours=2))) == 5
     assert race_bounds(reading, RaceRules()) == (pytest.approx(lrs[0]), pytest.approx(lrs[-1]), False)
@@ -99,43 +103,46 @@ def test_a_curve_without_a_suggestion_is_raced_around_the_users_lr():
     assert not around_user(dataclasses.replace(bert, suggested_lr=1e-3, lr_low=1e-5, lr_high=1e-2), RaceRules())
 
 
-def _entries(losses, round="coarse"):
-    return [RaceEntry(lr=lr, loss=loss, round=round, steps=24, score=loss) for lr, loss in losses.items()]
+def _entries(losses, round="coarse", steps=16):
+    return [RaceEntry(lr=lr, loss=loss, round=round, steps=steps) for lr, loss in losses.items()]
 
 
-def test_the_fine_round_tries_the_winners_neighbours_at_half_the_spacing():
-    rules = RaceRules(candidates=4, spacing=0.5, refine=2)
-    coarse = _entries({1e-3: 0.9, 10 ** -2.5: 0.5, 1e-2: 0.6, 10 ** -1.5: math.inf})
-    fine = refine_candidates(coarse, (1e-5, 1.0), rules)
-    assert fine == pytest.approx((10 ** -2.75, 10 ** -2.25))  # the lower first
-    assert refine_candidates(coarse, (1e-5, 1.0), RaceRules(refine=1)) == pytest.approx((10 ** -2.75,))
-    assert refine_candidates(coarse, (10 ** -2.5, 1.0), rules) == pytest.approx((10 ** -2.25,))  # inside the bounds
-    assert refine_candidates(coarse, (1e-5, 1.0), RaceRules(refine=0)) == ()
+def test_the_best_of_the_first_round_are_trained_longer():
+    first = _entries({1e-3: 0.9, 1e-2: 0.5, 3e-2: 0.6, 1e-1: None, 3e-1: 0.55, 1e-4: 1.0})
+    assert finalists(first, RaceRules(finalists=3)) == (1e-2, 3e-2, 3e-1)  # lowest first; a diverged one never
+    assert finalists(first, RaceRules(finalists=9)) == (1e-4, 1e-3, 1e-2, 3e-2, 3e-1)
 
 
-def test_the_winner_has_the_lowest_score():
+def test_the_rounds_of_a_race():
+    reading = LrReading(analyses=(), user_lr=1e-3, status=Status.PASS, summary="", suggested_lr=1e-2, lr_low=1e-6,
+                        lr_high=0.1, diverged_at=3.0)
     rules = RaceRules()
-    entries = _entries({1e-3: 0.9, 1e-2: 0.5, 1e-1: None}) + _entries({3e-2: 0.1}, round="yours")
-    assert race_winner(entries, rules) == 1e-2  # diverged candidates and the user's own LR never win
-    assert race_winner(_entries({1e-3: None}), rules) is None
+    first = race_round(reading, rules, None, (), 1.0)
+    assert len(first) == 7 and {(steps, name) for _, steps, name in first} == {(16, "coarse")}
+    done = tuple(_entries({lr: 0.1 * i for i, (lr, _, _) in enumerate(first, 1)}))
+    final = race_round(reading, rules, None, done, 1.0)
+    assert [lr for lr, _, _ in final] == pytest.approx([lr for lr, _, _ in first[:4]])
+    assert {(steps, name) for _, steps, name in final} == {(rules.steps, "final")}
+    done += tuple(_entries({lr: 0.5 - 0.1 * i for i, (lr, _, _) in enumerate(final)}, "final", 96))
+    assert race_round(reading, rules, None, done, 1.0) == ()  # your LR is inside the range: not raced
+    assert race_winner(done, rules, 1.0) == pytest.approx(final[-1][0])  # the final round's lowest held-out loss
+    warned = dataclasses.replace(reading, status=Status.WARN, user_lr=2.0)
+    assert race_round(warned, rules, None, done, 1.0) == ((2.0, rules.steps, "yours"),)
+    few = race_round(reading, RaceRules(below=0.4, above=0.4), None, (), 1.0)  # no more LRs than finalists
+    assert len(few) == 3 and {(steps, name) for _, steps, name in few} == {(rules.steps, "final")}
+    assert race_round(reading, RaceRules(candidates=0), None, (), 1.0) == ()
 
 
-def test_the_score_extrapolates_the_held_out_loss_as_a_power_law():
-    rules = RaceRules(horizon=8.0)  # three doublings past the race's end
-    assert race_score(0.8, 0.4, rules) == pytest.approx(0.4 * 0.5 ** 3)
-    assert race_score(None, 0.4, rules) == 0.4 and race_score(0.8, None, rules) is None
-    assert race_score(0.8, 0.4, RaceRules(horizon=1.0)) == 0.4
-    assert race_score(-1.0, -2.0, rules) == pytest.approx(-5.0)  # not positive: linearly
-    # still falling beats levelled off, but only among candidates near the best held-out loss
-    falling = RaceEntry(1e-3, 0.50, "coarse", mid_loss=0.80, score=race_score(0.80, 0.50, rules))
-    level = RaceEntry(1e-2, 0.45, "coarse", mid_loss=0.46, score=race_score(0.46, 0.45, rules))
-    assert race_winner([falling, level], rules) == 1e-3
-    far_behind = dataclasses.replace(falling, loss=0.9, mid_loss=2.0, score=race_score(2.0, 0.9, rules))
-    assert race_winner([far_behind, level], rules) == 1e-2  # 0.9 is not within 30% of 0.45
+def test_the_winner_has_the_lowest_held_out_loss_after_the_final_round():
+    rules = RaceRules()
+    entries = (_entries({1e-3: 0.9, 1e-2: 0.5, 1e-1: None}, "final", 96) + _entries({3e-2: 0.1}, round="yours")
+               + _entries({3e-3: 0.05}))
+    assert race_winner(entries, rules) == 1e-2  # diverged ones, the first round's and the user's own LR never win
+    assert race_winner(_entries({1e-3: None}, "final"), rules) is None
 
 
 def test_a_race_where_nothing_trained_has_no_winner():
-    entries = _entries({1e-3: 0.995, 1e-2: 0.99})
+    entries = _entries({1e-3: 0.995, 1e-2: 0.99}, "final", 96)
     assert race_winner(entries, RaceRules(min_drop=0.02), start_loss=1.0) is None
     assert race_winner(entries, RaceRules(min_drop=0.005), start_loss=1.0) == 1e-2
 
@@ -152,8 +159,8 @@ def _reading(status, user, summary=""):
 
 
 def _race(user_loss, winner_loss=0.50, user=0.3):
-    entries = (RaceEntry(1e-2, winner_loss, "coarse", steps=24, score=winner_loss),
-               RaceEntry(3e-2, 0.7, "coarse", steps=24, score=0.7), RaceEntry(user, user_loss, "yours", steps=24))
+    entries = (RaceEntry(1e-2, winner_loss, "final", steps=96), RaceEntry(3e-2, 0.7, "final", steps=96),
+               RaceEntry(user, user_loss, "yours", steps=96))
     return LrRace(entries=entries, winner=1e-2, steps=72, held_out=4, bounds=(1e-4, 1e-1))
 
 
@@ -195,7 +202,7 @@ def _unread(user=5e-4, diverged=3.94):
 
 
 def _race_around(losses, winner, user=5e-4, start=0.70):
-    entries = tuple(RaceEntry(lr, loss, "coarse", steps=48, score=loss) for lr, loss in losses.items())
+    entries = tuple(RaceEntry(lr, loss, "final", steps=48) for lr, loss in losses.items())
     return LrRace(entries=entries, winner=winner, steps=48 * len(entries), held_out=4, start_loss=start,
                   around=user, bounds=(min(losses), max(losses)))
 
@@ -275,8 +282,9 @@ def _train(fields, lr, steps=60):
 def test_the_race_winner_trains_better_than_a_plainly_bad_lr():
     result = check(**zoo.regression_target())
     m = result.metrics
-    assert result.status == "pass" and m["race_lrs"] == 3 and m["range_lr"] is not None  # 2 coarse, 1 fine
-    assert m["race_steps"] < SweepSettings.steps * SweepSettings.repeats  # less than the default sweep
+    assert result.status == "pass" and m["race_lrs"] == 11 and m["range_lr"] is not None  # 7 first, 4 final
+    rules = RaceRules()  # 7 LRs of 16 steps, then 4 of 96
+    assert m["race_steps"] <= rules.candidates * rules.first_steps + rules.finalists * rules.steps
     won = _train(zoo.regression_target(), m["suggested_lr"])
     assert won < _train(zoo.regression_target(), m["suggested_lr"] / 100)
     assert won < _train(zoo.regression_target(), 1.0)

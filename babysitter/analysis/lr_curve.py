@@ -304,16 +304,28 @@ def read_sweep(sweep: LrSweep, rules: ReadingRules = ReadingRules()) -> LrReadin
 # -- the race: candidates from the range, trained briefly, compared on held-out batches --------------------------
 @dataclass(frozen=True)
 class RaceRules:
-    """How the coarse-to-fine race runs and is read (the ``lr_range`` thresholds ``race_*``)."""
+    """How the race runs and is read (the ``lr_range`` thresholds ``race_*``): a first round of many LRs trained a
+    few steps, then the best of them trained longer, compared on held-out batches."""
 
-    candidates: int = 2
-    steps: int = 48
+    #: the most LRs of the first round (0 turns the race off)
+    candidates: int = 8
+    #: the first round's steps per LR
+    first_steps: int = 16
+    #: a race around the user's LR (a curve with no suggestion: a loss that needs more steps than the sweep gives each
+    #: LR, which a few steps do not tell apart) is one round, every LR trained this many steps
+    plateau_steps: int = 48
+    #: the final round's steps per LR: what the winner is chosen on
+    steps: int = 80
+    #: LRs of the first round trained again for ``steps`` (the best by held-out loss)
+    finalists: int = 4
     held_out: int = 4
-    spacing: float = 0.5
-    refine: int = 1
-    horizon: float = 8.0
-    #: the extrapolation reorders only candidates whose held-out loss is within this fraction of the best one
-    reorder_within: float = 0.3
+    #: decades between the first round's LRs
+    spacing: float = 1 / 3
+    #: the first round spans the range test's suggestion divided by 10 ** below to times 10 ** above
+    below: float = 1.5
+    above: float = 0.75
+    #: raced LRs are rounded to this many values per decade (1, 1.5, 2.2, 3.2, 4.6, 6.8); 0: not rounded
+    lattice: int = 6
     min_drop: float = 0.02
     user_tolerance: float = 0.05
     #: the race may try LRs above the range's top, up to this multiple of it (never past ``below_divergence``)
@@ -324,9 +336,11 @@ class RaceRules:
     no_curve: tuple[float, float] = (1000.0, 3.0)
     #: decades between the coarse LRs of a race over a wide span (no curve, or a multiplier's usual range)
     wide_spacing: float = 1.0
-    #: a curve with no suggestion is raced around the user's LR: it and this many LRs ``spacing`` decades either side
+    #: a curve with no suggestion is raced around the user's LR: it and this many LRs ``user_spacing`` decades either
+    #: side
     user_neighbours: int = 1
-    #: ... and your LR, when it did not train there while another did, is trained this many times the race's steps
+    user_spacing: float = 0.5
+    #: ... and your LR, when it did not train there while another did, is trained this many times that race's steps
     #: before a warning (a plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 and 96)
     user_longer: float = 4.0
     #: a candidate whose training loss exceeds this multiple of its first loss stops (it diverged)
@@ -335,16 +349,14 @@ class RaceRules:
 
 @dataclass(frozen=True)
 class RaceEntry:
-    """One LR of the race: its held-out loss half-way and at the end (None when it diverged), the score it is
-    ranked by (``race_score``), and its round."""
+    """One LR of the race: its loss on the held-out batches after ``steps`` steps (None when it diverged), and its
+    round."""
 
     lr: float
     loss: Optional[float]
-    round: str  # "coarse", "fine", "yours" or "longer" (your LR trained longer, in a race around it)
+    round: str  # "coarse", "final", "yours" or "longer" (your LR trained longer, in a race around it)
     train_loss: Optional[float] = None  # the mean training loss over the last steps
     steps: int = 0
-    mid_loss: Optional[float] = None  # the held-out loss half-way through its steps
-    score: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -361,22 +373,6 @@ class LrRace:
     start_loss: Optional[float] = None  # the held-out loss at the user's state
     reason: str = ""  # why the race has no winner, when it ran
     around: Optional[float] = None  # the user's LR, when the race was around it (the curve gave no suggestion)
-
-
-def race_score(mid: Optional[float], end: Optional[float], rules: RaceRules) -> Optional[float]:
-    """The held-out loss extrapolated from the race's second half to ``rules.horizon`` times its steps, as a power
-    law of the steps (``end * (end / mid) ** log2(horizon)``; linearly when a loss is not positive). A run longer
-    than the race favours an LR whose loss still falls over one whose loss has levelled off: at 48 steps the best
-    LR of a 150-step run was 2-5x below the race's best on the tuning tasks, and the extrapolated loss ranks them
-    as the longer run does."""
-    if end is None or not math.isfinite(end):
-        return None
-    if mid is None or not math.isfinite(mid) or rules.horizon <= 1:
-        return end
-    k = math.log2(rules.horizon)
-    if end > 0 and mid > 0:
-        return end * (end / mid) ** k
-    return end + k * (end - mid)
 
 
 def race_bounds(reading: LrReading, rules: RaceRules,
@@ -414,38 +410,45 @@ def around_user(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple
 
 
 def user_candidates(reading: LrReading, rules: RaceRules) -> tuple[float, ...]:
-    """The race around the user's LR: it and ``rules.user_neighbours`` LRs ``rules.spacing`` decades either side,
+    """The race around the user's LR: it and ``rules.user_neighbours`` LRs ``rules.user_spacing`` decades either side,
     none above half the divergence point (an LR above it is replaced by that cap, and raced apart); a sweep that
     diverged adds the wide round's LRs (the divergence point / ``no_curve``) more than half a spacing from those,
     since the user's LR is a prior, not a certainty. Sorted, lowest first."""
     cap = (reading.diverged_at or math.inf) / rules.below_divergence
     center, n = min(reading.user_lr, cap), max(rules.user_neighbours, 0)
-    near = [center * 10 ** (rules.spacing * k) for k in range(-n, n + 1)]
+    near = [center * 10 ** (rules.user_spacing * k) for k in range(-n, n + 1)]
     near = [lr for lr in near if lr <= cap * 1.001]
     wide: tuple[float, ...] = ()
     if reading.diverged_at is not None:
         wide = wide_candidates((reading.diverged_at / rules.no_curve[0], reading.diverged_at / rules.no_curve[1]),
                                rules)
-    far = [lr for lr in wide if all(abs(math.log10(lr / x)) >= rules.spacing / 2 for x in near)]
+    far = [lr for lr in wide if all(abs(math.log10(lr / x)) >= rules.user_spacing / 2 for x in near)]
     return tuple(sorted(near + far))
 
 
+def snap(lr: float, lattice: int) -> float:
+    """``lr`` rounded in log space to ``lattice`` values per decade (6: 1, 1.5, 2.2, 3.2, 4.6, 6.8); unchanged when
+    ``lattice`` is 0."""
+    return float(10 ** (round(math.log10(lr) * lattice) / lattice)) if lattice > 0 else lr
+
+
 def race_candidates(center: float, bounds: tuple[float, float], rules: RaceRules) -> tuple[float, ...]:
-    """``rules.candidates`` LRs ``rules.spacing`` decades apart around ``center`` (the range test's suggestion)
-    in log space, shifted to stay inside ``bounds`` (squeezed evenly over them when they are narrower than the
-    round)."""
-    n = rules.candidates
-    if n <= 0:
+    """The first round: LRs ``rules.spacing`` decades apart from ``center`` (the range test's suggestion) divided by
+    10 ** ``rules.below`` to ``center`` times 10 ** ``rules.above``, inside ``bounds``, on the lattice (the center
+    rounded, the spacing a whole number of lattice steps), at most ``rules.candidates`` of them (the nearest to the
+    center); the center alone when ``bounds`` leave none. Lowest first."""
+    if rules.candidates <= 0:
         return ()
-    lo, hi = (math.log10(b) for b in bounds[:2])
-    c = math.log10(center)
-    span = rules.spacing * (n - 1)
-    if n == 1 or hi <= lo:
-        return (10 ** min(max(c, lo), hi),)
-    if span >= hi - lo:
-        return tuple(float(v) for v in np.logspace(lo, hi, n))
-    first = min(max(c - span / 2, lo), hi - span)
-    return tuple(10 ** (first + rules.spacing * i) for i in range(n))
+    unit = 1.0 / rules.lattice if rules.lattice > 0 else rules.spacing  # one lattice step, in decades
+    step = max(1, round(rules.spacing / unit))
+    c = round(math.log10(center) / unit) if rules.lattice > 0 else math.log10(center) / unit
+    lo = max(math.ceil(math.log10(bounds[0]) / unit - 1e-9), c - math.floor(rules.below / unit + 1e-9))
+    hi = min(math.floor(math.log10(bounds[1]) / unit + 1e-9), c + math.floor(rules.above / unit + 1e-9))
+    ks = [c + step * i for i in range(-int((c - lo) // step) - 1, int((hi - c) // step) + 2) if lo <= c + step * i <= hi]
+    if not ks:
+        ks = [min(max(c, lo), hi)] if lo <= hi else [c]
+    ks = sorted(sorted(ks, key=lambda k: (abs(k - c), k))[: rules.candidates])
+    return tuple(float(10 ** (k * unit)) for k in ks)
 
 
 def wide_candidates(bounds: tuple[float, float], rules: RaceRules) -> tuple[float, ...]:
@@ -476,43 +479,28 @@ def same_lr(a: float, b: float) -> bool:
     return abs(math.log10(a / b)) < 0.02
 
 
-def _tried(lr: float, entries) -> bool:
-    return any(same_lr(lr, e.lr) for e in entries)
+def _tried(lr: float, entries, rounds=("final", "yours")) -> bool:
+    return any(same_lr(lr, e.lr) for e in entries if e.round in rounds)
 
 
-def refine_candidates(entries, bounds: tuple[float, ...], rules: RaceRules) -> tuple[float, ...]:
-    """The fine round: the coarse winner's neighbours at half the coarse spacing (inside ``bounds``, not tried
-    yet), at most ``rules.refine`` of them, the lower first."""
-    best = race_winner(entries, rules)
-    if best is None or rules.refine <= 0:
-        return ()
-    coarse = sorted(e.lr for e in entries if e.round == "coarse")
-    step = _log_span(coarse[0], coarse[-1]) / (2 * (len(coarse) - 1)) if len(coarse) > 1 else rules.spacing / 2
-    out = []
-    for sign in (-1, 1):
-        lr = best * 10 ** (sign * step)
-        if bounds[0] * 0.999 <= lr <= bounds[1] * 1.001 and not _tried(lr, entries):
-            out.append(lr)
-    return tuple(out[: rules.refine])
-
-
-def _log_span(lo: float, hi: float) -> float:
-    return math.log10(hi / lo)
+def finalists(entries, rules: RaceRules) -> tuple[float, ...]:
+    """The final round: the ``rules.finalists`` LRs of the first round with the lowest held-out loss (those that
+    diverged never). Lowest first."""
+    coarse = sorted((e for e in entries if e.round == "coarse" and e.loss is not None), key=lambda e: e.loss)
+    return tuple(sorted(e.lr for e in coarse[: max(rules.finalists, 0)]))
 
 
 def race_winner(entries, rules: RaceRules, start_loss: Optional[float] = None) -> Optional[float]:
-    """The raced LR of lowest score (``race_score``) among those whose held-out loss is within
-    ``rules.reorder_within`` of the best (the user's own LR never wins). None when every candidate diverged, or
-    when the best held-out loss is not ``rules.min_drop`` below ``start_loss`` (the loss at the user's state): a
-    race where nothing trained supports no suggestion."""
-    ok = [e for e in entries if e.score is not None and e.round in ("coarse", "fine")]
+    """The LR of the final round with the lowest held-out loss (the user's own LR, raced apart, never wins). None
+    when every finalist diverged, or when the best held-out loss is not ``rules.min_drop`` below ``start_loss`` (the
+    loss at the user's state): a race where nothing trained supports no suggestion."""
+    ok = [e for e in entries if e.loss is not None and e.round == "final"]
     if not ok:
         return None
-    best = min(e.loss for e in ok)
-    if start_loss is not None and best > start_loss - rules.min_drop * abs(start_loss):
+    best = min(ok, key=lambda e: e.loss)
+    if start_loss is not None and best.loss > start_loss - rules.min_drop * abs(start_loss):
         return None
-    close = [e for e in ok if e.loss <= best + rules.reorder_within * abs(best)]
-    return min(close, key=lambda e: e.score).lr
+    return best.lr
 
 
 def race_user(reading: LrReading, entries, rules: RaceRules,
@@ -524,7 +512,7 @@ def race_user(reading: LrReading, entries, rules: RaceRules,
     unread = reading.status is Status.SKIP and (multiplier or around_user(reading, rules, multiplier))
     if not user or user <= 0 or not (reading.status is Status.WARN or unread):
         return False
-    return not any(same_lr(user, e.lr) for e in entries)
+    return not _tried(user, entries)
 
 
 def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optional[float],
@@ -535,44 +523,54 @@ def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optio
     user, winner = reading.user_lr, race_winner(entries, rules, start_loss)
     if winner is None or rules.user_longer <= 1 or not around_user(reading, rules, multiplier):
         return False
-    yours = next((e for e in entries if same_lr(user, e.lr)), None)
+    yours = next((e for e in entries if e.round in ("final", "yours") and same_lr(user, e.lr)), None)
     return not (yours is None or yours.loss is None or trained(yours, start_loss, rules) or same_lr(winner, user))
 
 
 #: the race's rounds, in order; each runs once, on what the rounds before it found
-RACE_ROUNDS = ("coarse", "fine", "yours", "longer")
+RACE_ROUNDS = ("coarse", "final", "yours", "longer")
 
 
 def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries,
                start_loss: Optional[float]) -> tuple[tuple[float, int, str], ...]:
     """The race's next round as (lr, steps, round) to train, given the entries of the rounds so far; () when the race
     is over. The pass (``babysitter.passes.lr_race``) trains what this asks for and asks again, so a simulator can
-    run the same rules on recorded curves."""
-    bounds = race_bounds(reading, rules, multiplier)
-    if bounds is None or rules.candidates <= 0:
+    run the same rules on recorded curves.
+
+    "coarse": the candidates (``coarse_candidates``) trained ``rules.first_steps`` steps each, skipped when there
+    are no more of them than finalists; "final": the best ``rules.finalists`` of them (all, without a coarse round)
+    trained ``rules.steps`` steps each: the winner is theirs; "yours": the user's LR, when the range test warns about
+    it (``race_user``). A race around the user's LR is one final round of every candidate at ``rules.plateau_steps``
+    steps, then "longer": that LR trained ``rules.user_longer`` times longer (``user_longer``)."""
+    if race_bounds(reading, rules, multiplier) is None or rules.candidates <= 0:
         return ()
     done = {e.round for e in entries}
     last = max((RACE_ROUNDS.index(r) for r in done if r in RACE_ROUNDS), default=-1)
+    around = around_user(reading, rules, multiplier)
+    steps = rules.plateau_steps if around else rules.steps
     for i, name in enumerate(RACE_ROUNDS):
         if i <= last:
             continue
         if name == "coarse":
             lrs = coarse_candidates(reading, rules, multiplier)
-        elif name == "fine":
-            lrs = refine_candidates(entries, bounds, rules)
+            if not around and len(lrs) > max(rules.finalists, 1):
+                return tuple((lr, rules.first_steps, name) for lr in lrs)
+            continue
+        if name == "final":
+            lrs = finalists(entries, rules) if "coarse" in done else coarse_candidates(reading, rules, multiplier)
         elif name == "yours":
             lrs = (reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()
         else:
             if user_longer(reading, entries, rules, start_loss, multiplier):
-                return ((reading.user_lr, int(round(rules.steps * rules.user_longer)), "longer"),)
+                return ((reading.user_lr, int(round(steps * rules.user_longer)), "longer"),)
             lrs = ()
         if lrs:
-            return tuple((lr, rules.steps, name) for lr in lrs)
+            return tuple((lr, steps, name) for lr in lrs)
     return ()
 
 
-def _entry(race: LrRace, lr: Optional[float], rounds=("coarse", "fine", "yours")) -> Optional[RaceEntry]:
-    """The race's entry at ``lr`` (within 5%), None when that LR was not raced."""
+def _entry(race: LrRace, lr: Optional[float], rounds=("final", "yours")) -> Optional[RaceEntry]:
+    """The race's entry at ``lr`` (within 5%) in one of ``rounds``, None when that LR was not raced there."""
     if not lr:
         return None
     return next((e for e in race.entries if e.round in rounds and same_lr(e.lr, lr)), None)
@@ -608,7 +606,7 @@ def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_
         dataclasses.replace(reading_rules, fail_below=0.0)
     status, summary, advice = judge_user_lr(user, winner, low, high, reading.diverged_at, judged_by,
                                             reading.open_top and multiplier is None and high == reading.lr_high)
-    yours, best = _entry(race, user), _entry(race, winner, ("coarse", "fine"))
+    yours, best = _entry(race, user), _entry(race, winner, ("final",))
     if status is not Status.WARN or yours is None or yours.loss is None or best is None:
         return status, summary, advice
     if yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
@@ -642,7 +640,7 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
         return (Status.FAIL, f"your LR {u} is above the point where the loss diverged ({fmt_lr(diverged)}); {head}; "
                              f"a race below it suggests {w}",
                 (f"Lower the LR to about {w}: at {u} the loss diverges.",))
-    yours, best = _entry(race, user), _entry(race, winner, ("coarse", "fine"))
+    yours, best = _entry(race, user), _entry(race, winner, ("final",))
     if yours is None or best is None:
         return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
@@ -698,7 +696,7 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
         lrs = ", ".join(fmt_lr(e.lr) for e in race.entries)
         return dataclasses.replace(out, summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}")
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
-    keep = status is Status.PASS and as_good(_entry(race, out.user_lr), _entry(race, race.winner, ("coarse", "fine")),
+    keep = status is Status.PASS and as_good(_entry(race, out.user_lr), _entry(race, race.winner, ("final",)),
                                              rules)
     return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.winner, status=status,
                                summary=summary, advice=advice)

@@ -63,23 +63,24 @@ class LrRange(Check):
     range. A curve whose smoothed loss never falls by {min_drop:.0%} supports no suggestion, and without one from
     more than half the repeats there is none. The suggestion, the range's ends and the divergence point are
     geometric medians over the repeats, with the suggestions' spread (largest / smallest). Then a race (CS231n's
-    coarse-to-fine search in log space) chooses the suggestion: {race_candidates} LRs {race_spacing:g} decades apart
-    around the range test's suggestion, each trained {race_steps} steps
-    from the user's state with the user's step (the scheduler left out), are compared on {race_held_out} batches held
-    out of that training (eval mode); then {race_refine} LR at half the spacing below the winner. The race may go
-    above the range's top (up to {above_top:g}x it, never past half the divergence point): a sweep's top is where the
-    loss turned up at ~5 steps per LR. LRs are ranked by their held-out loss extrapolated as a power law of the steps
-    from the race's second half to {race_horizon:g}x its steps (a longer run favours the LR whose loss still falls),
-    among those within {reorder_within:.0%} of the best held-out loss; the winner must have brought that loss
-    {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
+    coarse-to-fine search in log space, as successive halving) chooses the suggestion: LRs {race_spacing:.2g} decades
+    apart from the range test's suggestion / 10^{race_below:g} to x 10^{race_above:g} (at most {race_candidates},
+    rounded to {race_lattice} values per decade: 1, 1.5, 2.2, 3.2, 4.6, 6.8), each trained {race_first_steps} steps
+    from the user's state with the user's step (the scheduler left out) and compared on {race_held_out} batches held
+    out of that training (eval mode); the {race_finalists} with the lowest held-out loss are trained again for
+    {race_steps} steps, and the lowest held-out loss then wins. The race may go above the range's top (up to
+    {above_top:g}x it, never past half the divergence point): a sweep's top is where the loss turned up at ~5 steps
+    per LR. The winner must have brought the held-out loss {race_min_drop:.0%} below the loss at the user's state,
+    else the range test's suggestion stands (kept as
     range_lr either way). A curve with no suggestion (a loss that needs more steps than the sweep gives each LR),
-    from a sweep that did not diverge from its start, is raced around the user's LR: it and {race_user_neighbours}
-    LR(s) race_spacing decades either side (none past half the divergence point), with, when the sweep diverged,
-    LRs about a decade apart from the divergence point / {no_curve_low:g} to / {no_curve_high:g}. The user's LR then
-    passes when it won or came within {race_user_tolerance:.0%} of the winner's held-out loss, and when beaten
-    clearly (the winner suggested: {race_steps} steps on a plateau are weak evidence against an LR that trains); it
+    from a sweep that did not diverge from its start, is raced around the user's LR in one round of
+    {race_plateau_steps} steps each: it and {race_user_neighbours} LR(s) {race_user_spacing:g} decades either side
+    (none past half the divergence point), with, when the sweep diverged, LRs about a decade apart from the
+    divergence point / {no_curve_low:g} to / {no_curve_high:g}. The user's LR then passes when it won or came within
+    {race_user_tolerance:.0%} of the winner's held-out loss, and when beaten clearly (the winner suggested:
+    {race_plateau_steps} steps on a plateau are weak evidence against an LR that trains); it
     warns only when it diverged or did not bring the held-out loss {race_min_drop:.0%} below its start while the
-    winner did (and, for a loss that only did not fall, still did not when trained {race_user_longer:g}x the race's
+    winner did (and, for a loss that only did not fall, still did not when trained {race_user_longer:g}x those
     steps), and fails above the divergence point; a race where nothing trained leaves the skip. Without a user
     LR, a sweep that diverged is raced over that wide span alone. An optimizer whose lr is a multiplier of a
     unit-correcting update (Adadelta: 0.1 to 10; torch's Adafactor: 1e-3 to 0.1) over that usual range, which the
@@ -100,8 +101,7 @@ class LrRange(Check):
     it. If the curve is flat at every LR, look at overfit_batch and initial_loss first: the model or the loss is
     likely broken."""
     constants = {"beta": SweepSettings.beta, "fail_below_x": 1 / ReadingRules.fail_below, "above_top": RACE.above_top,
-                 "reorder_within": RACE.reorder_within, "no_curve_low": RACE.no_curve[0],
-                 "no_curve_high": RACE.no_curve[1]}
+                 "no_curve_low": RACE.no_curve[0], "no_curve_high": RACE.no_curve[1]}
     sources = (
         "L. N. Smith, 'Cyclical Learning Rates for Training Neural Networks' (WACV 2017): the LR range test",
         "L. N. Smith, 'A disciplined approach to neural network hyper-parameters: Part 1' (2018)",
@@ -114,8 +114,11 @@ class LrRange(Check):
         "top of the range)",
         "CS231n, 'Neural Networks Part 3: Learning and Evaluation', hyperparameter optimization: search the LR in log "
         "space, coarse to fine, each setting trained briefly and compared on a validation set",
-        "The race's defaults (2 + 1 LRs, 48 steps, the horizon 8, 3x above the top) were chosen on the tuning half of "
-        "benchmarks/lr_quality.py only; the README reports the held-out half beside it",
+        "K. Jamieson, A. Talwalkar, 'Non-stochastic best arm identification and hyperparameter optimization' "
+        "(AISTATS 2016): successive halving, many configurations trained briefly, the best of them longer",
+        "The race's defaults (7 LRs a third of a decade apart from 1.5 decades below to 0.75 above the range test's "
+        "suggestion, 16 steps, the best 4 trained 96) were chosen with a simulator (benchmarks/lr_race_sim.py) on the "
+        "14 tuning tasks of benchmarks/lr_quality.py only; the README reports its 12 held-out tasks beside them",
         "Range and fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value "
         "(1/ln(10^(8/99))), so an LR 100x below where the sweep first moved the loss gets as far in ~500 steps, "
         "and one 1000x below needs ~5000",
@@ -150,21 +153,29 @@ class LrRange(Check):
                                                            "sweep first moved the loss: ~4500 steps to get as far as "
                                                            "the sweep's 5)")
 
-    race_candidates: int = threshold(RACE.candidates, "LRs of the race's coarse round, race_spacing decades apart "
-                                                      "around the range test's suggestion (0 turns the race off: "
+    race_candidates: int = threshold(RACE.candidates, "the most LRs of the race's first round (0 turns the race off: "
                                                       "the suggestion is then the range test's)")
-    race_steps: int = threshold(RACE.steps, "training steps of each raced LR, from your state")
+    race_spacing: float = threshold(RACE.spacing, "decades between the first round's LRs")
+    race_below: float = threshold(RACE.below, "the first round starts this many decades below the range test's "
+                                              "suggestion (which was 0.6-1.6 decades above the best LR of a 150-step "
+                                              "run on 8 of the 13 tuning tasks where it gave one)")
+    race_above: float = threshold(RACE.above, "... and ends this many decades above it (it was up to 0.6 decades "
+                                              "below the best on 3 tuning tasks), never past above_top times the "
+                                              "range's top nor half the divergence point")
+    race_lattice: int = threshold(RACE.lattice, "raced LRs are rounded to this many values per decade (0: not "
+                                                "rounded)")
+    race_first_steps: int = threshold(RACE.first_steps, "training steps of each LR of the first round, from your "
+                                                        "state")
+    race_finalists: int = threshold(RACE.finalists, "the LRs of the first round with the lowest held-out loss, "
+                                                    "trained again for race_steps")
+    race_steps: int = threshold(RACE.steps, "training steps of each finalist, from your state: the lowest held-out "
+                                            "loss after them wins")
+    race_plateau_steps: int = threshold(RACE.plateau_steps,
+                                        "a curve with no suggestion is raced around your LR in one round of this many "
+                                        "steps per LR (a loss that needs more steps than the sweep gives each LR, which "
+                                        "a first round of race_first_steps would not tell apart)")
     race_held_out: int = threshold(RACE.held_out, "batches held out of the race's training to compare its LRs on (at "
                                                   "most a quarter of the pool)")
-    race_spacing: float = threshold(RACE.spacing, "decades between the coarse round's LRs; the fine round tries the "
-                                                  "winner's neighbours at half of it")
-    race_refine: int = threshold(RACE.refine, "LRs of the fine round: the winner's lower neighbour first (a run "
-                                              "longer than the race favours the smaller LR), then the upper one; 0: "
-                                              "the coarse round only")
-    race_horizon: float = threshold(RACE.horizon,
-                                    "the race ranks its LRs by the held-out loss extrapolated from its second half "
-                                    "to this many times race_steps, as a power law of the steps: a longer run "
-                                    "favours an LR whose loss still falls (1: the loss at the race's end)")
     race_min_drop: float = threshold(RACE.min_drop, "the race suggests an LR only when its held-out loss fell this "
                                                     "fraction below the loss at your state")
     race_user_tolerance: float = threshold(RACE.user_tolerance,
@@ -173,11 +184,13 @@ class LrRange(Check):
                                            "of the winner's")
     race_user_neighbours: int = threshold(RACE.user_neighbours,
                                           "a curve with no suggestion is raced around your LR: it and this many LRs "
-                                          "race_spacing decades either side (your LR is a prior the sweep could not "
-                                          "confirm or refute)")
+                                          "race_user_spacing decades either side (your LR is a prior the sweep could "
+                                          "not confirm or refute)")
+    race_user_spacing: float = threshold(RACE.user_spacing, "decades between your LR and its neighbours in a race "
+                                                            "around it")
     race_user_longer: float = threshold(RACE.user_longer,
                                         "in that race, your LR, when its held-out loss did not fall while another "
-                                        "LR's did, is trained this many times race_steps before a warning (a "
+                                        "LR's did, is trained this many times race_plateau_steps before a warning (a "
                                         "plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 "
                                         "and 96); 1: no longer run")
 
@@ -258,16 +271,23 @@ class LrRange(Check):
         if race.skipped or race.winner is None:
             why = race.skipped or "every raced LR diverged"
             return (f"no race: {why}; the suggestion is the range test's",)
-        trained = [e for e in race.entries if e.round in ("coarse", "fine")]
-        where = "around your LR" if race.around else "coarse"
-        notes = [f"the suggestion {fmt_lr(race.winner)} won a race of {len(trained)} LRs ({where}, then around the "
-                 f"winner), each trained {trained[0].steps if trained else 0} steps from your state and compared on "
-                 f"{race.held_out} held-out batches ({race.steps} steps, {race.seconds:.1f}s); "
+        final = [e for e in race.entries if e.round == "final"]
+        first = [e for e in race.entries if e.round == "coarse"]
+        steps = final[0].steps if final else 0
+        if race.around:
+            how = f"a race around your LR of {len(final)} LRs, each trained {steps} steps"
+        elif first:
+            how = (f"a race of {len(first)} LRs, each trained {first[0].steps} steps, then the best {len(final)} "
+                   f"trained {steps}")
+        else:
+            how = f"a race of {len(final)} LRs, each trained {steps} steps"
+        notes = [f"the suggestion {fmt_lr(race.winner)} won {how} from your state, compared on {race.held_out} "
+                 f"held-out batches ({race.steps} steps, {race.seconds:.1f}s); "
                  + (f"the range test alone suggested {fmt_lr(v.range_lr)}" if v.range_lr else
                     "the range test alone gave no suggestion")]
         if race.around and v.status is Status.PASS and abs(math.log10(race.winner / race.around)) > 0.02:
             notes.append(f"the race trained {fmt_lr(race.winner)} better than your {fmt_lr(race.around)} in "
-                         f"{trained[0].steps if trained else 0} steps, but your LR trains: a short race on a loss that "
+                         f"{steps} steps, but your LR trains: a short race on a loss that "
                          f"falls slowly is weak evidence; worth trying {fmt_lr(race.winner)} beside yours")
         return tuple(notes)
 
@@ -288,24 +308,25 @@ class LrRange(Check):
 
     @staticmethod
     def _race_table(race: LrRace) -> Table:
-        rows = [(e.round, e.lr, e.mid_loss, e.loss, e.score, e.train_loss, e.steps,
-                 "winner" if e.lr == race.winner else "diverged" if e.loss is None else "") for e in race.entries]
-        return Table("race", "The race: each LR trained from your state, its loss on held-out batches half-way and at "
-                             "the end, and extrapolated to race_horizon times its steps (what ranks them)",
-                     ("round", "lr", "held_out_mid", "held_out_loss", "extrapolated", "train_loss", "steps", "note"),
-                     rows)
+        rows = [(e.round, e.lr, e.steps, e.loss, e.train_loss,
+                 "winner" if e.lr == race.winner and e.round == "final" else "diverged" if e.loss is None else "")
+                for e in race.entries]
+        return Table("race", "The race: each LR trained from your state for its round's steps, its loss on the held-out "
+                             "batches after them (the final round's lowest wins)",
+                     ("round", "lr", "steps", "held_out_loss", "train_loss", "note"), rows)
 
     @staticmethod
     def _race_plot(v: LrReading, race: LrRace) -> Plot:
-        series = tuple(Series(name, tuple(e.lr for e in pts), tuple(e.loss for e in pts))
-                       for name, pts in (("coarse", [e for e in race.entries if e.round == "coarse" and e.loss]),
-                                         ("fine", [e for e in race.entries if e.round == "fine" and e.loss]),
-                                         ("your LR", [e for e in race.entries if e.round == "yours" and e.loss]))
+        def points(name):
+            return [e for e in race.entries if e.round == name and e.loss]
+
+        series = tuple(Series(f"{label} ({pts[0].steps} steps)", tuple(e.lr for e in pts), tuple(e.loss for e in pts))
+                       for label, pts in (("first round", points("coarse")), ("final round", points("final")),
+                                          ("your LR", points("yours")))
                        if pts)
         markers = tuple(Marker(f"{label} {fmt_lr(value)}", value)
                         for label, value in (("suggested", race.winner), ("range test", v.range_lr)) if value)
-        steps = max((e.steps for e in race.entries), default=0)
-        return Plot("lr_race", f"The race: held-out loss after {steps} steps at each LR", "scatter", series,
+        return Plot("lr_race", "The race: held-out loss at each LR after each round's steps", "scatter", series,
                     x_label="learning rate", y_label="held-out loss", log_x=True, markers=markers)
 
     @staticmethod

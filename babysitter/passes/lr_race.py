@@ -1,9 +1,9 @@
-"""The LR race after the range test: a few candidate LRs from its good range, each trained briefly from the user's
-state the way the user trains, compared on batches held out of that training, then refined around the winner
-(CS231n's coarse-to-fine search in log space).
+"""The LR race after the range test: candidate LRs around its suggestion, each trained from the user's state the way
+the user trains and compared on batches held out of that training; a first round of a few steps each, then the best
+of them trained longer (CS231n's coarse-to-fine search in log space, as successive halving).
 
 Every candidate starts from the same state (``session.reset()``: the user's weights, optimizer state and seeds, so
-the same batches and dropout masks), trains ``steps`` steps on the pool's first batches with the user's step
+the same batches and dropout masks), trains its round's steps on the pool's first batches with the user's step
 (clipping, accumulation, autocast; the scheduler left out, as in the sweep: the race sets the LR) and is then
 evaluated, in eval mode and without gradients, on the pool's last ``held_out`` batches. Which LRs are tried and
 which wins are the pure rules of ``babysitter.analysis.lr_curve``.
@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, race_bounds,
-                                 race_round, race_score, race_winner)
+                                 race_round, race_winner)
 from ..optim import group_scales, set_lr
 from .stepper import Stepper
 
@@ -94,22 +94,20 @@ def train_curve(session, lr: float, steps: int, train: list[int], held: list[int
 
 def run_candidate(session, lr: float, rules: RaceRules, train: list[int], held: list[int], stage: str,
                   steps: Optional[int] = None) -> RaceEntry:
-    """Train ``steps`` (default ``rules.steps``) steps at ``lr`` from the user's state; the held-out loss half-way
-    and at the end, and the score they rank by. A candidate whose training loss turns non-finite or exceeds
-    ``rules.diverge_factor`` times its first loss stops (loss None)."""
+    """Train ``steps`` (default ``rules.steps``) steps at ``lr`` from the user's state; its held-out loss at the end.
+    A candidate whose training loss turns non-finite or exceeds ``rules.diverge_factor`` times its first loss stops
+    (loss None)."""
     steps = steps or rules.steps
-    curve = train_curve(session, lr, steps, train, held, (steps // 2, steps), rules.diverge_factor)
-    return entry_of(curve, steps, stage, rules)
+    return entry_of(train_curve(session, lr, steps, train, held, (steps,), rules.diverge_factor), steps, stage)
 
 
-def entry_of(curve: TrainedCurve, steps: int, stage: str, rules: RaceRules) -> RaceEntry:
+def entry_of(curve: TrainedCurve, steps: int, stage: str) -> RaceEntry:
     """The race's entry for a curve trained ``steps`` steps."""
     if curve.diverged:
         return RaceEntry(lr=curve.lr, loss=None, round=stage, train_loss=None, steps=len(curve.train))
     tail = curve.train[-SYNC_EVERY:]
-    mid, end = curve.held_out.get(steps // 2), curve.held_out.get(steps)
-    return RaceEntry(lr=curve.lr, loss=end, round=stage, train_loss=sum(tail) / len(tail), steps=steps,
-                     mid_loss=mid, score=race_score(mid, end, rules))
+    return RaceEntry(lr=curve.lr, loss=curve.held_out.get(steps), round=stage, train_loss=sum(tail) / len(tail),
+                     steps=steps)
 
 
 def _why_no_race(sweep: LrSweep, rules: RaceRules, bounds, split) -> str:
@@ -125,9 +123,9 @@ def _why_no_race(sweep: LrSweep, rules: RaceRules, bounds, split) -> str:
 
 
 def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = RaceRules()) -> LrRace:
-    """The coarse round (``race_candidates`` around the range test's suggestion, around the user's LR when the curve
-    gave none, or spread over a wide span), the fine round around its winner, and the user's LR when the range test
-    warns about it (or cannot read it and did not race it); the winner is the suggestion."""
+    """The rounds ``race_round`` asks for (a first round around the range test's suggestion, around the user's LR
+    when the curve gave none, or over a wide span; its best trained longer; the user's LR when the range test warns
+    about it), each candidate trained from the user's state; the winner is the suggestion."""
     t0 = time.perf_counter()
     multiplier = sweep.multiplier
     bounds = race_bounds(reading, rules, multiplier)
@@ -153,7 +151,7 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
 
 
 def _no_winner(entries, start: Optional[float], rules: RaceRules) -> str:
-    losses = [e.loss for e in entries if e.loss is not None and e.round != "yours"]
+    losses = [e.loss for e in entries if e.loss is not None and e.round == "final"]
     if not losses:
         return "every raced LR diverged"
     return (f"no raced LR brought the held-out loss {rules.min_drop:.0%} below its start {start:.4g} (best "
