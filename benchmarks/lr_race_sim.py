@@ -18,7 +18,7 @@ per decade, the grid's, so they are read exactly. The winner's regret is the ben
 likewise off the grid) against the benchmark's reference (the 13-point grid's best LR). Cost is counted in
 training steps and held-out evaluations.
 
-    python benchmarks/lr_race_sim.py record            # ~40 min on one thread; cached per task in benchmarks/out
+    python benchmarks/lr_race_sim.py record            # ~35 min on one thread; cached per task in benchmarks/out
     python benchmarks/lr_race_sim.py eval              # the current rules against the recorded tasks
     python benchmarks/lr_race_sim.py eval --rules '{"finalists": 3, "steps": 80}'
 
