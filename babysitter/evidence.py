@@ -19,6 +19,7 @@ so that every check that reads the LR sweep reads it under the same settings.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any, Callable, Mapping
@@ -26,6 +27,7 @@ from typing import Any, Callable, Mapping
 from .analysis.lr_curve import RaceRules, ReadingRules, SweepSettings, read_sweep, with_race
 from .instruments.activations import ActivationInstrument
 from .instruments.hooks import CallOrder
+from .memory import out_of_memory, release_memory
 from .passes.facts import call_order, loss_facts
 from .passes.init_pass import init_pass
 from .passes.lr_race import lr_race
@@ -96,16 +98,24 @@ class EvidenceCache:
         kind, value = self._values[name]
         if kind == "error":
             raise value
+        if kind == "oom":  # a copy each time: a raised exception keeps the frames it passes through
+            raise copy.copy(value)
         return value
 
     def _compute(self, name: str, session) -> tuple[str, Any]:
         t0 = time.perf_counter()
         self._reset()
+        oom = False
         try:
             return "ok", PROVIDERS[name](session)
         except Exception as exc:  # kept, and raised to each reader: the check that needs it reports it
+            oom = out_of_memory(exc)
+            if oom:  # kept without its traceback, whose frames hold what the pass allocated
+                return "oom", copy.copy(exc)
             return "error", exc
         finally:
+            if oom:  # the frames are gone: hand their memory back before anything else runs
+                release_memory()
             self._reset()
             self._timings[f"evidence:{name}"] = time.perf_counter() - t0
 

@@ -74,14 +74,15 @@ def _collate(data: Any, examples: list, where: Optional[str]) -> Any:
 class BatchPool:
     """Host batches (as the data yielded them) and their copies on the session's device.
 
-    On an accelerator the copies are kept (up to ``DEVICE_POOL_BYTES``), so the probes' hundreds of steps do not
-    pay a host-to-device copy each, as a plain loop over preloaded batches would not; on the CPU the pool's own
-    tensors are used, as they are.
+    On an accelerator the copies are kept (up to ``device_bytes``: ``DEVICE_POOL_BYTES``, or the session's share of
+    the free memory when that is less), so the probes' hundreds of steps do not pay a host-to-device copy each, as a
+    plain loop over preloaded batches would not; on the CPU the pool's own tensors are used, as they are.
     """
 
-    def __init__(self, batches: list, device: torch.device):
+    def __init__(self, batches: list, device: torch.device, *, device_bytes: int = DEVICE_POOL_BYTES):
         self.host = batches
         self.device = device
+        self.device_bytes = device_bytes
         self._cached: dict[int, Any] = {}
         self._cached_bytes = 0
 
@@ -103,7 +104,7 @@ class BatchPool:
         batch = to_device(self.host[i], self.device)
         if self.device.type != "cpu":
             size = nbytes(batch)
-            if self._cached_bytes + size <= DEVICE_POOL_BYTES:
+            if self._cached_bytes + size <= self.device_bytes:
                 self._cached[i] = batch
                 self._cached_bytes += size
         return batch

@@ -16,6 +16,7 @@ from .checklist import CHECKLIST
 from .checklist.base import Check
 from .errors import OptionError, SkipCheck, value_words
 from .report import CheckResult, Report
+from .memory import out_of_memory, release_memory
 from .session import Session
 from .target import Target
 
@@ -126,6 +127,7 @@ def run_check(check: Check, session: Session) -> CheckResult:
 
 def _run_check(check: Check, session: Session) -> CheckResult:
     t0 = time.perf_counter()
+    oom = False
     try:
         result = check.run(session)
         if not isinstance(result, CheckResult):
@@ -135,11 +137,24 @@ def _run_check(check: Check, session: Session) -> CheckResult:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
-        result = check.result("error", f"the check crashed: {type(exc).__name__}: {exc}",
-                              traceback=traceback.format_exc())
+        oom = out_of_memory(exc)
+        if oom:  # not a bug of ours nor of the target: the check did not fit beside the model
+            result = check.result("skip", f"out of memory: {_first_line(exc)}; the check's memory was released "
+                                          f"and your state restored")
+        else:
+            result = check.result("error", f"the check crashed: {type(exc).__name__}: {exc}",
+                                  traceback=traceback.format_exc())
     finally:
+        if oom:  # the exception and its frames are gone: what they held can be handed back before the reset
+            release_memory()
         session.reset()  # a check that trained leaves nothing behind for the next one
     return result.replace(duration_s=round(time.perf_counter() - t0, 4))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (CUDA's goes on about the allocator's settings)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=None, ignore=None,
@@ -153,7 +168,7 @@ def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=No
     checks = select_checks(select, ignore, options) + [cls() for cls in extra]  # extra: the distributed checks
     started = _dt.datetime.now(_dt.timezone.utc)
     kwargs = {} if max_batches is None else {"max_batches": max_batches}
-    session = Session(target, device=device, seed=seed, where=where, options=options, **kwargs)
+    session = Session(target, device=device, seed=seed, where=where, options=options, guard_memory=True, **kwargs)
     t0 = time.perf_counter()
     results, running = _run_checks(checks, session, progress)
     interrupted = len(results) < len(checks)

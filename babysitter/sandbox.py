@@ -35,6 +35,29 @@ def _tree_to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def _tree_copy(obj: Any, device: Optional[torch.device], key: Any = None) -> Any:
+    """A copy of a saved optimizer state entry: tensors copied onto ``device`` (the parameter's), except a
+    ``step`` counter, which stays where it was saved (load_state_dict's own rule, which also moves it when the
+    optimizer wants it on the device); containers rebuilt, other values deep-copied."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(obj.device if key == "step" or device is None else device, copy=True)
+    if isinstance(obj, dict):
+        return {k: _tree_copy(v, device, k) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tree_copy(v, device) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _optimizer_copy(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A state dict for ``optimizer.load_state_dict``: the saved one, each parameter's state copied straight onto
+    that parameter's device (no second host copy on the way)."""
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    device = {i: p.device for i, p in zip(ids, params)}
+    return {**saved, "state": {k: _tree_copy(v, device.get(k)) for k, v in saved["state"].items()},
+            "param_groups": copy.deepcopy(saved["param_groups"])}
+
+
 def seed_everything(seed: int) -> None:
     """Seed every RNG the sandbox restores: Python's, numpy's, torch's (CUDA's too)."""
     random.seed(seed)
@@ -164,11 +187,94 @@ class ModelState:
                 else:
                     t.copy_(saved)
                 if isinstance(t, nn.Parameter):
-                    t.grad = None if grad is None else grad.to(device, copy=True)
+                    _restore_grad(t, grad, device)
         for m, flag in self.training:
             m.training = flag
         for p, flag in self.requires_grad:
             p.requires_grad_(flag)
+
+
+def _restore_grad(param: nn.Parameter, saved: Optional[torch.Tensor], device: torch.device) -> None:
+    """The saved gradient copied into the one the parameter holds when they match (no allocation), else the
+    parameter's gradient let go before a copy of the saved one is made: the two never coexist."""
+    live = param.grad
+    if saved is None:
+        param.grad = None
+    elif live is not None and live.layout == torch.strided and live.device == device and live.dtype == saved.dtype \
+            and live.shape == saved.shape:
+        live.copy_(saved)
+    else:
+        param.grad = None
+        param.grad = saved.to(device, copy=True)
+
+
+def _placement(param: torch.Tensor, value: torch.Tensor, key: Any, device_step: bool) -> tuple:
+    """Where ``Optimizer.load_state_dict`` puts a state tensor of ``param`` (torch's own rule): a ``step`` counter
+    stays as it is unless the optimizer is fused or capturable (then float32 on the parameter's device); anything
+    else goes to the parameter's device, cast to its dtype when the parameter is floating-point."""
+    if key == "step":
+        return (param.device, torch.float32) if device_step else (value.device, value.dtype)
+    return param.device, (param.dtype if param.is_floating_point() else value.dtype)
+
+
+def _into(live: Any, value: Any, param: torch.Tensor, device_step: bool, key: Any = None) -> Any:
+    """``value`` (saved) as ``load_state_dict`` would place it, copied into ``live`` (the optimizer's current
+    entry) where the tensors match in device, dtype and shape; a fresh copy where they do not."""
+    if isinstance(value, torch.Tensor):
+        device, dtype = _placement(param, value, key, device_step)
+        if isinstance(live, torch.Tensor) and live.device == device and live.dtype == dtype \
+                and live.shape == value.shape and live.layout == torch.strided:
+            live.copy_(value)
+            return live
+        return value.to(device=device, dtype=dtype, copy=True)
+    if isinstance(value, dict):
+        live = live if isinstance(live, dict) else {}
+        return {k: _into(live.get(k), v, param, device_step, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        live = list(live) if isinstance(live, (list, tuple)) and len(live) == len(value) else [None] * len(value)
+        return type(value)(_into(x, v, param, device_step) for x, v in zip(live, value))
+    return copy.deepcopy(value)
+
+
+def _in_place_loadable(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
+    """Whether putting ``saved`` back needs nothing ``load_state_dict`` alone does: torch's own method, no load
+    hooks, the same groups with as many parameters each."""
+    return type(optimizer).load_state_dict is torch.optim.Optimizer.load_state_dict \
+        and isinstance(optimizer.state, dict) \
+        and not getattr(optimizer, "_optimizer_load_state_dict_pre_hooks", None) \
+        and not getattr(optimizer, "_optimizer_load_state_dict_post_hooks", None) \
+        and len(optimizer.param_groups) == len(saved["param_groups"]) \
+        and all(len(g["params"]) == len(s["params"]) for g, s in zip(optimizer.param_groups, saved["param_groups"]))
+
+
+def _load_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """What ``optimizer.load_state_dict(saved)`` leaves, reached by copying into the tensors the optimizer holds:
+    no second state is allocated beside the one a check trained, and the user's own state tensors stay theirs."""
+    entries = {}
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
+        device_step = bool(saved_group.get("fused") or saved_group.get("capturable"))
+        for p, i in zip(group["params"], saved_group["params"]):
+            entries[i] = (p, device_step)
+    held = {id(p) for p, _ in entries.values()}
+    for key in [k for k in optimizer.state if id(k) not in held]:  # load_state_dict keeps only the saved entries
+        del optimizer.state[key]
+    for i, (p, device_step) in entries.items():
+        if i not in saved["state"]:
+            optimizer.state.pop(p, None)
+        else:
+            optimizer.state[p] = _into(optimizer.state.get(p), saved["state"][i], p, device_step)
+    for k, v in saved["state"].items():  # state not assigned to a parameter is loaded as it is
+        if k not in entries:
+            optimizer.state[k] = _tree_copy(v, None)
+    order = [entries[k][0] if k in entries else k for k in saved["state"]]
+    if list(map(id, optimizer.state)) != list(map(id, order)):  # the saved order, as load_state_dict leaves it
+        kept = [(k, optimizer.state[k]) for k in order]
+        optimizer.state.clear()
+        optimizer.state.update(kept)
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
+        for k in [k for k in group if k not in saved_group and k not in ("params", "param_names")]:
+            del group[k]
+        group.update({k: copy.deepcopy(v) for k, v in saved_group.items() if k != "params"})
 
 
 class Snapshot:
@@ -185,10 +291,18 @@ class Snapshot:
         self.model_state.restore(onto)
 
     def restore_optimizer(self) -> None:
-        """Load a copy of the saved state (load_state_dict may alias the tensors it is given)."""
-        if self.optimizer is not None:
-            # load_state_dict casts state tensors onto each parameter's device; bitwise for equal dtypes
-            self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+        """The saved state and hyper-parameters back, as ``load_state_dict`` would put them: copied into the
+        optimizer's own state tensors when it is a plain torch optimizer; otherwise its state is let go first and
+        a copy made on each parameter's device is loaded (load_state_dict keeps the tensors it is given when they
+        are already where it would cast them). Either way a check's state and a second copy never coexist."""
+        if self.optimizer is None:
+            return
+        if _in_place_loadable(self.optimizer, self.optimizer_state):
+            _load_in_place(self.optimizer, self.optimizer_state)
+            return
+        if isinstance(getattr(self.optimizer, "state", None), dict):
+            self.optimizer.state.clear()
+        self.optimizer.load_state_dict(_optimizer_copy(self.optimizer_state, self.optimizer))
 
     def restore(self) -> None:
         """Everything back; a Ctrl-C pressed meanwhile is raised once all of it is back."""

@@ -14,9 +14,11 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from . import memory
 from .analysis.batches import batch_size_of
-from .errors import TargetError, UsageError
+from .errors import SkipCheck, TargetError, UsageError
 from .evidence import EvidenceCache
+from .memory import release_host_memory
 from .optim import lr_of
 from .pool import DEFAULT_MAX_BATCHES, BatchPool, draw
 from .sandbox import Snapshot, seed_everything  # noqa: F401  (seed_everything re-exported)
@@ -55,11 +57,15 @@ class Session:
     Composes the batch pool (``s.pool``, ``s.batch(i)``), the user's code (``s.forward``, ``s.loss``,
     ``s.make_optimizer``) and the evidence cache (``s.evidence(name)``); ``s.options`` holds the checks'
     threshold overrides, which the evidence that a check's readings come from uses too.
+
+    On an accelerator the session keeps to a memory budget (``babysitter.memory``): the pool's device copies fit in
+    a share of the free memory, and with ``guard_memory`` (the runner's sessions) a pass that would not fit is
+    skipped before it starts.
     """
 
     def __init__(self, target: Target, *, device: str | torch.device | None = "auto", seed: int = 0,
                  max_batches: int = DEFAULT_MAX_BATCHES, where: Optional[str] = None,
-                 options: Optional[Mapping[str, Mapping]] = None):
+                 options: Optional[Mapping[str, Mapping]] = None, guard_memory: bool = False):
         self.target, self.code = target, UserCode(target)
         self.model, self.loss_fn = target.model, target.loss_fn
         self.device, self.seed, self.max_batches = resolve_device(device), int(seed), int(max_batches)
@@ -70,6 +76,7 @@ class Session:
         self.timings: dict[str, float] = {}
         self._evidence = EvidenceCache(self.reset, self.timings)
         self._snapshot: Optional[Snapshot] = None
+        self._guard_memory, self._guarding = guard_memory, False
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def __enter__(self) -> "Session":
@@ -81,6 +88,7 @@ class Session:
         except BaseException:
             self.close()
             raise
+        self._guarding = self._guard_memory
         return self
 
     def __exit__(self, *exc) -> None:
@@ -92,6 +100,7 @@ class Session:
             self._snapshot = None
         self._evidence.clear()
         self.pool.release()
+        release_host_memory()
 
     def _move_model(self) -> None:
         devices = {t.device for t in itertools.chain(self.model.parameters(), self.model.buffers())}
@@ -109,6 +118,7 @@ class Session:
         self._snapshot.restore_model(onto=self.device if self.model_device is not None else None)
         self._snapshot.restore_optimizer()
         seed_everything(self.seed)
+        release_host_memory()
 
     def prepare(self) -> None:
         """Draw the batch pool and run the user's code once on the first batch (see target.validate_first_batch)."""
@@ -122,12 +132,25 @@ class Session:
             raise TargetError(f"iterating it raised {type(exc).__name__}: {exc}", where=self.where,
                               field="data") from exc
         validate_pool(batches, self.target.data, self.where)
-        self.pool = BatchPool(batches, self.device)
+        self.pool = BatchPool(batches, self.device, device_bytes=self._pool_budget(batches))
         batch = self.batch(0)
         optimizer = validate_first_batch(self.code, batch, self.make_optimizer, self.where)
         self.facts.update(self._facts(optimizer, batch))
         self.reset()
         self.timings["prepare"] = time.perf_counter() - t0
+
+    def _pool_budget(self, batches: list) -> int:
+        """The bytes of batches the pool may keep on the device (see ``memory.pool_budget``); on an accelerator the
+        device's memory is a fact of the run."""
+        budget, fact = memory.pool_budget(self.device, batches)
+        if fact:
+            self.facts["device_memory"] = fact
+        return budget
+
+    def memory_shortfall(self) -> Optional[str]:
+        """Why a training pass starting now would not fit in the accelerator's free memory, or None (see
+        ``memory.shortfall``)."""
+        return memory.shortfall(self.device, self.model, self.code.instance)
 
     def _facts(self, optimizer: torch.optim.Optimizer, batch: Any) -> dict[str, Any]:
         params = list(self.model.parameters())
@@ -157,7 +180,13 @@ class Session:
 
     def make_optimizer(self, params=None) -> torch.optim.Optimizer:
         """A fresh optimizer with the user's settings, over ``params`` (default: the model's parameters). With a
-        user-provided optimizer instance, it is that instance, reset to its original state."""
+        user-provided optimizer instance, it is that instance, reset to its original state. Every pass that trains
+        starts here: in a guarded session, one that would not fit in the device's memory is skipped
+        (:class:`SkipCheck` with ``memory_shortfall``'s reason)."""
+        if self._guarding:
+            short = self.memory_shortfall()
+            if short:
+                raise SkipCheck(short)
         if params is None and self.code.instance is not None:
             self._snapshot.restore_optimizer()
             return self.code.instance

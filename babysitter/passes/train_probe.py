@@ -18,6 +18,11 @@ from .stepper import Stepper
 TRAIN_STEPS = 24
 #: float16 under autocast: the probe skips a step whose gradients overflow, as a GradScaler would
 AUTOCAST_FP16 = "float16 (autocast)"
+#: a measured step's update is read against the weights kept from before it; a parameter of more entries than
+#: this keeps about this many, on a stride prime to its last dimension, and its update norm is estimated from
+#: them (relative error about 1/sqrt(2 * UPDATE_SAMPLE) for dense updates): a full copy of every parameter would
+#: be one more copy of the model held beside the snapshot
+UPDATE_SAMPLE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -104,19 +109,52 @@ class _Recorder:
         self.per_param.append(norms)
 
     def after_step(self, before: Optional[list]) -> None:
-        """Record the parameters' finiteness, and the update ratios when ``before`` holds their old values."""
+        """Record the parameters' finiteness, and the update ratios when ``before`` holds what was kept of their
+        old values (see ``Kept``)."""
         self.finite.append(torch.stack([torch.isfinite(p.detach()).all() for p in self.params]) if self.params
                            else torch.ones(0, dtype=torch.bool, device=self.device))
         if before is None:
             return
-        self.ratios.append(torch.stack([(p.detach() - b).float().norm() / b.float().norm().clamp_min(1e-12)
-                                        for p, b in zip(self.params, before)]) if self.params else torch.zeros(0))
-        self.norms.append(torch.stack([b.float().norm() for b in before]) if self.params else torch.zeros(0))
+        updates = [k.update(p) for p, k in zip(self.params, before)]
+        self.ratios.append(torch.stack([d / k.norm.clamp_min(1e-12) for d, k in zip(updates, before)])
+                           if self.params else torch.zeros(0))
+        self.norms.append(torch.stack([k.norm for k in before]) if self.params else torch.zeros(0))
 
     @staticmethod
     def host(xs: list) -> tuple:
         return tuple(map(tuple, torch.stack(xs).cpu().tolist())) if xs and xs[0].ndim else \
             tuple(torch.stack(xs).cpu().tolist()) if xs else ()
+
+
+class Kept:
+    """What a measured step keeps of a parameter before its update: all of it (up to ``UPDATE_SAMPLE`` entries), or
+    every ``stride``-th entry of its flattened values, with the stride prime to its last dimension so that every
+    column is read (and every row, when rows are longer than the stride)."""
+
+    def __init__(self, p: torch.Tensor):
+        w = p.detach()
+        n = w.numel()
+        self.stride = 1 if n <= UPDATE_SAMPLE else _stride(n, w.shape[-1])
+        self.values = w.clone() if self.stride == 1 else w.reshape(-1)[::self.stride].clone()
+        self.norm = self.values.float().norm() if self.stride == 1 else w.float().norm()
+
+    def update(self, p: torch.Tensor) -> torch.Tensor:
+        """||p - p_before||: exact for a parameter kept whole; else from the kept entries, scaled to the whole
+        parameter, and, when none of them moved, the change of the norm (a lower bound, so that a parameter that
+        moved elsewhere is not read as still)."""
+        w = p.detach()
+        if self.stride == 1:
+            return (w - self.values).float().norm()
+        d = (w.reshape(-1)[::self.stride] - self.values).float().norm() * math.sqrt(w.numel() / self.values.numel())
+        return torch.where(d == 0, (w.float().norm() - self.norm).abs(), d)
+
+
+def _stride(n: int, last: int) -> int:
+    """The smallest stride that keeps at most ``UPDATE_SAMPLE`` of ``n`` entries and is prime to ``last``."""
+    stride = -(-n // UPDATE_SAMPLE)
+    while math.gcd(stride, last) != 1:
+        stride += 1
+    return stride
 
 
 def _precision(outputs: Any, params: list, stepper: Stepper) -> str:
@@ -168,13 +206,13 @@ def _step(session, stepper: Stepper, rec: _Recorder, step: int, measure: bool, p
     def on_grads(loss, params) -> bool:
         total = rec.read(params)
         if measure and not before:
-            before.extend(p.detach().clone() for p in rec.params)
+            before.extend(Kept(p) for p in rec.params)
         return stepper.scaler is None and loss is not None and _overflowed(precision, loss, total)
 
     out = stepper.step([session.batch(step * k + j) for j in range(k)], on_grads)
     rec.end(out.loss)
     if measure and not before:  # a step function whose optimizers never stepped: nothing moved
-        before.extend(p.detach().clone() for p in rec.params)
+        before.extend(Kept(p) for p in rec.params)
     return out, (before if measure else None)
 
 
