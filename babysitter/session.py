@@ -118,7 +118,6 @@ class Session:
         self._snapshot.restore_model(onto=self.device if self.model_device is not None else None)
         self._snapshot.restore_optimizer()
         seed_everything(self.seed)
-        release_host_memory()
 
     def prepare(self) -> None:
         """Draw the batch pool and run the user's code once on the first batch (see target.validate_first_batch)."""
