@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import torch
@@ -30,7 +30,6 @@ class Place:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    created: bool = False  # babysitter initialised the process group (and destroys it at the end)
 
     @property
     def active(self) -> bool:
@@ -76,7 +75,7 @@ def joined(place: Optional[Place] = None) -> Iterator[Place]:
         torch.cuda.set_device(place.local_rank)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))
     try:
-        yield replace(place, created=True)
+        yield place
     finally:
         dist.destroy_process_group()
 

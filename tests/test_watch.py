@@ -331,3 +331,20 @@ def test_the_report_is_written_while_the_run_goes_on(tmp_path):
         running = json.loads((tmp_path / "report.json").read_text())
     assert running["run"]["running"] and running["run"]["optimizer_steps"] == 16  # the last 8-step read
     assert json.loads((tmp_path / "report.json").read_text())["run"]["optimizer_steps"] == 20
+
+
+def test_judge_saturation_activation_scale_and_amp_scaler_in_both_directions():
+    from babysitter.watching.verdicts import judge_activation_scale, judge_amp_scaler, judge_saturation
+
+    calm = ActivationSample(0, (("tanh1", "tanh", None, 0.02, 1.0, False),))
+    pinned = ActivationSample(400, (("tanh1", "tanh", None, 0.7, 1.0, False),))
+    output = ActivationSample(400, (("tanh1", "tanh", None, 0.7, 1.0, True),))  # a confident output layer
+    assert judge_saturation(_record(samples=[calm, calm])).status == "pass"
+    assert judge_saturation(_record(samples=[calm, pinned])).status == "warn"
+    assert judge_saturation(_record(samples=[calm, output])).status == "skip"
+    grown = ActivationSample(400, (("tanh1", "tanh", None, 0.02, 500.0, False),))
+    assert judge_activation_scale(_record(samples=[calm, calm])).status == "pass"
+    assert judge_activation_scale(_record(samples=[calm, grown])).status == "warn"
+    assert judge_amp_scaler(_record(steps=500)).status == "skip"
+    assert judge_amp_scaler(_record(steps=500, scale_last=65536.0, skipped=3)).status == "pass"
+    assert judge_amp_scaler(_record(steps=500, scale_last=1.0, skipped=60, skipped_after_warmup=55)).status == "warn"

@@ -208,7 +208,9 @@ class Watcher:
         scale = getattr(self.scaler, "_scale", None) if self.scaler is not None else None
         self._scalars.append((self._losses, self._given, None if scale is None else scale.detach().clone()))
         self._losses, self._given = [], None
-        self._lrs.append(tuple(_lr(g["lr"]) for g in optimizer.param_groups))
+        # a tensor LR (capturable optimizers) is read with the block, not synced here every step
+        self._lrs.append(tuple(g["lr"].detach().clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
+                               for g in optimizer.param_groups))
         if self._snapshot is not None:
             self._ratio_rows.append((self.steps, _update_norms(self.params, self._snapshot)))
             self._snapshot = None
@@ -248,7 +250,7 @@ class Watcher:
         norms = self.ring[:n].cpu().numpy().astype(float)
         losses, has_loss, given, scale = _scalars(self._scalars[:n], self.ring.device)
         ratios = [(s, r.cpu().numpy().astype(float)) for s, r in self._ratio_rows]
-        first, lrs = self.steps - n, self._lrs[:n]
+        first, lrs = self.steps - n, [tuple(_lr(v) for v in row) for row in self._lrs[:n]]
         self.ring[:n].fill_(math.nan)
         self.slot, self._lrs, self._scalars, self._ratio_rows = 0, self._lrs[n:], self._scalars[n:], []
         event = self.record.add_steps(first, losses, has_loss, given, scale, norms, lrs, self._backoff())
