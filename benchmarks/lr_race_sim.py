@@ -100,14 +100,15 @@ def record(task: q.Task, seeds: list[int], known: dict) -> dict:
     return data
 
 
-def _known(path: Path) -> dict:
-    """The benchmark's grid losses per task (``lr_quality.json``), when they were run with 5 seeds and 150 steps."""
-    if not path.exists():
-        return {}
-    run = json.loads(path.read_text())
-    if run.get("steps") != STEPS:
-        return {}
-    return {r["task"]: r["grid"] for r in run["rows"]}
+def _known(*paths: Path) -> dict:
+    """The benchmark's grid losses per task (from its outputs, ``lr_quality*.json``), when they were run with 5 seeds
+    and 150 steps."""
+    out = {}
+    for path in paths:
+        run = json.loads(path.read_text()) if path.exists() else {}
+        if run.get("steps") == STEPS and len(run.get("seeds", ())) >= 5:
+            out.update({r["task"]: r["grid"] for r in run["rows"]})
+    return out
 
 
 def load(names: Optional[list[str]] = None) -> list[dict]:
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
         held = {t.name for t in q.held_out_tasks()}
         if names and set(names) & held:
             raise SystemExit(f"refused: {sorted(set(names) & held)} belong to the held-out set")
-        known = _known(ROOT / "out" / "lr_quality.json")
+        known = _known(*(ROOT / "out" / f"lr_quality{s}.json" for s in ("", "_tune", "_held")))
         OUT.mkdir(parents=True, exist_ok=True)
         for task in q.tuning_tasks():
             path = OUT / f"{task.name}.pkl"
