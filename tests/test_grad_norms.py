@@ -293,6 +293,23 @@ def test_judge_huge_norm_is_per_example_under_a_summed_loss():
     assert judge(measured([1.01e4] * STEPS, batch_factor=2)).status == "pass"
 
 
+def test_judge_warns_on_norms_held_far_above_any_healthy_model():
+    # LLaMA with every nn.Linear at std 1: median 328 where the healthy one has 1 (issue 18's corpus)
+    # under a classification loss, whose gradient at the outputs is bounded
+    j = judge(measured([328.0] * STEPS, step=("clip_grad_norm 1.0",), bounded_loss=True))
+    assert j.status == "warn" and "large gradients: median total norm 328 > 100" in j.summary
+    assert "clip_grad_norm 1 scales every step down 328x" in j.summary and "std 1" in j.advice[0]
+    no_clip = judge(measured([328.0] * STEPS, bounded_loss=True))
+    assert no_clip.status == "warn" and "clip_grad_norm" not in no_clip.summary  # no clip declared: nothing to say
+    assert judge(measured([99.0] * STEPS, bounded_loss=True)).status == "pass"
+    assert judge(measured([328.0] * STEPS, batch_factor=4, bounded_loss=True)).status == "pass"  # 82 per example
+    spiky = [1.0] * (STEPS - 3) + [150.0] * 3  # a few large steps are the spike rules', not this one's
+    assert "large gradients" not in judge(measured(spiky, bounded_loss=True)).summary
+    assert judge(measured([328.0] * STEPS, bounded_loss=True), large_norm=500.0).status == "pass"
+    # a regression's gradient grows with its targets' scale (MSE on targets of scale 100): input_scale's question
+    assert judge(measured([328.0] * STEPS)).status == "pass"
+
+
 def test_judge_growth_at_its_threshold():
     rising = lambda late: [1.0] * (STEPS // 2) + [late] * (STEPS // 2)  # noqa: E731
     j = judge(measured(rising(1001.0)))
