@@ -11,6 +11,7 @@ a rank that crashed ends the run on the others within a bounded time instead of 
 from __future__ import annotations
 
 import contextlib
+import math
 import datetime
 import os
 from dataclasses import dataclass
@@ -96,11 +97,108 @@ def device_for(place: Place) -> str:
 
 def shard(data: Any, place: Place, seed: int) -> Any:
     """This rank's share of tuple ``(X, y)`` data, as ``DistributedSampler`` splits it: a permutation of the
-    examples drawn with ``seed`` (the same on every rank), then every ``world``-th example from ``rank``. Other data
+    examples drawn with ``seed`` (the same on every rank), padded with its first examples to a multiple of
+    ``world`` (so every rank has as many batches), then every ``world``-th example from ``rank``. Other data
     (a DataLoader, a Dataset, a list of batches) is the target's to shard, and ``ddp_data`` checks that it is."""
     if not place.active or not (isinstance(data, tuple) and len(data) == 2
                                 and all(isinstance(t, torch.Tensor) for t in data)):
         return data
     x, y = data
-    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[place.rank::place.world]
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    order = torch.cat([order, order[:(-x.shape[0]) % place.world]])[place.rank::place.world]
     return x[order], y[order]
+
+
+#: elements per all-reduce when gradients are averaged (DDP's buckets are 25 MiB; this bounds the flat copy)
+BUCKET_ELEMENTS = 1 << 24
+
+
+class Ranks:
+    """The collectives the checklist's passes run under ``torchrun``, so that every rank trains the same model at the
+    effective batch and takes the same decisions: rank 0's weights broadcast when a training pass starts (as
+    ``DistributedDataParallel`` broadcasts them when it wraps a model), each step's gradients averaged over the
+    ranks (as its all-reduce does) together with the step's loss, and the few host numbers that steer a pass (a
+    held-out loss, an accuracy, a loss floor) averaged. Rank 0 of 1 (``Ranks()``): every method is the identity and
+    runs no collective."""
+
+    def __init__(self, place: Optional[Place] = None):
+        self.place = place or Place()
+
+    @property
+    def active(self) -> bool:
+        return self.place.active and dist.is_available() and dist.is_initialized()
+
+    def broadcast_state(self, model: torch.nn.Module) -> None:
+        """Rank 0's parameters and floating buffers onto every rank, in place."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def average_grads(self, params: list, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every parameter's gradient averaged over the ranks, in place (a parameter with no gradient on this rank
+        counts as zeros, and gets the average when another rank had one); ``extra`` tensors (a step's loss) averaged
+        in the same all-reduce and returned."""
+        if not self.active:
+            return extra
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        device = next((p.grad.device for p in params if p.grad is not None), self._device())
+        parts = [p.grad.to_dense() if p.grad is not None else torch.zeros_like(p) for p in params]
+        parts += [flags.to(device), *(e.detach().float().reshape(-1) for e in extra)]
+        out = self._mean_coalesced(parts)
+        for p, g, had in zip(params, out, (out[len(params)] > 0).tolist()):
+            if p.grad is not None and not p.grad.is_sparse:
+                p.grad.copy_(g)
+            elif had:
+                p.grad = g.to(p.dtype).to_sparse() if p.grad is not None else g.to(p.dtype).clone()
+        return tuple(t.reshape(e.shape) for t, e in zip(out[len(params) + 1:], extra))
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` averaged over the ranks (a new tensor)."""
+        return self._mean_coalesced([t.detach().float().reshape(-1)])[0].reshape(t.shape) if self.active else t
+
+    def mean_floats(self, *values: Optional[float]) -> tuple:
+        """Host numbers averaged over the ranks (None stays None: it must be None on every rank)."""
+        if not self.active:
+            return values
+        known = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64,
+                             device=self._device())
+        out = self._mean_coalesced([known])[0].tolist()
+        return tuple(None if v is None else o for v, o in zip(values, out))
+
+    def mean_if_same(self, flat: torch.Tensor) -> torch.Tensor:
+        """A flat vector of accumulators (an instrument's sums) averaged over the ranks when every rank has one of
+        the same length (the same layers seen); this rank's own otherwise."""
+        if not self.active:
+            return flat
+        n = torch.tensor([flat.numel(), -flat.numel()], dtype=torch.float64, device=self._device())
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        return self.mean(flat) if n[0] == -n[1] else flat
+
+    @staticmethod
+    def _device() -> torch.device:
+        """Where the small tensors of a collective live: the rank's GPU under NCCL, else the CPU."""
+        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+            else torch.device("cpu")
+
+    def _mean_coalesced(self, tensors: list) -> list:
+        """All-reduce averages of ``tensors`` (each flattened into buckets of one dtype and device), as new
+        tensors in the same order."""
+        world = dist.get_world_size()
+        out: list = [None] * len(tensors)
+        order = sorted(range(len(tensors)), key=lambda i: (str(tensors[i].dtype), str(tensors[i].device)))
+        bucket: list = []
+        for i in order + [None]:
+            t = tensors[i] if i is not None else None
+            if bucket and (t is None or t.dtype != tensors[bucket[0]].dtype or t.device != tensors[bucket[0]].device
+                           or sum(tensors[j].numel() for j in bucket) + t.numel() > BUCKET_ELEMENTS):
+                flat = torch.cat([tensors[j].reshape(-1) for j in bucket])
+                dist.all_reduce(flat)
+                flat /= world
+                for j, piece in zip(bucket, flat.split([tensors[j].numel() for j in bucket])):
+                    out[j] = piece.view(tensors[j].shape)
+                bucket = []
+            if i is not None:
+                bucket.append(i)
+        return out

@@ -160,15 +160,17 @@ def _first_line(exc: BaseException) -> str:
 def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=None, ignore=None,
                options: Optional[Mapping[str, Mapping]] = None, where: Optional[str] = None,
                progress: Optional[ProgressFn] = None, max_batches: Optional[int] = None,
-               extra: Sequence[type[Check]] = ()) -> Report:
+               extra: Sequence[type[Check]] = (), ranks: Any = None) -> Report:
     """Check one target and return its report. Ctrl-C, at any point of the run, returns a partial report with the
     status ``interrupted``: the checks that did not run are there as ``skip`` "not run: interrupted", and listed
-    in ``not_run``; the model and every RNG are as they were found."""
+    in ``not_run``; the model and every RNG are as they were found. Under torchrun, ``ranks`` (a
+    :class:`babysitter.distributed.Ranks`) keeps every rank's passes in step: see that class."""
     options = validate_options(options)
     checks = select_checks(select, ignore, options) + [cls() for cls in extra]  # extra: the distributed checks
     started = _dt.datetime.now(_dt.timezone.utc)
     kwargs = {} if max_batches is None else {"max_batches": max_batches}
-    session = Session(target, device=device, seed=seed, where=where, options=options, guard_memory=True, **kwargs)
+    session = Session(target, device=device, seed=seed, where=where, options=options, guard_memory=True,
+                      ranks=ranks, **kwargs)
     t0 = time.perf_counter()
     results, running = _run_checks(checks, session, progress)
     interrupted = len(results) < len(checks)

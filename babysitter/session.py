@@ -16,6 +16,7 @@ import torch
 
 from . import memory
 from .analysis.batches import batch_size_of
+from .distributed import Ranks
 from .errors import SkipCheck, TargetError, UsageError
 from .evidence import EvidenceCache
 from .memory import release_host_memory
@@ -65,8 +66,10 @@ class Session:
 
     def __init__(self, target: Target, *, device: str | torch.device | None = "auto", seed: int = 0,
                  max_batches: int = DEFAULT_MAX_BATCHES, where: Optional[str] = None,
-                 options: Optional[Mapping[str, Mapping]] = None, guard_memory: bool = False):
+                 options: Optional[Mapping[str, Mapping]] = None, guard_memory: bool = False,
+                 ranks: Optional[Ranks] = None):
         self.target, self.code = target, UserCode(target)
+        self.ranks = ranks or Ranks()  # under torchrun: the collectives that keep the ranks' passes in step
         self.model, self.loss_fn = target.model, target.loss_fn
         self.device, self.seed, self.max_batches = resolve_device(device), int(seed), int(max_batches)
         self.where = where or (f"target '{target.name}'" if target.name else None)

@@ -128,6 +128,35 @@ def test_the_distributed_report_agrees_with_the_single_process_one(launched):
     assert {c.id: c.status for c in single.checks} == {"initial_loss": distributed["initial_loss"]}
 
 
+#: the checks whose passes train or read the model at init: under torchrun they average over the ranks
+REDUCED = ("initial_loss", "overfit_batch", "lr_range", "dead_relu", "saturation", "activation_scale", "grad_norms",
+           "param_updates", "nonfinite")
+
+
+def test_the_whole_checklist_under_two_ranks_trains_one_model_on_the_effective_batch(tmp_path):
+    """Every pass that trains starts from rank 0's weights and averages each step's gradients and loss, and the
+    numbers that steer a pass are averaged: the ranks read the same numbers, take the same decisions (no collective
+    left unmatched), and agree with one process on the statuses."""
+    (tmp_path / "common.py").write_text(COMMON)
+    (tmp_path / "whole.py").write_text("from common import *  # noqa: F401,F403\n\n\n" + TARGETS["healthy.py"])
+    done = _torchrun(["check", "whole.py", "--no-config", "-q"], tmp_path)
+    report = _report(tmp_path, "whole")
+    run = report["run"]
+    assert run["ranks_differ"] == {}, done.stderr[-3000:]
+    assert not set(run["ranks_read_own"]) & set(REDUCED), run["ranks_read_own"]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import babysitter
+        import whole
+        single = babysitter.check(**whole.babysit(), device="cpu")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert {c.id: c.status for c in single.checks} == \
+        {k: v for k, v in _statuses(report).items() if not k.startswith("ddp_")}
+    lr = [c for c in report["checks"] if c["id"] == "lr_range"][0]
+    assert "effective batch of 64" in " ".join(lr["notes"]) and lr["metrics"]["suggested_lr"] is not None
+
+
 def test_a_crash_on_one_rank_ends_the_run_on_all_within_the_timeout(tmp_path):
     (tmp_path / "crash.py").write_text(
         "import os\nimport torch\nfrom torch import nn\n\n\ndef babysit():\n"

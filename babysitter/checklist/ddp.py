@@ -199,7 +199,7 @@ def _grads_after_step(session) -> tuple[dict, list[str]]:
         seen["unused"] = [n for n, p in named.items() if p.grad is None]
         return True  # skip the optimizer step: the gradients are what is compared
 
-    stepper = Stepper(session, session.make_optimizer(), scheduler=False, clip=False)
+    stepper = Stepper(session, session.make_optimizer(), scheduler=False, clip=False, reduce=False)
     stepper.step([session.batch(i) for i in range(stepper.accumulate)], on_grads=on_grads)
     if "grads" not in seen:
         raise RuntimeError("the step read no gradients")

@@ -281,6 +281,13 @@ def soft_target_floor(outputs: Any, targets: Any) -> Optional[tuple[float, float
     return None
 
 
+def _soft_floor(session: "Session", outputs: Any, targets: Any) -> Optional[tuple[float, float]]:
+    """``soft_target_floor`` of the subset, averaged over the ranks under torchrun (every rank's subset counts)."""
+    floor = soft_target_floor(outputs, targets)
+    summed, mean = session.ranks.mean_floats(*(floor or (None, None)))
+    return None if floor is None else (summed, mean)
+
+
 class Cause(NamedTuple):
     """A likely cause of a failure, with a score in [0, 1] from the evidence."""
 
@@ -509,10 +516,11 @@ class OverfitBatch(Check):
             run.losses.append(out.loss.detach().float().reshape(()))
             run.steps = step + 1
             if step == 0:
-                run.family, run.floor, constant = self._understand(session, loss_model, out.outputs, out.targets)
+                run.family, floor, constant = self._understand(session, loss_model, out.outputs, out.targets)
+                run.floor, constant = session.ranks.mean_floats(floor, constant)  # under torchrun: every rank's
                 run.reference = self._reference(float(run.losses[0]), run.floor, constant)
                 run.floor_known = loss_model is not None
-                run.soft_floor = None if run.floor_known else soft_target_floor(out.outputs, out.targets)
+                run.soft_floor = None if run.floor_known else _soft_floor(session, out.outputs, out.targets)
                 run.exact = run.exact and one_prediction_each(out.targets, subset.examples)
             if run.steps % self.check_every and run.steps != self.max_steps:
                 continue
@@ -524,8 +532,9 @@ class OverfitBatch(Check):
     def _stop(self, session: "Session", run: _Progress, outputs: Any, targets: Any) -> bool:
         """At a read of the loss: note the accuracy; stop on a non-finite loss, on a pass, or past max_steps once
         the loss no longer falls."""
-        run.accuracy = accuracy(run.family, outputs.detach(), targets, getattr(session.loss_fn, "ignore_index", -100)) \
+        hits = accuracy(run.family, outputs.detach(), targets, getattr(session.loss_fn, "ignore_index", -100)) \
             if isinstance(outputs, torch.Tensor) else None
+        run.accuracy = session.ranks.mean_floats(None if hits is None else float(hits))[0]
         now = float(run.losses[-1])
         if not math.isfinite(now):
             return True

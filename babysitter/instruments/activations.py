@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -471,14 +471,16 @@ class ActivationInstrument:
     # -- results ------------------------------------------------------------------------------------
     _FIELDS = ("active", "saturated", "moments", "pre", "log_hist", "value_hist", "pinned")
 
-    def result(self) -> ActivationResult:
-        """Every accumulator to the host in one transfer, then per-layer statistics."""
+    def result(self, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> ActivationResult:
+        """Every accumulator to the host in one transfer, then per-layer statistics; ``reduce`` (under torchrun:
+        the mean over the ranks) is applied to the accumulators on the device first."""
         sites = sorted(self.sites.values(), key=lambda s: s.order)
         parts = [t.reshape(-1).float() for s in sites for t in (getattr(s, f) for f in self._FIELDS) if t is not None]
         host: list[float] = []
         if parts:
             devices = {p.device for p in parts}
-            host = (torch.cat([p.to("cpu") for p in parts]) if len(devices) > 1 else torch.cat(parts).cpu()).tolist()
+            flat = torch.cat([p.to("cpu") for p in parts]) if len(devices) > 1 else torch.cat(parts)
+            host = (reduce(flat) if reduce is not None else flat).cpu().tolist()
         names, layers, pos = self._display_names(sites), [], 0
         for s in sites:
             values = {}

@@ -124,7 +124,8 @@ class CallOrder:
     def __exit__(self, *exc) -> None:
         self.hooks.close()
 
-    def result(self) -> tuple[str, ...]:
+    def result(self, reduce: Optional[Callable] = None) -> tuple[str, ...]:
+        """The modules in the order of their first call (``reduce``, for device accumulators, has none here)."""
         return tuple(self.order)
 
 

@@ -42,8 +42,9 @@ def init_pass(session, instruments: Mapping, batches: int = INIT_BATCHES) -> Ini
             losses.append(loss.detach())
             outputs_kept.append(host_copy(outputs))
             targets_kept.append(host_copy(targets))
-        results = {name: inst.result() for name, inst in active.items()}
+        results = {name: inst.result(reduce=session.ranks.mean_if_same) for name, inst in active.items()}
     model.zero_grad(set_to_none=True)
-    return InitPass(losses=tuple(torch.stack(losses).float().cpu().tolist()), outputs=tuple(outputs_kept),
+    return InitPass(losses=tuple(session.ranks.mean(torch.stack(losses).float()).cpu().tolist()),
+                    outputs=tuple(outputs_kept),
                     targets=tuple(targets_kept), instruments=results)
 

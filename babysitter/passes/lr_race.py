@@ -48,7 +48,7 @@ def _held_out_loss(session, stepper: Stepper, held: list[int]) -> Optional[float
     with torch.no_grad(), _autocast(stepper):
         losses = [session.forward_loss(session.batch(i))[0].detach().float() for i in held]
     session.model.train()
-    value = float(torch.stack(losses).mean())
+    value = float(session.ranks.mean(torch.stack(losses).mean()))  # under torchrun: over every rank's batches
     return value if math.isfinite(value) else None
 
 

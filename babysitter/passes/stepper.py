@@ -7,6 +7,12 @@ are about raw norms), clipping, ``optimizer.step`` (with a closure for LBFGS), t
 scheduler. A user's own step function is called as it is; its gradients are read as each optimizer receives
 them (a step pre-hook), so after the user's own clipping, and a step whose optimizer never stepped is known as
 skipped.
+
+Under ``torchrun`` (``session.ranks`` active) every step is a data-parallel one: the stepper starts from rank 0's
+weights and averages each step's gradients and loss over the ranks before the gradients are read, so every rank
+trains the same model on the effective batch and reads the same numbers (see
+:class:`babysitter.distributed.Ranks`). ``reduce=False`` leaves each rank on its own (the ``ddp_grads`` check
+compares what the user's code does by itself).
 """
 from __future__ import annotations
 
@@ -35,6 +41,10 @@ class Outcome:
     trained: bool = True  # False when the loss did not require grad: nothing could be trained
 
 
+def _ddp(model: Any) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
 def closure_optimizer(optimizer: Any) -> bool:
     """Optimizers whose ``step`` needs a closure that re-evaluates the loss."""
     return isinstance(optimizer, torch.optim.LBFGS)
@@ -43,8 +53,12 @@ def closure_optimizer(optimizer: Any) -> bool:
 class Stepper:
     """Steps of the user's kind on ``optimizer`` (a torch optimizer, or an OptimizerGroup of several)."""
 
-    def __init__(self, session, optimizer: Any, *, scheduler: bool = True, clip: bool = True):
+    def __init__(self, session, optimizer: Any, *, scheduler: bool = True, clip: bool = True, reduce: bool = True):
         self.session, self.optimizer = session, optimizer
+        self.ranks = session.ranks if reduce and session.ranks.active else None
+        self.own_average = not _ddp(session.model)  # a DDP model's backward averages the gradients itself
+        if reduce:
+            session.ranks.broadcast_state(session.model)
         custom = session.code.step
         self.custom: Optional[Callable] = custom if callable(custom) and not isinstance(custom, Step) else None
         self.spec: Step = custom if isinstance(custom, Step) else Step()
@@ -60,6 +74,9 @@ class Stepper:
         self.scheduler_declared = make is not None and self.custom is None
         self.scheduler = make(optimizer) if scheduler and self.scheduler_declared else None
         self.accumulate = 1 if self.custom is not None or self.closure else self.spec.accumulate
+
+    def _mean(self, t: torch.Tensor) -> torch.Tensor:
+        return self.ranks.mean(t) if self.ranks is not None else t
 
     # -- what the report says about it -------------------------------------------------------------------------
     def kept(self) -> list[str]:
@@ -112,7 +129,7 @@ class Stepper:
                 scaled = loss / len(batches) if len(batches) > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             losses.append(loss.detach().float())
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        loss = self._averaged(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if on_grads is not None and on_grads(loss, self._params()):
@@ -120,6 +137,14 @@ class Stepper:
         self._clip()
         skipped = self._optimizer_step()
         return Outcome(loss, outputs, targets, skipped, trained)
+
+    def _averaged(self, loss: torch.Tensor) -> torch.Tensor:
+        """Under torchrun: the gradients and ``loss`` averaged over the ranks (the loss returned)."""
+        if self.ranks is None:
+            return loss
+        if not self.own_average:
+            return self.ranks.mean(loss)
+        return self.ranks.average_grads(self._params(), loss)[0]
 
     def _optimizer_step(self) -> Optional[bool]:
         skipped = None
@@ -142,12 +167,13 @@ class Stepper:
             loss, outputs, targets = self._forward(batch)
             if loss.requires_grad:
                 loss.backward()
+            mean = self._averaged(loss.detach().float())
             if not first:
-                first.update(loss=loss.detach().float(), outputs=outputs, targets=targets, trained=loss.requires_grad)
+                first.update(loss=mean, outputs=outputs, targets=targets, trained=loss.requires_grad)
                 if on_grads is not None:
                     on_grads(first["loss"], self._params())
             self._clip()
-            return loss
+            return mean if self.ranks is not None else loss  # the line search reads the loss of every rank
 
         self.optimizer.step(closure)
         if self.scheduler is not None:
@@ -162,6 +188,8 @@ class Stepper:
 
             def hook(optimizer, args, kwargs, params=params):
                 stepped.append(optimizer)
+                if self.ranks is not None and self.own_average:
+                    self.ranks.average_grads(params)
                 if on_grads is not None:
                     on_grads(None, params)
 
@@ -174,5 +202,5 @@ class Stepper:
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"the target's step(model, batch, optimizer) must return the loss as a tensor, it "
                             f"returned {type(loss).__name__}")
-        return Outcome(loss.detach().float(), None, None, skipped=not stepped,
+        return Outcome(self._mean(loss.detach().float()), None, None, skipped=not stepped,
                        trained=bool(stepped) or loss.requires_grad)

@@ -191,7 +191,7 @@ def train_probe(session, instruments: Mapping, steps: int = TRAIN_STEPS,
             if out.skipped:
                 skipped.append(step)
             rec.after_step(before)
-        results = {name: inst.result() for name, inst in active.items()}
+        results = {name: inst.result(reduce=session.ranks.mean_if_same) for name, inst in active.items()}
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     return _probe(rec, steps, user_lr, trainable, named, in_opt, skipped, precision, results, stepper)
 
