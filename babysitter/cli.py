@@ -275,7 +275,8 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
                                     ignore=settings.ignore, options=settings.options, where=ref.source,
                                     progress=progress, extra=extra, ranks=ranks)
             report = _ranks_agreed(report, out.place)
-            watched = _watch(target, ref, settings) if settings.watch and not report.interrupted else None
+            watched = _watch(target, ref, settings, device, ranks) if settings.watch and not report.interrupted \
+                else None
     except TargetError as exc:
         out.target_error(ref, exc)
         return ExitCode.USAGE_ERROR, Unloaded(ref.name, "target error", str(exc))
@@ -346,11 +347,12 @@ def _for_effective_batch(result, batch, world: int):
     return result.replace(notes=tuple(result.notes) + (note,))
 
 
-def _watch(target, ref, settings):
-    """The watch of a target after its checklist (``--watch STEPS``)."""
+def _watch(target, ref, settings, device: str, ranks: Any):
+    """The watch of a target after its checklist (``--watch STEPS``), on the checklist's device and ranks."""
     from .watching.target import watch_target
 
-    return watch_target(target, steps=settings.watch, device=settings.device, seed=settings.seed, where=ref.source)
+    return watch_target(target, steps=settings.watch, device=device, seed=settings.seed, where=ref.source,
+                        ranks=ranks)
 
 
 def shown_ref(ref) -> str:

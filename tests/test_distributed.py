@@ -139,7 +139,7 @@ def test_the_whole_checklist_under_two_ranks_trains_one_model_on_the_effective_b
     left unmatched), and agree with one process on the statuses."""
     (tmp_path / "common.py").write_text(COMMON)
     (tmp_path / "whole.py").write_text("from common import *  # noqa: F401,F403\n\n\n" + TARGETS["healthy.py"])
-    done = _torchrun(["check", "whole.py", "--no-config", "-q"], tmp_path)
+    done = _torchrun(["check", "whole.py", "--no-config", "-q", "--watch", "60"], tmp_path)
     report = _report(tmp_path, "whole")
     run = report["run"]
     assert run["ranks_differ"] == {}, done.stderr[-3000:]
@@ -155,6 +155,8 @@ def test_the_whole_checklist_under_two_ranks_trains_one_model_on_the_effective_b
         {k: v for k, v in _statuses(report).items() if not k.startswith("ddp_")}
     lr = [c for c in report["checks"] if c["id"] == "lr_range"][0]
     assert "effective batch of 64" in " ".join(lr["notes"]) and lr["metrics"]["suggested_lr"] is not None
+    watched = _report(tmp_path, "whole/watch")  # the watch trains one data-parallel run too; rank 0 writes it
+    assert watched["run"]["optimizer_steps"] == 60 and all(c["status"] != "fail" for c in watched["checks"])
 
 
 def test_a_crash_on_one_rank_ends_the_run_on_all_within_the_timeout(tmp_path):
@@ -213,3 +215,54 @@ def test_the_watcher_under_ddp_reads_the_all_reduced_gradients_and_rank_0_writes
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # the norms of the averaged gradients, the same on both ranks
     assert (tmp_path / "report" / "report.json").exists() and not (tmp_path / "None").exists()
+
+
+# -- the collectives themselves, and the sandbox on every rank: 2 gloo processes spawned here ---------------------
+def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    import babysitter
+    from babysitter.distributed import Place, Ranks
+    from babysitter.runner import run_target
+    from babysitter.target import Target
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    ranks = Ranks(Place(rank, world, rank))
+    facts = {}
+    # gradients averaged in place; a parameter without a gradient on one rank gets the average; the loss rides along
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    a.grad = torch.full((3,), float(rank + 1))
+    b.grad = torch.ones(2) * 4 if rank == 0 else None
+    (loss,) = ranks.average_grads([a, b], torch.tensor(float(rank)))
+    facts["grads"] = (a.grad.tolist(), b.grad.tolist(), float(loss))
+    facts["floats"] = ranks.mean_floats(float(rank), None)
+    facts["unequal"] = ranks.mean_if_same(torch.ones(2 + rank)).tolist()  # different lengths: each keeps its own
+    # the checklist on a model built with a per-rank seed: same numbers on both ranks, each rank's state restored
+    torch.manual_seed(rank)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    target = Target(model=model, data=(x[rank::2], (x[rank::2, 0] > 0).long()), loss_fn=nn.CrossEntropyLoss(),
+                    optimizer=lambda p: torch.optim.SGD(p, 0.1), batch_size=32, name="mlp")
+    report = run_target(target, device="cpu", select=["grad_norms", "overfit_batch"], ranks=ranks)
+    facts["numbers"] = {c.id: c.summary for c in report.checks}
+    facts["restored"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    facts["grad_free"] = all(p.grad is None for p in model.parameters())
+    assert babysitter is not None
+    dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(facts))
+
+
+def test_ranks_average_what_the_passes_need_and_every_rank_gets_its_own_state_back(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ranks_worker, args=(2, 29000 + os.getpid() % 1000, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["grads"] == r1["grads"] == [[1.5] * 3, [2.0, 2.0], 0.5]
+    assert r0["floats"] == r1["floats"] == [0.5, None]
+    assert r0["unequal"] == [1.0, 1.0] and r1["unequal"] == [1.0, 1.0, 1.0]
+    assert r0["numbers"] == r1["numbers"]  # one model trained at the effective batch: the same summaries
+    assert r0["restored"] and r1["restored"] and r0["grad_free"] and r1["grad_free"]

@@ -41,8 +41,17 @@ class Outcome:
     trained: bool = True  # False when the loss did not require grad: nothing could be trained
 
 
-def _ddp(model: Any) -> bool:
-    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+def _synchronising(model: Any) -> bool:
+    """A model wrapped by the user for data parallelism, whose backward averages the gradients over the ranks
+    itself: DistributedDataParallel, FSDP, or parameters sharded as DTensors (FSDP2's fully_shard)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return True
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a build without torch.distributed
+        return False
+    return isinstance(model, FullyShardedDataParallel) or any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def closure_optimizer(optimizer: Any) -> bool:
@@ -56,9 +65,9 @@ class Stepper:
     def __init__(self, session, optimizer: Any, *, scheduler: bool = True, clip: bool = True, reduce: bool = True):
         self.session, self.optimizer = session, optimizer
         self.ranks = session.ranks if reduce and session.ranks.active else None
-        self.own_average = not _ddp(session.model)  # a DDP model's backward averages the gradients itself
-        if reduce:
-            session.ranks.broadcast_state(session.model)
+        self.own_average = not _synchronising(session.model)  # DDP and FSDP models average the gradients themselves
+        if self.ranks is not None and self.own_average:
+            self.ranks.broadcast_state(session.model)
         custom = session.code.step
         self.custom: Optional[Callable] = custom if callable(custom) and not isinstance(custom, Step) else None
         self.spec: Step = custom if isinstance(custom, Step) else Step()

@@ -7,7 +7,7 @@ the run, not the run; in the real run, ``babysitter.watch`` goes inside your own
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -23,9 +23,10 @@ MAX_BATCHES = 256
 
 
 def watch_target(target: Target, *, steps: int, every: int = 50, device: str = "auto", seed: int = 0,
-                 where: Optional[str] = None) -> Report:
-    """Train ``target`` for ``steps`` optimizer steps under the watcher and return the watch's report."""
-    session = Session(target, device=device, seed=seed, where=where, max_batches=MAX_BATCHES)
+                 where: Optional[str] = None, ranks: Any = None) -> Report:
+    """Train ``target`` for ``steps`` optimizer steps under the watcher and return the watch's report (under
+    torchrun, ``ranks`` makes it one data-parallel run: see :class:`babysitter.distributed.Ranks`)."""
+    session = Session(target, device=device, seed=seed, where=where, max_batches=MAX_BATCHES, ranks=ranks)
     with session:
         stepper = Stepper(session, session.make_optimizer())
         if not isinstance(stepper.optimizer, torch.optim.Optimizer):
