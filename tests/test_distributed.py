@@ -239,6 +239,17 @@ def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
     facts["grads"] = (a.grad.tolist(), b.grad.tolist(), float(loss))
     facts["floats"] = ranks.mean_floats(float(rank), None)
     facts["unequal"] = ranks.mean_if_same(torch.ones(2 + rank)).tolist()  # different lengths: each keeps its own
+    # the same arithmetic as DistributedDataParallel: rank 0's weights, each rank's batch, the averaged gradient
+    torch.manual_seed(rank)
+    net, xb = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)), torch.randn(16, 4)
+    ddp = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)))
+    ranks.broadcast_state(net)
+    ddp.module.load_state_dict(net.state_dict())
+    ddp(xb).pow(2).mean().backward()
+    net(xb).pow(2).mean().backward()
+    ranks.average_grads(list(net.parameters()))
+    facts["as_ddp"] = all(torch.allclose(p.grad, q.grad, atol=1e-7) for p, q in zip(net.parameters(),
+                                                                                    ddp.module.parameters()))
     # the checklist on a model built with a per-rank seed: same numbers on both ranks, each rank's state restored
     torch.manual_seed(rank)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -264,5 +275,6 @@ def test_ranks_average_what_the_passes_need_and_every_rank_gets_its_own_state_ba
     assert r0["grads"] == r1["grads"] == [[1.5] * 3, [2.0, 2.0], 0.5]
     assert r0["floats"] == r1["floats"] == [0.5, None]
     assert r0["unequal"] == [1.0, 1.0] and r1["unequal"] == [1.0, 1.0, 1.0]
+    assert r0["as_ddp"] and r1["as_ddp"]
     assert r0["numbers"] == r1["numbers"]  # one model trained at the effective batch: the same summaries
     assert r0["restored"] and r1["restored"] and r0["grad_free"] and r1["grad_free"]
