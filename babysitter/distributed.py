@@ -1,9 +1,11 @@
-"""Runs under ``torchrun``: the process group, this rank's place in it, and this rank's share of the data.
+"""Runs under ``torchrun``: the process group, this rank's place in it, this rank's share of the data, and the
+collectives that make the checklist's passes one data-parallel run (:class:`Ranks`).
 
 babysitter runs on PyTorch's own ``torch.distributed``. When the environment says the process was launched by
 ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, with ``WORLD_SIZE`` above 1), ``babysit check`` joins the
-process group (gloo on the CPU, NCCL on CUDA, or the group the user already initialised, left as it was), every
-rank checks the target on its own shard of the batches, the distributed checks (``babysitter.checklist.ddp``)
+process group (gloo on the CPU, NCCL for CUDA tensors beside gloo for host ones, or the group the user already
+initialised, left as it was), every rank checks the target on its own shard of the batches with every training
+step averaged over the ranks (one model at the effective batch), the distributed checks (``babysitter.checklist.ddp``)
 compare the ranks with matched collectives, rank 0 alone writes the report and prints, and a group the tool
 created is destroyed at the end. Collectives time out after ``BABYSITTER_DIST_TIMEOUT`` seconds (default 120), so
 a rank that crashed ends the run on the others within a bounded time instead of a hang.
@@ -71,8 +73,9 @@ def joined(place: Optional[Place] = None) -> Iterator[Place]:
     if dist.is_available() and dist.is_initialized():
         yield place
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    # with CUDA, NCCL for CUDA tensors and gloo for the few host ones (a model checked with --device cpu too)
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))
     try:
@@ -178,7 +181,8 @@ class Ranks:
 
     @staticmethod
     def _device() -> torch.device:
-        """Where the small tensors of a collective live: the rank's GPU under NCCL, else the CPU."""
+        """Where the small tensors of a collective live: the rank's GPU under NCCL alone (a group the user made
+        with backend='nccl'), else the CPU (gloo, or gloo beside NCCL as babysitter makes it)."""
         return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
             else torch.device("cpu")
 
