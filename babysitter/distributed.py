@@ -170,6 +170,12 @@ class Ranks:
         out = self._mean_coalesced([known])[0].tolist()
         return tuple(None if v is None else o for v, o in zip(values, out))
 
+    def first_found(self, value: Any) -> Any:
+        """The first rank's ``value`` that is not None (each rank's own search, e.g. for the first NaN)."""
+        if not self.active:
+            return value
+        return next((v for v in gathered(value) if v is not None), None)
+
     def mean_if_same(self, flat: torch.Tensor) -> torch.Tensor:
         """A flat vector of accumulators (an instrument's sums) averaged over the ranks when every rank has one of
         the same length (the same layers seen); this rank's own otherwise."""

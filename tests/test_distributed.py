@@ -159,6 +159,25 @@ def test_the_whole_checklist_under_two_ranks_trains_one_model_on_the_effective_b
     assert watched["run"]["optimizer_steps"] == 60 and all(c["status"] != "fail" for c in watched["checks"])
 
 
+def test_a_nan_on_one_rank_is_found_and_the_ranks_stay_in_step(tmp_path):
+    """Rank 1's data drives a sqrt below zero: the averaged loss is NaN on both ranks; each rank replays its own
+    steps to find where, and rank 0's report names rank 1's module (no rank left waiting in a collective)."""
+    (tmp_path / "common.py").write_text(COMMON)
+    (tmp_path / "nan_rank1.py").write_text(
+        "from common import *  # noqa: F401,F403\n\n\nclass Root(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.body = mlp()\n\n    def forward(self, x):\n"
+        "        return self.body(x.sqrt())\n\n\ndef babysit():\n    x, y = data()\n    torch.manual_seed(1)\n"
+        "    x = x.abs() * (-1 if os.environ['RANK'] == '1' else 1)\n    ds = TensorDataset(x, y)\n"
+        "    return dict(model=Root(), data=DataLoader(ds, batch_size=32, sampler=DistributedSampler(ds)), "
+        "loss_fn=nn.CrossEntropyLoss(), optimizer=sgd)\n")
+    t0 = time.monotonic()
+    done = _torchrun(["check", "nan_rank1.py", "--no-config", "-q", "--select", "nonfinite"], tmp_path,
+                     env={"BABYSITTER_DIST_TIMEOUT": "30"})
+    assert time.monotonic() - t0 < 60, done.stderr[-2000:]
+    nonfinite = [c for c in _report(tmp_path, "nan_rank1")["checks"] if c["id"] == "nonfinite"][0]
+    assert nonfinite["status"] == "fail" and "sqrt" in nonfinite["summary"], (nonfinite, done.stderr[-2000:])
+
+
 def test_a_crash_on_one_rank_ends_the_run_on_all_within_the_timeout(tmp_path):
     (tmp_path / "crash.py").write_text(
         "import os\nimport torch\nfrom torch import nn\n\n\ndef babysit():\n"

@@ -477,16 +477,18 @@ class NonFinite(Check):
         stepper = Stepper(session, session.make_optimizer())
         k, last = stepper.accumulate, min(first + self.replay_extra, probe.steps - 1)
         facts = (tuple(stepper.kept()), _unwatched(stepper))
+        origin = None
         for step in range(last + 1):
             batches = [session.batch(step * k + j) for j in range(k)]
             skip = step in probe.skipped_steps
             if step < first:
                 stepper.step(batches, lambda loss, params, skip=skip: skip and stepper.scaler is None)
                 continue
+            stepper.local()  # under torchrun: a watched step may stop mid-way, so each rank watches its own
             origin = StepWatch(session, stepper, step).run(batches, skip)
             if origin is not None:
-                return Replay(origin, *facts)
-        return Replay(None, *facts)
+                break
+        return Replay(session.ranks.first_found(origin), *facts)
 
     # -- judge --------------------------------------------------------------------------------------
     def judge(self, m: NonFiniteMeasured) -> Judgment:

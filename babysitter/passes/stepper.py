@@ -84,6 +84,11 @@ class Stepper:
         self.scheduler = make(optimizer) if scheduler and self.scheduler_declared else None
         self.accumulate = 1 if self.custom is not None or self.closure else self.spec.accumulate
 
+    def local(self) -> None:
+        """From now on, this rank's own steps: no collective (under torchrun, a step that a hook may stop half-way
+        must not leave the other ranks waiting in an all-reduce)."""
+        self.ranks = None
+
     def _mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.ranks.mean(t) if self.ranks is not None else t
 
