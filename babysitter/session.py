@@ -186,7 +186,7 @@ class Session:
         starts here: in a guarded session, one that would not fit in the device's memory is skipped
         (:class:`SkipCheck` with ``memory_shortfall``'s reason)."""
         if self._guarding:
-            short = self.memory_shortfall()
+            short = self.ranks.first_found(self.memory_shortfall() or None)  # under torchrun: all ranks skip
             if short:
                 raise SkipCheck(short)
         if params is None and self.code.instance is not None:
