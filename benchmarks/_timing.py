@@ -43,6 +43,23 @@ class CpuTimed:
         return out
 
 
+def bare_work(model: nn.Module, optimizer, loss_of: Callable[[int], torch.Tensor], steps: int, backwards: int,
+              forwards: int) -> Callable[[], None]:
+    """The training work a checklist needs, bare: ``steps`` steps of zero_grad/loss/backward/step, the backwards
+    beyond them without a step, and the forwards beyond those without gradients (``loss_of(i)``: batch i's loss)."""
+    def run():
+        model.train()
+        for i in range(max(steps, backwards)):
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(i).backward()
+            if i < steps:
+                optimizer.step()
+        with torch.no_grad():
+            for i in range(max(forwards - max(steps, backwards), 0)):
+                loss_of(i)
+    return run
+
+
 def ratio_stats(ta: list[float], tb: list[float]) -> dict:
     """Median ratio A/B over paired repeats, with the min and max of the paired ratios as the spread."""
     ratios = [x / y for x, y in zip(ta, tb)]

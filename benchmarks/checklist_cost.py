@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import babysitter  # noqa: E402
 import zoo  # noqa: E402
-from _timing import CpuTimed, alternate, count_work, ratio_stats  # noqa: E402
+from _timing import CpuTimed, alternate, bare_work, count_work, ratio_stats  # noqa: E402
 
 from babysitter.session import Session  # noqa: E402
 from babysitter.target import Target  # noqa: E402
@@ -73,18 +73,7 @@ def plain_loop(fields: dict, forwards: int, backwards: int, steps: int):
         *inputs, y = pool[i % len(pool)]
         return target.loss_fn(model(*inputs), y)
 
-    def run():
-        model.train()
-        for i in range(max(steps, backwards)):
-            optimizer.zero_grad(set_to_none=True)
-            loss_of(i).backward()
-            if i < steps:
-                optimizer.step()
-        with torch.no_grad():
-            for i in range(max(forwards - max(steps, backwards), 0)):
-                loss_of(i)
-
-    return run
+    return bare_work(model, optimizer, loss_of, steps, backwards, forwards)
 
 
 def measure(name: str, fields_fn, repeats: int) -> dict:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo  # noqa: E402
-from _timing import count_work, ratio_stats  # noqa: E402
+from _timing import bare_work, count_work, ratio_stats  # noqa: E402
 
 
 def mlp() -> dict:
@@ -57,23 +57,11 @@ def bare_ddp_loop(fields: dict, session_batches: list, device: str, work: dict):
     model = nn.parallel.DistributedDataParallel(copy.deepcopy(fields["model"]).to(device),
                                                 device_ids=[torch.device(device).index] if "cuda" in device else None)
     optimizer = fields["optimizer"](model.parameters())
-    steps, backwards, forwards = work["steps"], work["backwards"], work["forwards"]
 
     def loss_of(i):
         x, y = session_batches[i % len(session_batches)]
         return fields["loss_fn"](model(x), y)
-
-    def run():
-        model.train()
-        for i in range(max(steps, backwards)):
-            optimizer.zero_grad(set_to_none=True)
-            loss_of(i).backward()
-            if i < steps:
-                optimizer.step()
-        with torch.no_grad():
-            for i in range(max(forwards - max(steps, backwards), 0)):
-                loss_of(i)
-    return run
+    return bare_work(model, optimizer, loss_of, work["steps"], work["backwards"], work["forwards"])
 
 
 def timed(fn, barrier) -> float:
