@@ -27,6 +27,7 @@ The held-out set is never recorded: ``record`` refuses it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pickle
@@ -43,8 +44,10 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import lr_quality as q  # noqa: E402
-from babysitter.analysis.lr_curve import (RaceEntry, RaceRules, ReadingRules, race_round, race_winner,  # noqa: E402
-                                          read_sweep)
+from babysitter.analysis.lr_curve import (LrRace, RaceEntry, RaceRules, ReadingRules, SweepSettings,  # noqa: E402
+                                          around_user,
+                                          race_bounds, race_round, race_suggestion, race_winner, read_sweep, shrinks,
+                                          with_race)
 from babysitter.api import wrap  # noqa: E402
 from babysitter.passes.lr_race import SYNC_EVERY, _diverged, _held_out_loss, split_pool, train_curve  # noqa: E402
 from babysitter.passes.stepper import Stepper  # noqa: E402
@@ -193,10 +196,14 @@ def _nearest(steps: int) -> int:
     return min(CHECKPOINTS, key=lambda c: abs(c - steps))
 
 
-def simulate(seed_data: dict, rules: RaceRules, reading_rules: ReadingRules = ReadingRules()) -> dict:
-    """One seed's race under ``rules``: its winner (or the range test's suggestion when it has none), the range
-    test's suggestion, and the cost."""
-    reading = read_sweep(seed_data["sweep"], reading_rules)
+def simulate(seed_data: dict, rules: RaceRules, reading_rules: ReadingRules = ReadingRules(),
+             repeats: int = SweepSettings.repeats) -> dict:
+    """One seed's race under ``rules``: its suggestion (as ``with_race`` reads the race: the winner shrunk, the user's
+    LR kept, or the range test's suggestion when the race has no winner), the range test's suggestion, and the cost.
+    The range test is read from its first ``repeats`` recorded repeats (the same batch orders a sweep of that many
+    repeats runs)."""
+    sweep = seed_data["sweep"]
+    reading = read_sweep(dataclasses.replace(sweep, runs=sweep.runs[:repeats]), reading_rules)
     oracle, entries = Oracle(seed_data, rules), []
     start = seed_data["start"]
     for _ in range(20):
@@ -205,7 +212,13 @@ def simulate(seed_data: dict, rules: RaceRules, reading_rules: ReadingRules = Re
             break
         entries += [oracle.entry(lr, steps, stage) for lr, steps, stage in todo]
     winner = race_winner(entries, rules, start)
-    return {"winner": winner, "suggested": winner or reading.suggested_lr, "range_lr": reading.suggested_lr,
+    multiplier = seed_data["sweep"].multiplier
+    bounds = race_bounds(reading, rules, multiplier)
+    race = LrRace(entries=tuple(entries), winner=winner, start_loss=start, bounds=bounds[:2] if bounds else (),
+                  suggested=race_suggestion(winner, rules, shrinks(reading, rules, multiplier, entries)),
+                  around=reading.user_lr if around_user(reading, rules, multiplier) else None)
+    out = with_race(reading, race, rules, reading_rules, multiplier) if entries else reading
+    return {"winner": winner, "suggested": out.suggested_lr, "range_lr": reading.suggested_lr,
             "steps": oracle.steps, "evals": oracle.evals, "entries": entries}
 
 
@@ -225,11 +238,12 @@ def reference(task_data: dict) -> float:
     return min(means, key=means.get)
 
 
-def evaluate(tasks: list[dict], rules: RaceRules, reading_rules: ReadingRules = ReadingRules()) -> dict:
+def evaluate(tasks: list[dict], rules: RaceRules, reading_rules: ReadingRules = ReadingRules(),
+             repeats: int = SweepSettings.repeats) -> dict:
     rows = []
     for t in tasks:
         ref = reference(t)
-        sims = {seed: simulate(d, rules, reading_rules) for seed, d in t["seeds"].items()}
+        sims = {seed: simulate(d, rules, reading_rules, repeats) for seed, d in t["seeds"].items()}
         regrets = [regret(t["seeds"][s], r["suggested"], ref) for s, r in sims.items()]
         range_regrets = [regret(t["seeds"][s], r["range_lr"], ref) for s, r in sims.items()]
         lrs = [r["suggested"] for r in sims.values() if r["suggested"]]
@@ -263,9 +277,10 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("record", "eval"))
-    ap.add_argument("--tasks", default="", help="comma-separated tuning task names (default: all 14)")
+    ap.add_argument("--tasks", default="", help="comma-separated tuning task names (default: all 26)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rules", default="", help="RaceRules fields as JSON (eval)")
+    ap.add_argument("--repeats", type=int, default=SweepSettings.repeats, help="sweep repeats read (eval; 3 recorded)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     names = args.tasks.split(",") if args.tasks else None
@@ -282,7 +297,7 @@ def main(argv=None) -> int:
             path.write_bytes(pickle.dumps(record(task, list(range(args.seeds)), known.get(task.name, {}))))
         return 0
     rules = RaceRules(**json.loads(args.rules)) if args.rules else RaceRules()
-    print(report(evaluate(load(names), rules)))
+    print(report(evaluate(load(names), rules, repeats=args.repeats)))
     return 0
 
 

@@ -14,8 +14,8 @@ import babysitter
 import zoo
 from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, RaceEntry, RaceRules, ReadingRules,
                                           around_user, coarse_candidates, finalists, judge_around_user,
-                                          judge_with_race, race_bounds, race_candidates, race_round, race_winner, snap,
-                                          with_race)
+                                          judge_with_race, kept_user_lr, open_top, race_bounds, race_candidates,
+                                          race_round, race_suggestion, race_winner, shrinks, snap, with_race)
 from babysitter.analysis.status import Status
 from babysitter.passes.lr_race import split_pool
 
@@ -168,7 +168,7 @@ def test_a_warning_turns_into_a_pass_only_when_the_race_trained_the_users_lr_as_
     rules, reading_rules = RaceRules(user_tolerance=0.05), ReadingRules()
     above = _reading(Status.WARN, 0.3)  # 3x above the range's top, below divergence
     status, summary, _ = judge_with_race(above, _race(0.51), rules, reading_rules)
-    assert status is Status.PASS and "trained as well as the suggestion" in summary
+    assert status is Status.PASS and "trained as well as the race's winner" in summary
     status, summary, _ = judge_with_race(above, _race(0.60), rules, reading_rules)
     assert status is Status.WARN and "in the race it reached a held-out loss of 0.6" in summary
 
@@ -193,6 +193,43 @@ def test_with_race_keeps_the_range_tests_suggestion_beside_the_winner():
     no_winner = with_race(reading, LrRace(skipped="the race is turned off (race_candidates=0)"), RaceRules(),
                           ReadingRules())
     assert no_winner.suggested_lr == reading.suggested_lr and no_winner.status is reading.status
+
+
+def test_a_best_at_the_windows_open_top_is_raced_above_it_and_not_shrunk():
+    rules, reading = RaceRules(), _reading(Status.PASS, 1e-2)  # bounds: 1e-4 to 3x the range's top 0.1
+    lrs = race_candidates(1e-2, race_bounds(reading, rules)[:2], rules)  # ... 0.01, 0.0215, 0.0464
+    coarse = tuple(RaceEntry(lr, 1.0 - i / 10, "coarse", steps=16) for i, lr in enumerate(lrs))
+
+    def final(best):
+        return coarse + tuple(RaceEntry(lr, 0.4 if lr == best else 0.5, "final", steps=96) for lr in lrs[-4:])
+
+    top = final(lrs[-1])
+    assert open_top(reading, rules, top) and not shrinks(reading, rules, entries=top)
+    assert race_round(reading, rules, None, top, 1.0) == ((pytest.approx(0.1), rules.steps, "above"),)
+    inside = final(lrs[-2])  # the best inside the window: no extension, and the winner is shrunk
+    assert not open_top(reading, rules, inside) and shrinks(reading, rules, entries=inside)
+    assert race_round(reading, rules, None, inside, 1.0) == ()
+    above = top + (RaceEntry(0.1, 0.45, "above", steps=96),)  # the extension lost: the old top wins, shrunk
+    assert race_winner(above, rules, 1.0) == lrs[-1] and shrinks(reading, rules, entries=above)
+    capped = _reading(Status.PASS, 1e-2)  # no room above: a top set by the bounds is no open top
+    capped = dataclasses.replace(capped, lr_high=lrs[-1] / 2)
+    assert not open_top(capped, rules, final(lrs[-1]))
+
+
+def test_the_suggestion_is_the_winner_shrunk_to_the_lattice_step_below_except_around_your_lr():
+    rules = RaceRules(shrink=1.5, lattice=6)  # a short race favours faster LRs: the suggestion is a step lower
+    assert race_suggestion(1e-2, rules) == pytest.approx(10 ** (-2 - 1 / 6))
+    assert race_suggestion(0.32, rules) == pytest.approx(snap(0.215, 6))
+    assert race_suggestion(1e-2, rules, shrinks=False) == 1e-2 and race_suggestion(None, rules) is None
+    assert race_suggestion(1e-2, RaceRules(shrink=1.0)) == 1e-2  # 1: the winner itself
+    assert shrinks(_reading(Status.PASS, 1e-2), rules)  # a race around the range test's suggestion
+    assert not shrinks(_unread(), rules)  # around your LR: your LR is the prior
+    assert not shrinks(_reading(Status.PASS, 1e-2), rules, multiplier=(0.1, 10.0))  # a multiplier's usual range
+    race = dataclasses.replace(_race(0.9), winner=3e-2, suggested=race_suggestion(3e-2, rules))
+    out = with_race(_reading(Status.PASS, 1e-2), race, rules, ReadingRules())
+    assert out.suggested_lr == pytest.approx(snap(2e-2, 6)) and race.suggestion == out.suggested_lr
+    low = dataclasses.replace(race, winner=1e-4, suggested=race_suggestion(1e-4, rules))  # the range's low end
+    assert with_race(_reading(Status.PASS, 1e-2), low, rules, ReadingRules()).lr_low == pytest.approx(10 ** (-4 - 1 / 6))
 
 
 def _unread(user=5e-4, diverged=3.94):
@@ -255,9 +292,18 @@ def test_with_race_around_your_lr_suggests_the_winner_or_keeps_the_skip():
     assert beaten.status is Status.PASS and beaten.suggested_lr == 1.6e-3
     flat = dataclasses.replace(_race_around({1.6e-4: 0.70, 5e-4: 0.69, 1.6e-3: 0.70}, None),
                                reason="no raced LR brought the held-out loss 2% below its start 0.7 (best 0.69)")
-    out = with_race(_unread(), flat, rules, reading_rules)
-    assert out.status is Status.SKIP and out.suggested_lr is None
+    out = with_race(_unread(), flat, rules, reading_rules)  # nothing beat your LR: keep it, the check still skips
+    assert out.status is Status.SKIP and out.suggested_lr == 5e-4 and kept_user_lr(_unread(), flat) == 5e-4
     assert "the sweep supports no LR suggestion" in out.summary and "no raced LR brought" in out.summary
+    assert "keep your LR 0.0005: no LR raced trained better than it" in out.summary
+    blew_up = dataclasses.replace(flat, entries=tuple(dataclasses.replace(e, loss=None) if e.lr == 5e-4 else e
+                                                      for e in flat.entries))
+    assert kept_user_lr(_unread(), blew_up) is None  # your LR diverged there: nothing to keep
+    assert with_race(_unread(), blew_up, rules, reading_rules).suggested_lr is None
+    beaten = _race_around({1.6e-4: 0.70, 5e-4: 0.695, 1.6e-3: 0.69}, None)  # a neighbour did better: no keep
+    assert kept_user_lr(_unread(), beaten) is None and with_race(_unread(), beaten, rules, reading_rules).suggested_lr is None
+    unmoved = _race_around({1.6e-4: 0.71, 5e-4: 0.70, 1.6e-3: 0.72}, None)  # the best, but not below its start
+    assert kept_user_lr(_unread(), unmoved) is None
 
 
 # -- the check, on real models ----------------------------------------------------------------------------------
@@ -282,9 +328,10 @@ def _train(fields, lr, steps=60):
 def test_the_race_winner_trains_better_than_a_plainly_bad_lr():
     result = check(**zoo.regression_target())
     m = result.metrics
-    assert result.status == "pass" and m["race_lrs"] == 11 and m["range_lr"] is not None  # 7 first, 4 final
-    rules = RaceRules()  # 7 LRs of 16 steps, then 4 of 96
-    assert m["race_steps"] <= rules.candidates * rules.first_steps + rules.finalists * rules.steps
+    # 7 first, 4 final, and 1 above the window when the best of those is its top
+    assert result.status == "pass" and m["race_lrs"] in (11, 12) and m["range_lr"] is not None
+    rules = RaceRules()  # 7 LRs of 16 steps, then 4 (or 5) of 96
+    assert m["race_steps"] <= rules.candidates * rules.first_steps + (rules.finalists + 1) * rules.steps
     won = _train(zoo.regression_target(), m["suggested_lr"])
     assert won < _train(zoo.regression_target(), m["suggested_lr"] / 100)
     assert won < _train(zoo.regression_target(), 1.0)

@@ -36,7 +36,7 @@ def test_healthy_models_pass(name):
     assert m["lr_low"] <= m["user_lr"] <= m["lr_high"]
     assert m["spread"] < 10
     plot = result.plots[0]
-    assert plot.log_x and len(plot.series) == 3
+    assert plot.log_x and len(plot.series) == m["repeats"]
     assert {mk.label.split(" ")[0] for mk in plot.markers} >= {"suggested", "range", "your"}
 
 
@@ -95,7 +95,7 @@ def test_flat_curve_gives_no_suggestion_and_says_why():
     result = check(model=Constant(), data=zoo.spirals(), loss_fn=nn.CrossEntropyLoss(), optimizer=zoo.adam(1e-3),
                    options=FAST)
     assert result.status == "skip"
-    assert result.metrics["suggested_lr"] is None
+    assert result.metrics["suggested_lr"] is None  # the race around your LR moved nothing: no LR to keep either
     assert "never fell" in result.summary
 
 

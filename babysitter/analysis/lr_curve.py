@@ -315,7 +315,7 @@ class RaceRules:
     #: LR, which a few steps do not tell apart) is one round, every LR trained this many steps
     plateau_steps: int = 48
     #: the final round's steps per LR: what the winner is chosen on
-    steps: int = 80
+    steps: int = 96
     #: LRs of the first round trained again for ``steps`` (the best by held-out loss)
     finalists: int = 4
     held_out: int = 4
@@ -345,6 +345,9 @@ class RaceRules:
     user_longer: float = 4.0
     #: a candidate whose training loss exceeds this multiple of its first loss stops (it diverged)
     diverge_factor: float = SweepSettings.diverge_factor
+    #: the suggestion is the winner divided by this, rounded to the lattice (``race_suggestion``): the race compares
+    #: LRs after ``steps`` steps, and the best LR of a longer run lies lower; 1: the winner itself
+    shrink: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,7 @@ class RaceEntry:
 
     lr: float
     loss: Optional[float]
-    round: str  # "coarse", "final", "yours" or "longer" (your LR trained longer, in a race around it)
+    round: str  # "coarse", "final", "above" (above the window), "yours" or "longer" (yours longer, around it)
     train_loss: Optional[float] = None  # the mean training loss over the last steps
     steps: int = 0
 
@@ -373,6 +376,12 @@ class LrRace:
     start_loss: Optional[float] = None  # the held-out loss at the user's state
     reason: str = ""  # why the race has no winner, when it ran
     around: Optional[float] = None  # the user's LR, when the race was around it (the curve gave no suggestion)
+    suggested: Optional[float] = None  # the suggestion drawn from the winner (``race_suggestion``); None: the winner
+
+    @property
+    def suggestion(self) -> Optional[float]:
+        """The LR the race suggests: ``suggested`` when set, else the winner."""
+        return self.suggested if self.suggested is not None else self.winner
 
 
 def race_bounds(reading: LrReading, rules: RaceRules,
@@ -479,6 +488,10 @@ def same_lr(a: float, b: float) -> bool:
     return abs(math.log10(a / b)) < 0.02
 
 
+#: the rounds whose entries compete for the win: the final round and its extension above the window
+FINAL_ROUNDS = ("final", "above")
+
+
 def _tried(lr: float, entries, rounds=("final", "yours")) -> bool:
     return any(same_lr(lr, e.lr) for e in entries if e.round in rounds)
 
@@ -494,13 +507,59 @@ def race_winner(entries, rules: RaceRules, start_loss: Optional[float] = None) -
     """The LR of the final round with the lowest held-out loss (the user's own LR, raced apart, never wins). None
     when every finalist diverged, or when the best held-out loss is not ``rules.min_drop`` below ``start_loss`` (the
     loss at the user's state): a race where nothing trained supports no suggestion."""
-    ok = [e for e in entries if e.loss is not None and e.round == "final"]
+    ok = [e for e in entries if e.loss is not None and e.round in FINAL_ROUNDS]
     if not ok:
         return None
     best = min(ok, key=lambda e: e.loss)
     if start_loss is not None and best.loss > start_loss - rules.min_drop * abs(start_loss):
         return None
     return best.lr
+
+
+def race_suggestion(winner: Optional[float], rules: RaceRules, shrinks: bool = True) -> Optional[float]:
+    """The suggestion from a race's winner: the winner divided by ``rules.shrink`` and rounded to the lattice when
+    ``shrinks`` (a race around the range test's suggestion), else the winner. The race ranks LRs after ``rules.steps``
+    steps, a short run: a faster LR is ahead there, and the best LR of a longer run lies lower (on the 26 tuning tasks
+    of benchmarks/lr_quality.py the winner was a median 2 lattice steps, 2.2x, above the best LR of a 150-step
+    run). Not for a race around the user's LR (the user's LR is the prior there) nor over a multiplier's range."""
+    if winner is None or not shrinks or rules.shrink <= 1:
+        return winner
+    return snap(winner / rules.shrink, rules.lattice)
+
+
+def shrinks(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]] = None,
+            entries=()) -> bool:
+    """Whether the race's suggestion is its winner shrunk (``race_suggestion``): a race around the range test's
+    suggestion or below the divergence point, not around the user's LR nor over a multiplier's usual range, and
+    not when the winner is the highest LR raced while the race's bounds left room above it (``open_top``)."""
+    return multiplier is None and not around_user(reading, rules, multiplier) and \
+        not open_top(reading, rules, entries)
+
+
+def above_window(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries
+                 ) -> tuple[float, ...]:
+    """The final round's extension: when its best is the highest LR raced and the bounds leave room above
+    (``open_top``), the LR ``rules.spacing`` decades above it (CS231n: when the best lies at the edge of the searched
+    range, search beyond it). Only after a first round around the range test's suggestion."""
+    if multiplier is not None or around_user(reading, rules, multiplier) or \
+            not any(e.round == "coarse" for e in entries) or not open_top(reading, rules, entries):
+        return ()
+    top = max(e.lr for e in entries if e.round in ("coarse",) + FINAL_ROUNDS)
+    return (snap(top * 10 ** rules.spacing, rules.lattice),)
+
+
+def open_top(reading: LrReading, rules: RaceRules, entries) -> bool:
+    """The final round's best is the highest LR raced, and an LR ``rules.spacing`` decades above it was inside the
+    race's bounds but outside its window: the best LR may lie above the window, so the winner is only a lower bound
+    for it, and shrinking it would move away. A top set by the bounds (near divergence, or 3x the range's top) is
+    no open top."""
+    final = [e for e in entries if e.round in FINAL_ROUNDS and e.loss is not None]
+    bounds = race_bounds(reading, rules)
+    if not final or bounds is None:
+        return False
+    top = max(e.lr for e in entries if e.round in ("coarse",) + FINAL_ROUNDS)
+    best = min(final, key=lambda e: e.loss).lr
+    return same_lr(best, top) and top * 10 ** rules.spacing <= bounds[1] * 1.001
 
 
 def race_user(reading: LrReading, entries, rules: RaceRules,
@@ -528,7 +587,7 @@ def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optio
 
 
 #: the race's rounds, in order; each runs once, on what the rounds before it found
-RACE_ROUNDS = ("coarse", "final", "yours", "longer")
+RACE_ROUNDS = ("coarse", "final", "above", "yours", "longer")
 
 
 def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries,
@@ -539,7 +598,8 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
 
     "coarse": the candidates (``coarse_candidates``) trained ``rules.first_steps`` steps each, skipped when there
     are no more of them than finalists; "final": the best ``rules.finalists`` of them (all, without a coarse round)
-    trained ``rules.steps`` steps each: the winner is theirs; "yours": the user's LR, when the range test warns about
+    trained ``rules.steps`` steps each: the winner is theirs; "above": one LR above them, as long, when their best
+    is the highest LR raced and the bounds leave room (``above_window``); "yours": the user's LR, when the range test warns about
     it (``race_user``). A race around the user's LR is one final round of every candidate at ``rules.plateau_steps``
     steps, then "longer": that LR trained ``rules.user_longer`` times longer (``user_longer``)."""
     if race_bounds(reading, rules, multiplier) is None or rules.candidates <= 0:
@@ -558,6 +618,8 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
             continue
         if name == "final":
             lrs = finalists(entries, rules) if "coarse" in done else coarse_candidates(reading, rules, multiplier)
+        elif name == "above":
+            lrs = above_window(reading, rules, multiplier, entries)
         elif name == "yours":
             lrs = (reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()
         else:
@@ -580,14 +642,14 @@ def race_range(reading: LrReading, race: LrRace,
                multiplier: Optional[tuple[float, float]] = None) -> Optional[tuple[float, float]]:
     """The good range with the race: a multiplier's usual range (with the curve's range, when it gave one);
     else the curve's range, its top raised to the race's winner when the winner lies above it (the race trained it
-    best); None when the curve gave no range."""
+    best) and its low end lowered to the suggestion when that lies below it; None when the curve gave no range."""
     if multiplier is not None and race.bounds:
         if reading.suggested_lr is None:
             return race.bounds[0], race.bounds[1]
         return min(race.bounds[0], reading.lr_low), max(race.bounds[1], reading.lr_high)
     if reading.suggested_lr is None or reading.lr_low is None or reading.lr_high is None:
         return None
-    return reading.lr_low, max(reading.lr_high, race.winner or 0.0)
+    return min(reading.lr_low, race.suggestion or math.inf), max(reading.lr_high, race.winner or 0.0)
 
 
 def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules,
@@ -596,24 +658,24 @@ def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_
     catches an LR far too high or far too low is the range test's and is kept; a warning turns into a pass only
     when the race trained the user's own LR as well as its winner (held-out loss within ``rules.user_tolerance``).
     A curve with no range keeps its verdict and gains the race's suggestion."""
-    winner, user = race.winner, reading.user_lr
+    winner, user, suggested = race.winner, reading.user_lr, race.suggestion
     rng = race_range(reading, race, multiplier)
     if rng is None:
         return (reading.status, f"{reading.summary}; a race of {len(race.entries)} LRs below the divergence point "
-                                f"suggests {fmt_lr(winner)}", reading.advice)
+                                f"suggests {fmt_lr(suggested)}", reading.advice)
     low, high = rng
     judged_by = reading_rules if reading.suggested_lr is not None else \
         dataclasses.replace(reading_rules, fail_below=0.0)
-    status, summary, advice = judge_user_lr(user, winner, low, high, reading.diverged_at, judged_by,
+    status, summary, advice = judge_user_lr(user, suggested, low, high, reading.diverged_at, judged_by,
                                             reading.open_top and multiplier is None and high == reading.lr_high)
-    yours, best = _entry(race, user), _entry(race, winner, ("final",))
+    yours, best = _entry(race, user), _entry(race, winner, FINAL_ROUNDS)
     if status is not Status.WARN or yours is None or yours.loss is None or best is None:
         return status, summary, advice
     if yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
         where = "below" if user < low else "above"
         return (Status.PASS, f"your LR {fmt_lr(user)} is {where} the good range [{fmt_lr(low)}, {fmt_lr(high)}] but "
-                             f"trained as well as the suggestion {fmt_lr(winner)} in the race (held-out loss "
-                             f"{yours.loss:.4g} vs {best.loss:.4g} after {yours.steps} steps)", ())
+                             f"trained as well as the race's winner {fmt_lr(winner)} (held-out loss {yours.loss:.4g} "
+                             f"vs {best.loss:.4g} after {yours.steps} steps); suggested {fmt_lr(suggested)}", ())
     return status, summary + (f"; in the race it reached a held-out loss of {yours.loss:.4g} against "
                               f"{best.loss:.4g} at {fmt_lr(winner)}"), advice
 
@@ -640,7 +702,7 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
         return (Status.FAIL, f"your LR {u} is above the point where the loss diverged ({fmt_lr(diverged)}); {head}; "
                              f"a race below it suggests {w}",
                 (f"Lower the LR to about {w}: at {u} the loss diverges.",))
-    yours, best = _entry(race, user), _entry(race, winner, ("final",))
+    yours, best = _entry(race, user), _entry(race, winner, FINAL_ROUNDS)
     if yours is None or best is None:
         return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
@@ -694,12 +756,29 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
     the suggestion, or, without a winner, the range test's skip with the race's reason added."""
     if race.winner is None:
         lrs = ", ".join(fmt_lr(e.lr) for e in race.entries)
-        return dataclasses.replace(out, summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}")
+        keep = kept_user_lr(out, race)
+        then = f"; keep your LR {fmt_lr(keep)}: no LR raced trained better than it" if keep else ""
+        return dataclasses.replace(out, suggested_lr=keep,
+                                   summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}{then}")
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
-    keep = status is Status.PASS and as_good(_entry(race, out.user_lr), _entry(race, race.winner, ("final",)),
+    keep = status is Status.PASS and as_good(_entry(race, out.user_lr), _entry(race, race.winner, FINAL_ROUNDS),
                                              rules)
     return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.winner, status=status,
                                summary=summary, advice=advice)
+
+
+def kept_user_lr(reading: LrReading, race: LrRace) -> Optional[float]:
+    """The user's LR, as the suggestion of a race around it that has no winner (no LR raced lowered the held-out loss
+    ``min_drop`` below its start), when the user's LR reached the lowest held-out loss of every LR raced and lowered
+    it below its start, however little: no LR beat it, so the sensible advice is to keep it (the corpus's LLaMA,
+    whose loss barely moves in a short run at any LR). None when it diverged, was not raced, or another LR did
+    better (an LR far too low, beaten even by its neighbours on a plateau). The check's status stays the range
+    test's skip: the race did not show that the user's LR trains either."""
+    yours = _entry(race, reading.user_lr)
+    losses = [e.loss for e in race.entries if e.round in FINAL_ROUNDS and e.loss is not None]
+    if race.winner is not None or yours is None or yours.loss is None or yours.loss > min(losses):
+        return None
+    return reading.user_lr if race.start_loss is None or yours.loss < race.start_loss else None
 
 
 def with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules: ReadingRules,
@@ -715,7 +794,7 @@ def with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_rules:
     status, summary, advice = judge_with_race(reading, race, rules, reading_rules, multiplier)
     rng = race_range(reading, race, multiplier)
     if rng is None:  # no range: the curve's verdict (its advice included) with the race's suggestion
-        return dataclasses.replace(out, suggested_lr=race.winner, summary=summary)
-    return dataclasses.replace(out, suggested_lr=race.winner, status=status, summary=summary, lr_low=rng[0],
+        return dataclasses.replace(out, suggested_lr=race.suggestion, summary=summary)
+    return dataclasses.replace(out, suggested_lr=race.suggestion, status=status, summary=summary, lr_low=rng[0],
                                lr_high=rng[1], open_top=reading.open_top and rng[1] == reading.lr_high,
                                advice=advice + noisy_advice(reading.spread, reading_rules))

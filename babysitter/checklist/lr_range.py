@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, TYPE_CHECKING
 
 from ..analysis.fmt import lr as fmt_lr
-from ..analysis.lr_curve import LrRace, LrReading, RaceRules, ReadingRules, SweepSettings
+from ..analysis.lr_curve import FINAL_ROUNDS, LrRace, LrReading, RaceRules, ReadingRules, SweepSettings
 from ..analysis.status import Status
 from ..report import CheckResult, Marker, Plot, Series, Table
 from .base import Check, Judgment, threshold
@@ -68,11 +68,14 @@ class LrRange(Check):
     rounded to {race_lattice} values per decade: 1, 1.5, 2.2, 3.2, 4.6, 6.8), each trained {race_first_steps} steps
     from the user's state with the user's step (the scheduler left out) and compared on {race_held_out} batches held
     out of that training (eval mode); the {race_finalists} with the lowest held-out loss are trained again for
-    {race_steps} steps, and the lowest held-out loss then wins. The race may go above the range's top (up to
-    {above_top:g}x it, never past half the divergence point): a sweep's top is where the loss turned up at ~5 steps
-    per LR. The winner must have brought the held-out loss {race_min_drop:.0%} below the loss at the user's state,
-    else the range test's suggestion stands (kept as
-    range_lr either way). A curve with no suggestion (a loss that needs more steps than the sweep gives each LR),
+    {race_steps} steps, and the lowest held-out loss then wins; when the winner is the highest LR raced and the
+    bounds leave room, the LR {race_spacing:.2g} decades above it is trained as long and joins them (the best may lie
+    past the window). The race may go above the range's top (up to {above_top:g}x it, never past half the divergence
+    point): a sweep's top is where the loss turned up at ~5 steps per LR. The winner must have brought the held-out
+    loss {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
+    range_lr either way). The suggestion is the winner divided by {race_shrink:g}, rounded to the lattice (a
+    {race_steps}-step race favours faster LRs; a longer run's best LR lies lower), except when the winner is the top
+    of the window with room above it (then it is a lower bound) and in a race around the user's LR. A curve with no suggestion (a loss that needs more steps than the sweep gives each LR),
     from a sweep that did not diverge from its start, is raced around the user's LR in one round of
     {race_plateau_steps} steps each: it and {race_user_neighbours} LR(s) {race_user_spacing:g} decades either side
     (none past half the divergence point), with, when the sweep diverged, LRs about a decade apart from the
@@ -81,7 +84,8 @@ class LrRange(Check):
     {race_plateau_steps} steps on a plateau are weak evidence against an LR that trains); it
     warns only when it diverged or did not bring the held-out loss {race_min_drop:.0%} below its start while the
     winner did (and, for a loss that only did not fall, still did not when trained {race_user_longer:g}x those
-    steps), and fails above the divergence point; a race where nothing trained leaves the skip. Without a user
+    steps), and fails above the divergence point; a race where nothing trained leaves the skip, with the user's LR as
+    the suggestion ("keep your LR") when it did not diverge there: no LR raced did better. Without a user
     LR, a sweep that diverged is raced over that wide span alone. An optimizer whose lr is a multiplier of a
     unit-correcting update (Adadelta: 0.1 to 10; torch's Adafactor: 1e-3 to 0.1) over that usual range, which the
     good range then includes. A race winner above the range's top raises the top to it. The user's LR fails above
@@ -117,8 +121,9 @@ class LrRange(Check):
         "K. Jamieson, A. Talwalkar, 'Non-stochastic best arm identification and hyperparameter optimization' "
         "(AISTATS 2016): successive halving, many configurations trained briefly, the best of them longer",
         "The race's defaults (7 LRs a third of a decade apart from 1.5 decades below to 0.75 above the range test's "
-        "suggestion, 16 steps, the best 4 trained 96) were chosen with a simulator (benchmarks/lr_race_sim.py) on the "
-        "14 tuning tasks of benchmarks/lr_quality.py only; the README reports its 12 held-out tasks beside them",
+        "suggestion, 16 steps, the best 4 trained 96, the winner shrunk 1.5x) were chosen with a "
+        "simulator (benchmarks/lr_race_sim.py) on the 26 tuning tasks of benchmarks/lr_quality.py only; the README "
+        "reports its 8 held-out tasks beside them",
         "Range and fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value "
         "(1/ln(10^(8/99))), so an LR 100x below where the sweep first moved the loss gets as far in ~500 steps, "
         "and one 1000x below needs ~5000",
@@ -170,6 +175,11 @@ class LrRange(Check):
                                                     "trained again for race_steps")
     race_steps: int = threshold(RACE.steps, "training steps of each finalist, from your state: the lowest held-out "
                                             "loss after them wins")
+    race_shrink: float = threshold(RACE.shrink, "the suggestion is the race's winner divided by this, rounded to the "
+                                                "lattice (one step down): the race ranks LRs after race_steps steps, "
+                                                "where a faster LR is ahead, and a longer run's best LR lies lower; "
+                                                "not when the winner is the top of the window with room above, nor "
+                                                "in a race around your LR; 1: the winner itself")
     race_plateau_steps: int = threshold(RACE.plateau_steps,
                                         "a curve with no suggestion is raced around your LR in one round of this many "
                                         "steps per LR (a loss that needs more steps than the sweep gives each LR, which "
@@ -269,9 +279,11 @@ class LrRange(Check):
         if race is None or (race.skipped and v.range_lr is None):
             return ()
         if race.skipped or race.winner is None:
-            why = race.skipped or "every raced LR diverged"
+            why = race.skipped or race.reason or "every raced LR diverged"
+            if not race.skipped and v.suggested_lr is not None and v.suggested_lr == v.user_lr:
+                return (f"the race found no winner ({why}): the suggestion is to keep your LR",)
             return (f"no race: {why}; the suggestion is the range test's",)
-        final = [e for e in race.entries if e.round == "final"]
+        final = [e for e in race.entries if e.round in FINAL_ROUNDS]
         first = [e for e in race.entries if e.round == "coarse"]
         steps = final[0].steps if final else 0
         if race.around:
@@ -281,7 +293,10 @@ class LrRange(Check):
                    f"trained {steps}")
         else:
             how = f"a race of {len(final)} LRs, each trained {steps} steps"
-        notes = [f"the suggestion {fmt_lr(race.winner)} won {how} from your state, compared on {race.held_out} "
+        won = f"{fmt_lr(race.winner)} won" if race.suggestion == race.winner else \
+            f"{fmt_lr(race.suggestion)} is the race's winner {fmt_lr(race.winner)} divided by " \
+            f"{race.winner / race.suggestion:.2g} (a longer run's best LR lies lower than a short race's); the winner won"
+        notes = [f"the suggestion {won} {how} from your state, compared on {race.held_out} "
                  f"held-out batches ({race.steps} steps, {race.seconds:.1f}s); "
                  + (f"the range test alone suggested {fmt_lr(v.range_lr)}" if v.range_lr else
                     "the range test alone gave no suggestion")]
@@ -309,7 +324,7 @@ class LrRange(Check):
     @staticmethod
     def _race_table(race: LrRace) -> Table:
         rows = [(e.round, e.lr, e.steps, e.loss, e.train_loss,
-                 "winner" if e.lr == race.winner and e.round == "final" else "diverged" if e.loss is None else "")
+                 "winner" if e.lr == race.winner and e.round in FINAL_ROUNDS else "diverged" if e.loss is None else "")
                 for e in race.entries]
         return Table("race", "The race: each LR trained from your state for its round's steps, its loss on the held-out "
                              "batches after them (the final round's lowest wins)",
@@ -321,11 +336,12 @@ class LrRange(Check):
             return [e for e in race.entries if e.round == name and e.loss]
 
         series = tuple(Series(f"{label} ({pts[0].steps} steps)", tuple(e.lr for e in pts), tuple(e.loss for e in pts))
-                       for label, pts in (("first round", points("coarse")), ("final round", points("final")),
+                       for label, pts in (("first round", points("coarse")), ("final round", points("final")), ("above the window", points("above")),
                                           ("your LR", points("yours")))
                        if pts)
         markers = tuple(Marker(f"{label} {fmt_lr(value)}", value)
-                        for label, value in (("suggested", race.winner), ("range test", v.range_lr)) if value)
+                        for label, value in (("suggested", race.suggestion), ("race winner", race.winner),
+                                             ("range test", v.range_lr)) if value)
         return Plot("lr_race", "The race: held-out loss at each LR after each round's steps", "scatter", series,
                     x_label="learning rate", y_label="held-out loss", log_x=True, markers=markers)
 

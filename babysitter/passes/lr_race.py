@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from ..analysis.lr_curve import (LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user, race_bounds,
-                                 race_round, race_winner)
+from ..analysis.lr_curve import (FINAL_ROUNDS, LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user,
+                                 race_bounds, race_round, race_suggestion, race_winner, shrinks)
 from ..optim import group_scales, set_lr
 from .stepper import Stepper
 
@@ -145,13 +145,14 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
     winner = race_winner(entries, rules, start)
     session.reset()
     return LrRace(entries=tuple(entries), winner=winner, steps=sum(e.steps for e in entries),
+                  suggested=race_suggestion(winner, rules, shrinks(reading, rules, multiplier, entries)),
                   seconds=time.perf_counter() - t0, held_out=len(held), bounds=bounds[:2], start_loss=start,
                   reason="" if winner else _no_winner(entries, start, rules),
                   around=reading.user_lr if around_user(reading, rules, multiplier) else None)
 
 
 def _no_winner(entries, start: Optional[float], rules: RaceRules) -> str:
-    losses = [e.loss for e in entries if e.loss is not None and e.round == "final"]
+    losses = [e.loss for e in entries if e.loss is not None and e.round in FINAL_ROUNDS]
     if not losses:
         return "every raced LR diverged"
     return (f"no raced LR brought the held-out loss {rules.min_drop:.0%} below its start {start:.4g} (best "
