@@ -132,7 +132,7 @@ class Ranks:
         return self.place.active and dist.is_available() and dist.is_initialized()
 
     def broadcast_state(self, model: torch.nn.Module) -> None:
-        """Rank 0's parameters and floating buffers onto every rank, in place."""
+        """Rank 0's parameters and buffers onto every rank, in place."""
         if not self.active:
             return
         with torch.no_grad():
@@ -199,16 +199,18 @@ class Ranks:
         out: list = [None] * len(tensors)
         order = sorted(range(len(tensors)), key=lambda i: (str(tensors[i].dtype), str(tensors[i].device)))
         bucket: list = []
+        size = 0
         for i in order + [None]:
             t = tensors[i] if i is not None else None
             if bucket and (t is None or t.dtype != tensors[bucket[0]].dtype or t.device != tensors[bucket[0]].device
-                           or sum(tensors[j].numel() for j in bucket) + t.numel() > BUCKET_ELEMENTS):
+                           or size + t.numel() > BUCKET_ELEMENTS):
                 flat = torch.cat([tensors[j].reshape(-1) for j in bucket])
                 dist.all_reduce(flat)
                 flat /= world
                 for j, piece in zip(bucket, flat.split([tensors[j].numel() for j in bucket])):
                     out[j] = piece.view(tensors[j].shape)
-                bucket = []
+                bucket, size = [], 0
             if i is not None:
                 bucket.append(i)
+                size += t.numel()
         return out

@@ -258,6 +258,12 @@ def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
     facts["grads"] = (a.grad.tolist(), b.grad.tolist(), float(loss))
     facts["floats"] = ranks.mean_floats(float(rank), None)
     facts["unequal"] = ranks.mean_if_same(torch.ones(2 + rank)).tolist()  # different lengths: each keeps its own
+    import babysitter.distributed as bd
+
+    bd.BUCKET_ELEMENTS = 4  # buckets split by size and dtype: every tensor still gets its own average back
+    parts = [torch.full((3,), float(rank)), torch.full((2,), 2.0 * rank, dtype=torch.float64), torch.ones(5) * rank]
+    facts["buckets"] = [t.tolist() for t in ranks._mean_coalesced(parts)]
+    bd.BUCKET_ELEMENTS = 1 << 24
     # the same arithmetic as DistributedDataParallel: rank 0's weights, each rank's batch, the averaged gradient
     torch.manual_seed(rank)
     net, xb = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)), torch.randn(16, 4)
@@ -295,5 +301,6 @@ def test_ranks_average_what_the_passes_need_and_every_rank_gets_its_own_state_ba
     assert r0["floats"] == r1["floats"] == [0.5, None]
     assert r0["unequal"] == [1.0, 1.0] and r1["unequal"] == [1.0, 1.0, 1.0]
     assert r0["as_ddp"] and r1["as_ddp"]
+    assert r0["buckets"] == r1["buckets"] == [[0.5] * 3, [1.0] * 2, [0.5] * 5]
     assert r0["numbers"] == r1["numbers"]  # one model trained at the effective batch: the same summaries
     assert r0["restored"] and r1["restored"] and r0["grad_free"] and r1["grad_free"]
