@@ -16,6 +16,7 @@ from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, Race
                                           around_user, coarse_candidates, finalists, judge_around_user,
                                           judge_with_race, kept_user_lr, open_top, race_bounds, race_candidates,
                                           race_round, race_suggestion, race_winner, shrinks, snap, with_race)
+from babysitter.analysis.lr_curve import climb
 from babysitter.analysis.status import Status
 from babysitter.passes.lr_race import split_pool
 
@@ -242,6 +243,30 @@ def _race_around(losses, winner, user=5e-4, start=0.70):
     entries = tuple(RaceEntry(lr, loss, "final", steps=48) for lr, loss in losses.items())
     return LrRace(entries=entries, winner=winner, steps=48 * len(entries), held_out=4, start_loss=start,
                   around=user, bounds=(min(losses), max(losses)))
+
+
+def test_a_race_around_your_lr_climbs_while_its_best_is_its_highest_lr():
+    """Plain SGD at 1e-3 on a multi-label BCE head, 1000x below the best LR: the sweep cannot read the curve, the
+    race around 1e-3 is best at its top, so it climbs half a decade at a time until the held-out loss turns up."""
+    rules = RaceRules()
+    flat = LrReading(analyses=(dataclasses.replace(FLAT_THEN_DIVERGED, diverged_at=None),), user_lr=1e-3,
+                     status=Status.SKIP, summary="")
+    h = lambda k: 1e-3 * 10 ** (0.5 * k)  # noqa: E731  (half a decade from the user's LR, k times)
+    around = _entries({h(-1): 0.698, h(0): 0.696, h(1): 0.692}, "final", 48)
+    assert climb(flat, rules, None, around) == (pytest.approx(h(2)),)
+    assert race_round(flat, rules, None, tuple(around), 0.70) == ((pytest.approx(h(2)), 48, "climb"),)
+    rising = around + _entries({h(2): 0.68, h(3): 0.67, h(4): 0.64, h(5): 0.56, h(6): 0.51}, "climb", 48)
+    assert climb(flat, rules, None, rising) == (pytest.approx(h(7)),)
+    turned = rising + _entries({h(7): 0.68}, "climb", 48)  # the loss turned up: the climb stops, 1 wins
+    assert climb(flat, rules, None, turned) == () and race_winner(turned, rules, 0.70) == pytest.approx(1.0)
+    # no climb: the best inside the window, the sweep's last LR (10 ** 0.5) reached, a diverged top, or turned off
+    assert climb(flat, rules, None, _entries({h(-1): 0.698, h(0): 0.69, h(1): 0.692}, "final", 48)) == ()
+    assert climb(flat, rules, None, rising + _entries({h(7): 0.50}, "climb", 48)) == ()
+    assert climb(flat, rules, None, around[:-1] + _entries({h(1): None}, "final", 48)) == ()
+    assert climb(flat, RaceRules(climb=0), None, around) == ()
+    assert climb(flat, RaceRules(climb=2), None, around + _entries({h(2): 0.68, h(3): 0.67}, "climb", 48)) == ()
+    # nor outside a race around your LR (a curve with a suggestion has its own window and its "above" round)
+    assert climb(dataclasses.replace(flat, suggested_lr=1e-3, lr_low=1e-4, lr_high=1e-2), rules, None, around) == ()
 
 
 def test_a_race_around_your_lr_passes_it_when_it_trains():

@@ -340,6 +340,9 @@ class RaceRules:
     #: side
     user_neighbours: int = 1
     user_spacing: float = 0.5
+    #: ... and when the best of that race is its highest LR, it climbs ``user_spacing`` decades at a time while the
+    #: held-out loss keeps falling, at most this many times (``climb``)
+    climb: int = 6
     #: ... and your LR, when it did not train there while another did, is trained this many times that race's steps
     #: before a warning (a plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 and 96)
     user_longer: float = 4.0
@@ -489,7 +492,7 @@ def same_lr(a: float, b: float) -> bool:
 
 
 #: the rounds whose entries compete for the win: the final round and its extension above the window
-FINAL_ROUNDS = ("final", "above")
+FINAL_ROUNDS = ("final", "above", "climb")
 
 
 def _tried(lr: float, entries, rounds=("final", "yours")) -> bool:
@@ -548,6 +551,27 @@ def above_window(reading: LrReading, rules: RaceRules, multiplier: Optional[tupl
     return (snap(top * 10 ** rules.spacing, rules.lattice),)
 
 
+def climb(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries
+          ) -> tuple[float, ...]:
+    """A race around the user's LR whose best is its highest LR climbs: the LR ``rules.user_spacing`` decades above
+    it, as long as the best is still the highest LR raced (the held-out loss kept falling), at most ``rules.climb``
+    times, never above half the divergence point nor, when the sweep did not diverge, above its last LR (CS231n:
+    when the best lies at the edge of the searched range, search beyond it; a user's LR far too low for plain SGD
+    leaves a curve that the sweep's few steps per LR cannot read)."""
+    raced = [e for e in entries if e.round in ("final", "climb")]
+    if rules.climb <= 0 or not around_user(reading, rules, multiplier) or not raced or \
+            sum(e.round == "climb" for e in raced) >= rules.climb:
+        return ()
+    top = max(raced, key=lambda e: e.lr)
+    ok = [e for e in raced if e.loss is not None]
+    if top.loss is None or min(ok, key=lambda e: e.loss) is not top:
+        return ()
+    cap = reading.diverged_at / rules.below_divergence if reading.diverged_at else \
+        max((a.lrs[-1] for a in reading.analyses if a.lrs), default=0.0)
+    step = top.lr * 10 ** rules.user_spacing
+    return (step,) if step <= cap * 1.001 else ()
+
+
 def open_top(reading: LrReading, rules: RaceRules, entries) -> bool:
     """The final round's best is the highest LR raced, and an LR ``rules.spacing`` decades above it was inside the
     race's bounds but outside its window: the best LR may lie above the window, so the winner is only a lower bound
@@ -586,8 +610,9 @@ def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optio
     return not (yours is None or yours.loss is None or trained(yours, start_loss, rules) or same_lr(winner, user))
 
 
-#: the race's rounds, in order; each runs once, on what the rounds before it found
-RACE_ROUNDS = ("coarse", "final", "above", "yours", "longer")
+#: the race's rounds, in order; each runs once, on what the rounds before it found ("climb" again and again, one LR
+#: at a time, while it finds a lower held-out loss)
+RACE_ROUNDS = ("coarse", "final", "above", "climb", "yours", "longer")
 
 
 def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries,
@@ -601,7 +626,8 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
     trained ``rules.steps`` steps each: the winner is theirs; "above": one LR above them, as long, when their best
     is the highest LR raced and the bounds leave room (``above_window``); "yours": the user's LR, when the range test warns about
     it (``race_user``). A race around the user's LR is one final round of every candidate at ``rules.plateau_steps``
-    steps, then "longer": that LR trained ``rules.user_longer`` times longer (``user_longer``)."""
+    steps, "climb" rounds above it while its best is its highest LR (``climb``), then "longer": that LR trained
+    ``rules.user_longer`` times longer (``user_longer``)."""
     if race_bounds(reading, rules, multiplier) is None or rules.candidates <= 0:
         return ()
     done = {e.round for e in entries}
@@ -609,7 +635,7 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
     around = around_user(reading, rules, multiplier)
     steps = rules.plateau_steps if around else rules.steps
     for i, name in enumerate(RACE_ROUNDS):
-        if i <= last:
+        if i < last or (i == last and name != "climb"):
             continue
         if name == "coarse":
             lrs = coarse_candidates(reading, rules, multiplier)
@@ -620,6 +646,8 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
             lrs = finalists(entries, rules) if "coarse" in done else coarse_candidates(reading, rules, multiplier)
         elif name == "above":
             lrs = above_window(reading, rules, multiplier, entries)
+        elif name == "climb":
+            lrs = climb(reading, rules, multiplier, entries)
         elif name == "yours":
             lrs = (reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()
         else:

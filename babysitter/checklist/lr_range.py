@@ -79,7 +79,9 @@ class LrRange(Check):
     from a sweep that did not diverge from its start, is raced around the user's LR in one round of
     {race_plateau_steps} steps each: it and {race_user_neighbours} LR(s) {race_user_spacing:g} decades either side
     (none past half the divergence point), with, when the sweep diverged, LRs about a decade apart from the
-    divergence point / {no_curve_low:g} to / {no_curve_high:g}. The user's LR then passes when it won or came within
+    divergence point / {no_curve_low:g} to / {no_curve_high:g}; when its best is its highest LR it climbs
+    {race_user_spacing:g} decades at a time (at most {race_climb} times, never past half the divergence point nor the
+    sweep's last LR) while the held-out loss keeps falling. The user's LR then passes when it won or came within
     {race_user_tolerance:.0%} of the winner's held-out loss, and when beaten clearly (the winner suggested:
     {race_plateau_steps} steps on a plateau are weak evidence against an LR that trains); it
     warns only when it diverged or did not bring the held-out loss {race_min_drop:.0%} below its start while the
@@ -198,6 +200,10 @@ class LrRange(Check):
                                           "not confirm or refute)")
     race_user_spacing: float = threshold(RACE.user_spacing, "decades between your LR and its neighbours in a race "
                                                             "around it")
+    race_climb: int = threshold(RACE.climb, "in that race, when the best is its highest LR, it climbs "
+                                            "race_user_spacing decades at a time while the held-out loss keeps "
+                                            "falling, at most this many times (0: no climb): plain SGD at an LR 1000x "
+                                            "too low leaves a curve the sweep cannot read")
     race_user_longer: float = threshold(RACE.user_longer,
                                         "in that race, your LR, when its held-out loss did not fall while another "
                                         "LR's did, is trained this many times race_plateau_steps before a warning (a "
