@@ -93,6 +93,37 @@ def gathered(value: Any) -> list:
     return out
 
 
+def averages_itself(model: Any) -> bool:
+    """A model wrapped by the user for data parallelism, whose backward averages the gradients over the ranks
+    itself: DistributedDataParallel, FSDP, or parameters sharded as DTensors (FSDP2's fully_shard)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return True
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # a build without torch.distributed
+        return False
+    return isinstance(model, FullyShardedDataParallel) or any(_is_dtensor(p) for p in model.parameters())
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as one value on every rank: a DTensor (an FSDP2 parameter, its gradient, a norm of one) gathered
+    into its full tensor (a collective: every rank calls it alike); any other tensor as it is."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (no collective); any other tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
 def device_for(place: Place) -> str:
     """The device a rank checks on: its own GPU (LOCAL_RANK) under NCCL, else the CPU."""
     return f"cuda:{place.local_rank}" if place.active and torch.cuda.is_available() else "cpu"

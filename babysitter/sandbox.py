@@ -152,10 +152,12 @@ class ModelState:
     slots: list = field(default_factory=list)  # (module, dict name, attribute name, tensor object)
     training: list = field(default_factory=list)  # (module, flag)
     requires_grad: list = field(default_factory=list)  # (param, flag)
+    sharded: list = field(default_factory=list)  # FSDP2 modules (fully_shard), resharded before a capture or restore
 
     @classmethod
     def capture(cls, model: nn.Module) -> "ModelState":
-        state = cls()
+        state = cls(sharded=_fsdp2_modules(model))
+        _reshard(state.sharded)
         for m in model.modules():
             for kind in ("_parameters", "_buffers"):
                 for name, t in getattr(m, kind).items():
@@ -176,6 +178,7 @@ class ModelState:
         ``onto`` puts the values on that device instead of each tensor's original one (the session's
         resets between probes, which keep the model on the accelerator).
         """
+        _reshard(self.sharded)  # FSDP2 registers its sharded parameters again: the ones captured
         for m, kind, name, t in self.slots:  # a tensor that a check replaced is bound again
             if getattr(m, kind).get(name) is not t:
                 getattr(m, kind)[name] = t
@@ -192,6 +195,23 @@ class ModelState:
             m.training = flag
         for p, flag in self.requires_grad:
             p.requires_grad_(flag)
+
+
+def _fsdp2_modules(model: nn.Module) -> list:
+    """The modules of ``model`` that FSDP2's ``fully_shard`` manages (none without torch.distributed)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def _reshard(modules: list) -> None:
+    """FSDP2 leaves a root's parameters unsharded after a forward without backward (a no_grad pass): resharding
+    registers the sharded parameters again, so the module holds the tensors the snapshot knows and the next forward
+    unshards them as FSDP expects."""
+    for m in modules:
+        m.reshard()
 
 
 def _restore_grad(param: nn.Parameter, saved: Optional[torch.Tensor], device: torch.device) -> None:

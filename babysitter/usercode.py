@@ -100,7 +100,8 @@ class UserCode:
             seen["args"], seen["kwargs"] = args, kwargs
             raise _Seen
 
-        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+        # first of the model's pre-hooks: a wrapper's own (FSDP2 unsharding) must not start a forward that stops here
+        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
         try:
             with torch.no_grad():
                 self.forward(batch)

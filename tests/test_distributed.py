@@ -159,6 +159,33 @@ def test_the_whole_checklist_under_two_ranks_trains_one_model_on_the_effective_b
     assert watched["run"]["optimizer_steps"] == 60 and all(c["status"] != "fail" for c in watched["checks"])
 
 
+def test_a_model_the_target_shards_with_fsdp2_is_checked_as_it_trains(tmp_path):
+    """fully_shard (FSDP2) on the CPU over gloo: every check runs (FSDP unshards in its own forward, the sandbox
+    reshards before it captures or restores), gradient norms are of the whole gradients, and ddp_grads reads
+    FSDP's own reduction."""
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch.distributed.fsdp")
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no torch.distributed.fsdp.fully_shard")
+    (tmp_path / "common.py").write_text(COMMON)
+    (tmp_path / "sharded.py").write_text(
+        "from common import *  # noqa: F401,F403\nimport torch.distributed as dist\n\n\ndef babysit():\n"
+        "    x, y = data()\n    torch.manual_seed(1)\n    model = mlp()\n"
+        "    from torch.distributed.device_mesh import init_device_mesh\n"
+        "    from torch.distributed.fsdp import fully_shard\n"
+        "    fully_shard(model, mesh=init_device_mesh('cpu', (dist.get_world_size(),)))\n"
+        "    return dict(model=model, data=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, batch_size=32)\n")
+    done = _torchrun(["check", "sharded.py", "--no-config", "-q"], tmp_path)
+    report = _report(tmp_path, "sharded")
+    statuses = _statuses(report)
+    assert set(statuses.values()) <= {"pass", "skip"} and statuses["grad_norms"] == "pass", \
+        ([(c["id"], c["summary"]) for c in report["checks"] if c["status"] not in ("pass", "skip")],
+         done.stderr[-2000:])
+    assert report["run"]["ranks_differ"] == {} and not set(report["run"]["ranks_read_own"]) & set(REDUCED)
+    assert "your FSDP model" in [c for c in report["checks"] if c["id"] == "ddp_grads"][0]["summary"]
+
+
 def test_a_nan_on_one_rank_is_found_and_the_ranks_stay_in_step(tmp_path):
     """Rank 1's data drives a sqrt below zero: the averaged loss is NaN on both ranks; each rank replays its own
     steps to find where, and rank 0's report names rank 1's module (no rank left waiting in a collective)."""

@@ -19,7 +19,7 @@ from ..analysis import fmt
 from ..analysis.batches import first_tensor
 from ..analysis.params import grouped
 from ..analysis.status import Status
-from ..distributed import gathered
+from ..distributed import averages_itself, gathered, whole
 from ..step import Step
 from .base import Check, Judgment, threshold
 
@@ -29,7 +29,7 @@ def _fingerprint(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[float, flo
     out = {}
     with torch.no_grad():
         for name, t in tensors.items():
-            v = t.detach().double()
+            v = whole(t.detach()).double()  # an FSDP2 shard: the whole tensor
             out[name] = (float(v.sum()), float((v * v).sum()))
     return out
 
@@ -236,6 +236,8 @@ class DdpGrads(Check):
         model, step = session.code.model, session.code.step
         if _wrapped(model):
             return "your DDP model", lambda: None
+        if averages_itself(model):
+            return "your FSDP model", lambda: None
         if _custom(step):
             return "your step function", lambda: None
         device_ids = [model_device.index] if (model_device := next(model.parameters()).device).type == "cuda" else None

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..distributed import averages_itself
 from ..step import AUTOCAST_DTYPES, Step
 
 #: called with the step's loss (None inside a user's step function) and the parameters whose gradients are final
@@ -41,19 +42,6 @@ class Outcome:
     trained: bool = True  # False when the loss did not require grad: nothing could be trained
 
 
-def _synchronising(model: Any) -> bool:
-    """A model wrapped by the user for data parallelism, whose backward averages the gradients over the ranks
-    itself: DistributedDataParallel, FSDP, or parameters sharded as DTensors (FSDP2's fully_shard)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return True
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a build without torch.distributed
-        return False
-    return isinstance(model, FullyShardedDataParallel) or any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def closure_optimizer(optimizer: Any) -> bool:
     """Optimizers whose ``step`` needs a closure that re-evaluates the loss."""
     return isinstance(optimizer, torch.optim.LBFGS)
@@ -65,7 +53,7 @@ class Stepper:
     def __init__(self, session, optimizer: Any, *, scheduler: bool = True, clip: bool = True, reduce: bool = True):
         self.session, self.optimizer = session, optimizer
         self.ranks = session.ranks if reduce and session.ranks.active else None
-        self.own_average = not _synchronising(session.model)  # DDP and FSDP models average the gradients themselves
+        self.own_average = not averages_itself(session.model)  # DDP and FSDP models average the gradients themselves
         if self.ranks is not None and self.own_average:
             self.ranks.broadcast_state(session.model)
         custom = session.code.step

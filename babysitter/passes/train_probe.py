@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..analysis.batches import named_tensors
+from ..distributed import local, whole
 from ..instruments.hooks import attached
 from ..optim import lr_of
 from .stepper import Stepper
@@ -93,7 +94,7 @@ class _Recorder:
         for p in params:
             i = self.index.get(id(p))
             if i is not None and p.grad is not None:
-                self.row[i] = p.grad.detach().float().norm()
+                self.row[i] = whole(p.grad.detach().float().norm())  # FSDP2: the whole gradient's norm
         norms = [v for v in self.row if v is not None]
         return torch.stack(norms).pow(2).sum().sqrt() if norms else self.zero
 
@@ -111,7 +112,7 @@ class _Recorder:
     def after_step(self, before: Optional[list]) -> None:
         """Record the parameters' finiteness, and the update ratios when ``before`` holds what was kept of their
         old values (see ``Kept``)."""
-        self.finite.append(torch.stack([torch.isfinite(p.detach()).all() for p in self.params]) if self.params
+        self.finite.append(torch.stack([whole(torch.isfinite(p.detach()).all()) for p in self.params]) if self.params
                            else torch.ones(0, dtype=torch.bool, device=self.device))
         if before is None:
             return
@@ -132,7 +133,7 @@ class Kept:
     column is read (and every row, when rows are longer than the stride)."""
 
     def __init__(self, p: torch.Tensor):
-        w = p.detach()
+        w = local(p.detach())  # FSDP2: this rank's shard
         n = w.numel()
         self.stride = 1 if n <= UPDATE_SAMPLE else _stride(n, w.shape[-1])
         self.values = w.clone() if self.stride == 1 else w.reshape(-1)[::self.stride].clone()
@@ -142,7 +143,7 @@ class Kept:
         """||p - p_before||: exact for a parameter kept whole; else from the kept entries, scaled to the whole
         parameter, and, when none of them moved, the change of the norm (a lower bound, so that a parameter that
         moved elsewhere is not read as still)."""
-        w = p.detach()
+        w = local(p.detach())  # FSDP2: this rank's shard
         if self.stride == 1:
             return (w - self.values).float().norm()
         d = (w.reshape(-1)[::self.stride] - self.values).float().norm() * math.sqrt(w.numel() / self.values.numel())
