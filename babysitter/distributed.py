@@ -176,30 +176,34 @@ class Ranks:
         in the same all-reduce and returned."""
         if not self.active:
             return extra
-        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
-        device = next((p.grad.device for p in params if p.grad is not None), self._device())
+        n = len(params)
+        device = params[0].device if params else self._device()  # the same on every rank, grads or not
+        flags = torch.tensor([p.grad is not None for p in params] + [p.grad is not None and p.grad.is_sparse
+                                                                     for p in params], dtype=torch.float32)
         parts = [p.grad.to_dense() if p.grad is not None else torch.zeros_like(p) for p in params]
         parts += [flags.to(device), *(e.detach().float().reshape(-1) for e in extra)]
         out = self._mean_coalesced(parts)
-        for p, g, had in zip(params, out, (out[len(params)] > 0).tolist()):
-            if p.grad is not None and not p.grad.is_sparse:
+        seen = (out[n] > 0).tolist()
+        for p, g, had, sparse in zip(params, out, seen[:n], seen[n:]):
+            if p.grad is not None and not p.grad.is_sparse and not sparse:
                 p.grad.copy_(g)
-            elif had:
-                p.grad = g.to(p.dtype).to_sparse() if p.grad is not None else g.to(p.dtype).clone()
-        return tuple(t.reshape(e.shape) for t, e in zip(out[len(params) + 1:], extra))
+            elif had:  # sparse on any rank: sparse on every rank (SparseAdam takes no other)
+                p.grad = g.to(p.dtype).to_sparse() if sparse else g.to(p.dtype).clone()
+        return tuple(t.reshape(e.shape) for t, e in zip(out[n + 1:], extra))
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` averaged over the ranks (a new tensor)."""
         return self._mean_coalesced([t.detach().float().reshape(-1)])[0].reshape(t.shape) if self.active else t
 
     def mean_floats(self, *values: Optional[float]) -> tuple:
-        """Host numbers averaged over the ranks (None stays None: it must be None on every rank)."""
+        """Host numbers averaged over the ranks that know them (None where no rank does): the same on every rank,
+        whichever ranks had None."""
         if not self.active:
             return values
-        known = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64,
-                             device=self._device())
-        out = self._mean_coalesced([known])[0].tolist()
-        return tuple(None if v is None else o for v, o in zip(values, out))
+        pairs = [(0.0, 0.0) if v is None else (float(v), 1.0) for v in values]
+        flat = torch.tensor([x for pair in pairs for x in pair], dtype=torch.float64, device=self._device())
+        out = self._mean_coalesced([flat])[0].tolist()
+        return tuple(out[2 * i] / out[2 * i + 1] if out[2 * i + 1] > 0 else None for i in range(len(values)))
 
     def first_found(self, value: Any) -> Any:
         """The first rank's ``value`` that is not None (each rank's own search, e.g. for the first NaN)."""
@@ -236,8 +240,8 @@ class Ranks:
             if bucket and (t is None or t.dtype != tensors[bucket[0]].dtype or t.device != tensors[bucket[0]].device
                            or size + t.numel() > BUCKET_ELEMENTS):
                 flat = torch.cat([tensors[j].reshape(-1) for j in bucket])
+                flat /= world  # before the sum, as DDP divides: half-precision sums stay in range
                 dist.all_reduce(flat)
-                flat /= world
                 for j, piece in zip(bucket, flat.split([tensors[j].numel() for j in bucket])):
                     out[j] = piece.view(tensors[j].shape)
                 bucket, size = [], 0

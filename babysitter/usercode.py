@@ -14,6 +14,14 @@ from .optim import as_optimizer, default_optimizer, rebuilder
 from .target import Target
 
 
+def _fsdp2_root(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
 class _Seen(BaseException):
     """Stops a forward once the model's inputs are seen. A BaseException, so that a broad ``except Exception``
     in a user's forward cannot swallow it."""
@@ -100,8 +108,9 @@ class UserCode:
             seen["args"], seen["kwargs"] = args, kwargs
             raise _Seen
 
-        # first of the model's pre-hooks: a wrapper's own (FSDP2 unsharding) must not start a forward that stops here
-        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
+        # an FSDP2 root: first of its pre-hooks, so that FSDP does not begin a forward that stops here (otherwise after
+        # the user's own pre-hooks: the inputs the model receives, as those hooks transform them)
+        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=_fsdp2_root(self.model))
         try:
             with torch.no_grad():
                 self.forward(batch)

@@ -205,6 +205,38 @@ def test_a_nan_on_one_rank_is_found_and_the_ranks_stay_in_step(tmp_path):
     assert nonfinite["status"] == "fail" and "sqrt" in nonfinite["summary"], (nonfinite, done.stderr[-2000:])
 
 
+NAN_ON_RANK_1 = {
+    # a NaN in rank 1's data only: every rank learns of it (the data scan is shared) and no replay runs
+    "nan_data.py": "def babysit():\n    x, y = data()\n    torch.manual_seed(1)\n    if os.environ['RANK'] == '1':\n"
+                   "        x = x.clone()\n        x[3, 0] = float('nan')\n    ds = TensorDataset(x, y)\n"
+                   "    return dict(model=mlp(), data=DataLoader(ds, batch_size=32, sampler=DistributedSampler(ds)), "
+                   "loss_fn=nn.CrossEntropyLoss(), optimizer=sgd)\n",
+    # a NaN on rank 1 through the user's own DDP model: its steps are collective, so the replay does not stop in one
+    "ddp_nan.py": "class Root(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.body = mlp()\n\n"
+                  "    def forward(self, x):\n        return self.body(x.sqrt())\n\n\ndef babysit():\n    x, y = data()\n"
+                  "    torch.manual_seed(1)\n    x = x.abs() * (-1 if os.environ['RANK'] == '1' else 1)\n"
+                  "    ds = TensorDataset(x, y)\n    return dict(model=nn.parallel.DistributedDataParallel(Root()), "
+                  "data=DataLoader(ds, batch_size=32, sampler=DistributedSampler(ds)), loss_fn=nn.CrossEntropyLoss(), "
+                  "optimizer=sgd)\n",
+}
+
+
+def test_a_nan_on_one_rank_in_its_data_or_through_a_ddp_model_leaves_no_rank_waiting(tmp_path):
+    (tmp_path / "common.py").write_text(COMMON)
+    for name, body in NAN_ON_RANK_1.items():
+        (tmp_path / name).write_text("from common import *  # noqa: F401,F403\n\n\n" + body)
+    t0 = time.monotonic()
+    done = _torchrun(["check", ".", "--no-config", "-q", "--select", "nonfinite"], tmp_path,
+                     env={"BABYSITTER_DIST_TIMEOUT": "30"})
+    assert time.monotonic() - t0 < 60, done.stderr[-2000:]
+    data = {c["id"]: c for c in _report(tmp_path, "nan_data")["checks"]}
+    assert data["nonfinite"]["status"] == "fail" and "the data holds NaN" in data["nonfinite"]["summary"]
+    assert data["ddp_grads"]["status"] == "pass"  # NaN gradients on both ranks are the same NaN
+    ddp = {c["id"]: c for c in _report(tmp_path, "ddp_nan")["checks"]}
+    assert ddp["nonfinite"]["status"] == "fail" and "not localised" in ddp["nonfinite"]["summary"]
+    assert all(c["status"] != "error" for c in list(data.values()) + list(ddp.values())), done.stderr[-2000:]
+
+
 def test_a_crash_on_one_rank_ends_the_run_on_all_within_the_timeout(tmp_path):
     (tmp_path / "crash.py").write_text(
         "import os\nimport torch\nfrom torch import nn\n\n\ndef babysit():\n"
@@ -283,7 +315,7 @@ def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
     b.grad = torch.ones(2) * 4 if rank == 0 else None
     (loss,) = ranks.average_grads([a, b], torch.tensor(float(rank)))
     facts["grads"] = (a.grad.tolist(), b.grad.tolist(), float(loss))
-    facts["floats"] = ranks.mean_floats(float(rank), None)
+    facts["floats"] = ranks.mean_floats(float(rank), None, None if rank else 2.0)  # known on some ranks: theirs
     facts["unequal"] = ranks.mean_if_same(torch.ones(2 + rank)).tolist()  # different lengths: each keeps its own
     import babysitter.distributed as bd
 
@@ -291,6 +323,13 @@ def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
     parts = [torch.full((3,), float(rank)), torch.full((2,), 2.0 * rank, dtype=torch.float64), torch.ones(5) * rank]
     facts["buckets"] = [t.tolist() for t in ranks._mean_coalesced(parts)]
     bd.BUCKET_ELEMENTS = 1 << 24
+    big = ranks._mean_coalesced([torch.full((2,), 60000.0, dtype=torch.float16)])[0]  # divided before the sum
+    facts["half"] = big.float().tolist()
+    emb = nn.Embedding(10, 2, sparse=True)
+    if rank == 0:
+        emb(torch.tensor([1])).sum().backward()  # a sparse gradient on rank 0, none on rank 1
+    ranks.average_grads([emb.weight])
+    facts["sparse"] = (emb.weight.grad.is_sparse, emb.weight.grad.to_dense()[1].tolist())
     # the same arithmetic as DistributedDataParallel: rank 0's weights, each rank's batch, the averaged gradient
     torch.manual_seed(rank)
     net, xb = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)), torch.randn(16, 4)
@@ -325,9 +364,11 @@ def test_ranks_average_what_the_passes_need_and_every_rank_gets_its_own_state_ba
     mp.spawn(_ranks_worker, args=(2, 29000 + os.getpid() % 1000, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["grads"] == r1["grads"] == [[1.5] * 3, [2.0, 2.0], 0.5]
-    assert r0["floats"] == r1["floats"] == [0.5, None]
+    assert r0["floats"] == r1["floats"] == [0.5, None, 2.0]
     assert r0["unequal"] == [1.0, 1.0] and r1["unequal"] == [1.0, 1.0, 1.0]
     assert r0["as_ddp"] and r1["as_ddp"]
     assert r0["buckets"] == r1["buckets"] == [[0.5] * 3, [1.0] * 2, [0.5] * 5]
+    assert r0["half"] == r1["half"] == [60000.0, 60000.0]
+    assert r0["sparse"] == r1["sparse"] == [True, [0.5, 0.5]]
     assert r0["numbers"] == r1["numbers"]  # one model trained at the effective batch: the same summaries
     assert r0["restored"] and r1["restored"] and r0["grad_free"] and r1["grad_free"]

@@ -316,3 +316,17 @@ def test_a_real_20_feature_input_lists_all_its_features():
     y = torch.randint(0, 4, (256,))
     result = check(model=mlp(20), data=(x, y), loss_fn=CE)
     assert result.status == "fail" and len(result.metrics["mean"]) == 20
+
+
+def test_the_inputs_are_read_after_the_users_own_pre_hooks():
+    """A root pre-hook that standardizes raw pixels: input_scale judges what the model receives, after the hook."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2))
+    model.register_forward_pre_hook(lambda module, args: ((args[0] - 127.5) / 73.6,))
+    x, y = torch.randint(0, 256, (256, 4)).float(), torch.randint(0, 2, (256,))
+    report = babysitter.check(model, (x, y), loss_fn=nn.CrossEntropyLoss(), batch_size=32, device="cpu",
+                              select=["input_scale"])
+    assert report["input_scale"].status == "pass", report["input_scale"].summary
+    raw = babysitter.check(nn.Sequential(nn.Linear(4, 2)), (x, y), loss_fn=nn.CrossEntropyLoss(), batch_size=32,
+                           device="cpu", select=["input_scale"])
+    assert raw["input_scale"].status != "pass"  # the same pixels without the hook are flagged

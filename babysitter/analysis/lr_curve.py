@@ -804,7 +804,7 @@ def kept_user_lr(reading: LrReading, race: LrRace) -> Optional[float]:
     test's skip: the race did not show that the user's LR trains either."""
     yours = _entry(race, reading.user_lr)
     losses = [e.loss for e in race.entries if e.round in FINAL_ROUNDS and e.loss is not None]
-    if race.winner is not None or yours is None or yours.loss is None or yours.loss > min(losses):
+    if race.winner is not None or yours is None or yours.loss is None or yours.loss > min(losses, default=math.inf):
         return None
     return reading.user_lr if race.start_loss is None or yours.loss < race.start_loss else None
 

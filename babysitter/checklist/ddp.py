@@ -39,7 +39,12 @@ def _differing(sides: list) -> list[str]:
     good = [s for s in sides if isinstance(s, dict)]
     if len(good) < 2:
         return []
-    return [n for n in good[0] if any(s.get(n) != good[0][n] for s in good[1:])]
+    return [n for n in good[0] if any(not _same(s.get(n), good[0][n]) for s in good[1:])]
+
+
+def _same(a: Optional[tuple], b: Optional[tuple]) -> bool:
+    """Two fingerprints are equal (a NaN equals a NaN: non-finite gradients are the nonfinite check's)."""
+    return a is not None and b is not None and all(x == y or (x != x and y != y) for x, y in zip(a, b))
 
 
 def _failed(sides: list) -> Optional[str]:

@@ -13,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 from ..analysis import fmt
 from ..analysis.batches import dense_values, float_tensors
 from ..analysis.status import Status
+from ..distributed import averages_itself
 from ..instruments.hooks import HookSet, ModuleStack
 from ..passes.stepper import Stepper, closure_optimizer
 from ..passes.train_probe import TRAIN_STEPS, TrainProbe
@@ -387,6 +388,7 @@ class NonFiniteMeasured:
     origin: Optional[Origin] = None
     step: tuple[str, ...] = ()  # the parts of the user's step the replay ran
     unwatched: tuple[str, ...] = ()  # what the replay's watched steps did not watch op by op
+    not_replayed: str = ""  # why the replay did not watch the steps ('' when it did)
 
 
 class Replay(NamedTuple):
@@ -395,6 +397,7 @@ class Replay(NamedTuple):
     origin: Optional[Origin] = None
     step: tuple[str, ...] = ()
     unwatched: tuple[str, ...] = ()
+    not_replayed: str = ""
 
 
 def masked_targets(m: NonFiniteMeasured) -> bool:
@@ -450,7 +453,7 @@ class NonFinite(Check):
 
     # -- measure ------------------------------------------------------------------------------------
     def measure(self, session: "Session") -> NonFiniteMeasured:
-        bad_data = self._scan_data(session)
+        bad_data = session.ranks.first_found(self._scan_data(session) or None) or ()  # under torchrun: any rank's
         probe = session.evidence("train_probe")
         event = probe.first_nonfinite()
         replay = self._replay(session, probe, event[0]) if event is not None and not bad_data else Replay()
@@ -477,6 +480,10 @@ class NonFinite(Check):
         stepper = Stepper(session, session.make_optimizer())
         k, last = stepper.accumulate, min(first + self.replay_extra, probe.steps - 1)
         facts = (tuple(stepper.kept()), _unwatched(stepper))
+        if session.ranks.active and averages_itself(session.model):
+            return Replay(None, *facts, "under torchrun the steps of a DDP or FSDP model are collective, and the "
+                                        "replay stops inside a step: it is not run there; run the target in one "
+                                        "process to find the op")
         origin = None
         for step in range(last + 1):
             batches = [session.batch(step * k + j) for j in range(k)]
@@ -496,7 +503,7 @@ class NonFinite(Check):
             return self._masked_judgment(m) if masked_targets(m) else self._data_judgment(m)
         if m.event is None:
             return self._finite_judgment(m.probe)
-        return self._origin_judgment(m.origin, m.event, m.probe)
+        return self._origin_judgment(m.origin, m.event, m.probe, m.not_replayed)
 
     @staticmethod
     def _masked_judgment(m: NonFiniteMeasured) -> Judgment:
@@ -530,8 +537,13 @@ class NonFinite(Check):
         return Judgment(Status.PASS, f"no NaN/Inf beyond {len(skipped)} float16 overflow step(s) a GradScaler "
                                      f"skips; loss and parameters finite over {probe.steps} steps")
 
-    def _origin_judgment(self, origin: Optional[Origin], event: tuple[int, str], probe: ProbeFacts) -> Judgment:
+    def _origin_judgment(self, origin: Optional[Origin], event: tuple[int, str], probe: ProbeFacts,
+                         not_replayed: str = "") -> Judgment:
         step, kind = event
+        if origin is None and not_replayed:
+            return Judgment(Status.FAIL, f"non-finite {kind} at step {step} of the probe; not localised: "
+                                         f"{not_replayed}", ("Run the target in one process (babysit check without "
+                                                             "torchrun) to find the op that produced it.",))
         if origin is None:
             return Judgment(Status.FAIL, f"non-finite {kind} at step {step} of the probe; the replay did not "
                                          f"reproduce it (a nondeterministic kernel)",

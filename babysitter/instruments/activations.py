@@ -481,6 +481,8 @@ class ActivationInstrument:
             devices = {p.device for p in parts}
             flat = torch.cat([p.to("cpu") for p in parts]) if len(devices) > 1 else torch.cat(parts)
             host = (reduce(flat) if reduce is not None else flat).cpu().tolist()
+        elif reduce is not None:  # under torchrun every rank joins the reduction, with or without layers seen
+            reduce(torch.zeros(0))
         names, layers, pos = self._display_names(sites), [], 0
         for s in sites:
             values = {}
