@@ -237,6 +237,28 @@ def test_a_nan_on_one_rank_in_its_data_or_through_a_ddp_model_leaves_no_rank_wai
     assert all(c["status"] != "error" for c in list(data.values()) + list(ddp.values())), done.stderr[-2000:]
 
 
+def test_a_step_function_with_a_grad_scaler_skips_together_on_every_rank(tmp_path):
+    """Rank 1's gradients overflow at the scaler's scale, rank 0's do not: babysitter averages a step function's
+    gradients at the end of backward (as DDP), so both scalers see the inf and skip together (before: rank 0 waited
+    in an all-reduce that rank 1, its step skipped, never joined)."""
+    (tmp_path / "common.py").write_text(COMMON)
+    (tmp_path / "scaled.py").write_text(
+        "from common import *  # noqa: F401,F403\n\nscaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 126)\n\n\n"
+        "def step(model, batch, opt):\n    x, y = batch\n    opt.zero_grad()\n"
+        "    loss = nn.functional.cross_entropy(model(x), y)\n    scaler.scale(loss).backward()\n"
+        "    scaler.step(opt)\n    scaler.update()\n    return loss\n\n\ndef babysit():\n    x, y = data()\n"
+        "    torch.manual_seed(1)\n    x = x * (1000.0 if os.environ['RANK'] == '1' else 1.0)\n"
+        "    ds = TensorDataset(x, y)\n    return dict(model=mlp(), data=DataLoader(ds, batch_size=32, "
+        "sampler=DistributedSampler(ds)), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, step=step)\n")
+    t0 = time.monotonic()
+    done = _torchrun(["check", "scaled.py", "--no-config", "-q", "--select", "grad_norms,param_updates"], tmp_path,
+                     env={"BABYSITTER_DIST_TIMEOUT": "30"})
+    assert time.monotonic() - t0 < 60, done.stderr[-2000:]
+    report = _report(tmp_path, "scaled")
+    assert all(c["status"] != "error" for c in report["checks"]), [(c["id"], c["summary"]) for c in report["checks"]]
+    assert report["run"]["ranks_differ"] == {} and "grad_norms" not in report["run"]["ranks_read_own"]
+
+
 def test_a_crash_on_one_rank_ends_the_run_on_all_within_the_timeout(tmp_path):
     (tmp_path / "crash.py").write_text(
         "import os\nimport torch\nfrom torch import nn\n\n\ndef babysit():\n"

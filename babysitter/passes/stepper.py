@@ -140,6 +140,22 @@ class Stepper:
         skipped = self._optimizer_step()
         return Outcome(loss, outputs, targets, skipped, trained)
 
+    def _average_after_backward(self) -> list:
+        """Hooks that average every trainable gradient over the ranks when a backward pass ends (one callback per
+        backward, queued by the first gradient accumulated), as DDP's reducer does: the user's own clipping and
+        GradScaler then see the same gradients on every rank, and a scaler skips a step on all of them or none."""
+        params, queued = self._params(), []
+
+        def finish() -> None:
+            queued.clear()
+            self.ranks.average_grads(params)
+
+        def on_grad(p) -> None:
+            if not queued:
+                queued.append(True)
+                torch.autograd.Variable._execution_engine.queue_callback(finish)
+        return [p.register_post_accumulate_grad_hook(on_grad) for p in params]
+
     def _averaged(self, loss: torch.Tensor) -> torch.Tensor:
         """Under torchrun: the gradients and ``loss`` averaged over the ranks (the loss returned)."""
         if self.ranks is None:
@@ -183,15 +199,15 @@ class Stepper:
         return Outcome(first["loss"], first["outputs"], first["targets"], None, first["trained"])
 
     def _custom(self, batch: Any, on_grads: Optional[GradReader]) -> Outcome:
-        """The user's own step; gradients read as each optimizer is about to step."""
-        stepped, handles = [], []
+        """The user's own step; gradients read as each optimizer is about to step (under torchrun, averaged over
+        the ranks at the end of each backward first, as DDP averages them)."""
+        stepped = []
+        handles = self._average_after_backward() if self.ranks is not None and self.own_average else []
         for opt in getattr(self.optimizer, "optimizers", (self.optimizer,)):
             params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
 
             def hook(optimizer, args, kwargs, params=params):
                 stepped.append(optimizer)
-                if self.ranks is not None and self.own_average:
-                    self.ranks.average_grads(params)
                 if on_grads is not None:
                     on_grads(None, params)
 
