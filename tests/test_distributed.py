@@ -73,6 +73,18 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 240, env: dict | None
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full)
 
 
+def _in_time(tmp_path: Path, files: dict, args: list[str], seconds: float = 60):
+    """``files`` (bodies below ``from common import *``) written beside common.py, then ``babysit ARGS`` on 2 ranks
+    with a 30 s collective timeout, which must end within ``seconds``: a rank left waiting would take longer."""
+    (tmp_path / "common.py").write_text(COMMON)
+    for name, body in files.items():
+        (tmp_path / name).write_text("from common import *  # noqa: F401,F403\n\n\n" + body)
+    t0 = time.monotonic()
+    done = _torchrun(args, tmp_path, env={"BABYSITTER_DIST_TIMEOUT": "30"})
+    assert time.monotonic() - t0 < seconds, done.stderr[-2000:]
+    return done
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
@@ -189,18 +201,14 @@ def test_a_model_the_target_shards_with_fsdp2_is_checked_as_it_trains(tmp_path):
 def test_a_nan_on_one_rank_is_found_and_the_ranks_stay_in_step(tmp_path):
     """Rank 1's data drives a sqrt below zero: the averaged loss is NaN on both ranks; each rank replays its own
     steps to find where, and rank 0's report names rank 1's module (no rank left waiting in a collective)."""
-    (tmp_path / "common.py").write_text(COMMON)
-    (tmp_path / "nan_rank1.py").write_text(
-        "from common import *  # noqa: F401,F403\n\n\nclass Root(nn.Module):\n    def __init__(self):\n"
+    done = _in_time(tmp_path, {"nan_rank1.py": (
+        "class Root(nn.Module):\n    def __init__(self):\n"
         "        super().__init__()\n        self.body = mlp()\n\n    def forward(self, x):\n"
         "        return self.body(x.sqrt())\n\n\ndef babysit():\n    x, y = data()\n    torch.manual_seed(1)\n"
         "    x = x.abs() * (-1 if os.environ['RANK'] == '1' else 1)\n    ds = TensorDataset(x, y)\n"
         "    return dict(model=Root(), data=DataLoader(ds, batch_size=32, sampler=DistributedSampler(ds)), "
-        "loss_fn=nn.CrossEntropyLoss(), optimizer=sgd)\n")
-    t0 = time.monotonic()
-    done = _torchrun(["check", "nan_rank1.py", "--no-config", "-q", "--select", "nonfinite"], tmp_path,
-                     env={"BABYSITTER_DIST_TIMEOUT": "30"})
-    assert time.monotonic() - t0 < 60, done.stderr[-2000:]
+        "loss_fn=nn.CrossEntropyLoss(), optimizer=sgd)\n")},
+                    ["check", "nan_rank1.py", "--no-config", "-q", "--select", "nonfinite"])
     nonfinite = [c for c in _report(tmp_path, "nan_rank1")["checks"] if c["id"] == "nonfinite"][0]
     assert nonfinite["status"] == "fail" and "sqrt" in nonfinite["summary"], (nonfinite, done.stderr[-2000:])
 
@@ -222,13 +230,7 @@ NAN_ON_RANK_1 = {
 
 
 def test_a_nan_on_one_rank_in_its_data_or_through_a_ddp_model_leaves_no_rank_waiting(tmp_path):
-    (tmp_path / "common.py").write_text(COMMON)
-    for name, body in NAN_ON_RANK_1.items():
-        (tmp_path / name).write_text("from common import *  # noqa: F401,F403\n\n\n" + body)
-    t0 = time.monotonic()
-    done = _torchrun(["check", ".", "--no-config", "-q", "--select", "nonfinite"], tmp_path,
-                     env={"BABYSITTER_DIST_TIMEOUT": "30"})
-    assert time.monotonic() - t0 < 60, done.stderr[-2000:]
+    done = _in_time(tmp_path, NAN_ON_RANK_1, ["check", ".", "--no-config", "-q", "--select", "nonfinite"])
     data = {c["id"]: c for c in _report(tmp_path, "nan_data")["checks"]}
     assert data["nonfinite"]["status"] == "fail" and "the data holds NaN" in data["nonfinite"]["summary"]
     assert data["ddp_grads"]["status"] == "pass"  # NaN gradients on both ranks are the same NaN
@@ -241,19 +243,15 @@ def test_a_step_function_with_a_grad_scaler_skips_together_on_every_rank(tmp_pat
     """Rank 1's gradients overflow at the scaler's scale, rank 0's do not: babysitter averages a step function's
     gradients at the end of backward (as DDP), so both scalers see the inf and skip together (before: rank 0 waited
     in an all-reduce that rank 1, its step skipped, never joined)."""
-    (tmp_path / "common.py").write_text(COMMON)
-    (tmp_path / "scaled.py").write_text(
-        "from common import *  # noqa: F401,F403\n\nscaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 126)\n\n\n"
+    _in_time(tmp_path, {"scaled.py": (
+        "scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 126)\n\n\n"
         "def step(model, batch, opt):\n    x, y = batch\n    opt.zero_grad()\n"
         "    loss = nn.functional.cross_entropy(model(x), y)\n    scaler.scale(loss).backward()\n"
         "    scaler.step(opt)\n    scaler.update()\n    return loss\n\n\ndef babysit():\n    x, y = data()\n"
         "    torch.manual_seed(1)\n    x = x * (1000.0 if os.environ['RANK'] == '1' else 1.0)\n"
         "    ds = TensorDataset(x, y)\n    return dict(model=mlp(), data=DataLoader(ds, batch_size=32, "
-        "sampler=DistributedSampler(ds)), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, step=step)\n")
-    t0 = time.monotonic()
-    done = _torchrun(["check", "scaled.py", "--no-config", "-q", "--select", "grad_norms,param_updates"], tmp_path,
-                     env={"BABYSITTER_DIST_TIMEOUT": "30"})
-    assert time.monotonic() - t0 < 60, done.stderr[-2000:]
+        "sampler=DistributedSampler(ds)), loss_fn=nn.CrossEntropyLoss(), optimizer=sgd, step=step)\n")},
+              ["check", "scaled.py", "--no-config", "-q", "--select", "grad_norms,param_updates"])
     report = _report(tmp_path, "scaled")
     assert all(c["status"] != "error" for c in report["checks"]), [(c["id"], c["summary"]) for c in report["checks"]]
     assert report["run"]["ranks_differ"] == {} and "grad_norms" not in report["run"]["ranks_read_own"]
