@@ -274,7 +274,6 @@ def _check_one(ref, settings, out: "_Output") -> tuple[ExitCode, Any]:
                 report = run_target(target, device=device, seed=settings.seed, select=settings.select,
                                     ignore=settings.ignore, options=settings.options, where=ref.source,
                                     progress=progress, extra=extra, ranks=ranks)
-            report = _ranks_agreed(report, out.place)
             watched = _watch(target, ref, settings, device, ranks) if settings.watch and not report.interrupted \
                 else None
     except TargetError as exc:
@@ -307,44 +306,6 @@ def _on_rank(target, settings, place) -> tuple[Any, str, tuple, Any]:
     device = distributed.device_for(place) if settings.device == "auto" else settings.device
     sharded = dataclasses.replace(target, data=distributed.shard(target.data, place, settings.seed))
     return sharded, device, DISTRIBUTED, distributed.Ranks(place)
-
-
-def _ranks_agreed(report, place):
-    """Under torchrun: the report with the run's ranks, the effective batch, every rank's statuses where they
-    differ from rank 0's, and the checks whose summaries are not the same on every rank (``ranks_read_own``: those
-    that read each rank's own batches without a reduction, input_scale, batch_independence; the passes that train
-    average over the ranks, so their numbers agree)."""
-    if place is None or not place.active:
-        return report
-    from .distributed import gathered
-    from .report import Report
-
-    batch = report.run.get("batch_size")
-    run = {**report.run, "world_size": place.world, "rank": place.rank,
-           "effective_batch_size": batch * place.world if isinstance(batch, int) else None}
-    try:
-        sides = gathered({c.id: (c.status, c.summary) for c in report.checks})
-    except Exception as exc:  # another rank is gone: this rank's report is still written
-        run["ranks_differ"] = f"not compared: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    else:
-        statuses = [{k: v[0] for k, v in side.items()} for side in sides]
-        differ = {r: {k: v for k, v in st.items() if st.get(k) != statuses[0].get(k)} for r, st in enumerate(statuses)}
-        run["ranks_differ"] = {str(r): d for r, d in differ.items() if d}
-        run["ranks_read_own"] = sorted(k for k in sides[0] if any(s.get(k) != sides[0][k] for s in sides[1:]))
-    checks = tuple(_for_effective_batch(c, batch, place.world) for c in report.checks)
-    return Report(target=report.target, checks=checks, run=run, interrupted=report.interrupted,
-                  not_run=report.not_run)
-
-
-def _for_effective_batch(result, batch, world: int):
-    """lr_range's result with the batch its LRs are for: every step averaged the gradients of all ranks."""
-    if result.id != "lr_range" or result.status in ("skip", "error"):
-        return result
-    per_rank = f" ({world} ranks x {batch})" if isinstance(batch, int) else ""
-    effective = f" of {batch * world}" if isinstance(batch, int) else ""
-    note = (f"under torchrun every step of the sweep and the race averaged the gradients of the {world} ranks, as "
-            f"DistributedDataParallel does: the LRs are for the effective batch{effective}{per_rank}")
-    return result.replace(notes=tuple(result.notes) + (note,))
 
 
 def _watch(target, ref, settings, device: str, ranks: Any):

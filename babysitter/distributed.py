@@ -116,6 +116,15 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if _is_dtensor(t) else t
 
 
+def fsdp2_modules(model: torch.nn.Module) -> list:
+    """The modules of ``model`` that FSDP2's ``fully_shard`` manages (none without torch.distributed)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
 def _is_dtensor(t: Any) -> bool:
     try:
         from torch.distributed.tensor import DTensor
@@ -162,13 +171,38 @@ class Ranks:
     def active(self) -> bool:
         return self.place.active and dist.is_available() and dist.is_initialized()
 
+    @property
+    def world(self) -> int:
+        """The number of ranks whose steps are averaged (1 when not active)."""
+        return self.place.world if self.active else 1
+
     def broadcast_state(self, model: torch.nn.Module) -> None:
-        """Rank 0's parameters and buffers onto every rank, in place."""
+        """Rank 0's parameters and buffers onto every rank, in place (bucketed as the gradients are)."""
         if not self.active:
             return
+        tensors = [t.data for t in [*model.parameters(), *model.buffers()]]
         with torch.no_grad():
-            for t in [*model.parameters(), *model.buffers()]:
-                dist.broadcast(t.data, src=0)
+            for bucket, flat in self._buckets(tensors):
+                dist.broadcast(flat, src=0)
+                for j, piece in zip(bucket, flat.split([tensors[j].numel() for j in bucket])):
+                    tensors[j].copy_(piece.view_as(tensors[j]))
+
+    def agreement(self, results: dict, batch: Any) -> dict:
+        """The run's facts under torchrun from every rank's ``{check id: (status, summary)}``: the ranks, the
+        effective batch, the statuses that differ from rank 0's (``ranks_differ``) and the checks whose summaries
+        differ (``ranks_read_own``: those that read each rank's own batches as they are). Empty in one process."""
+        if not self.active:
+            return {}
+        facts = {"world_size": self.world, "rank": self.place.rank,
+                 "effective_batch_size": batch * self.world if isinstance(batch, int) else None}
+        try:
+            sides = gathered(results)
+        except Exception as exc:  # another rank is gone: this rank's report is still written
+            return {**facts, "ranks_differ": f"not compared: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        differ = {r: {k: v[0] for k, v in side.items() if v[0] != sides[0].get(k, (None,))[0]}
+                  for r, side in enumerate(sides)}
+        return {**facts, "ranks_differ": {str(r): d for r, d in differ.items() if d},
+                "ranks_read_own": sorted(k for k in sides[0] if any(s.get(k) != sides[0][k] for s in sides[1:]))}
 
     def average_grads(self, params: list, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every parameter's gradient averaged over the ranks, in place (a parameter with no gradient on this rank
@@ -183,7 +217,9 @@ class Ranks:
         parts = [p.grad.to_dense() if p.grad is not None else torch.zeros_like(p) for p in params]
         parts += [flags.to(device), *(e.detach().float().reshape(-1) for e in extra)]
         out = self._mean_coalesced(parts)
-        seen = (out[n] > 0).tolist()
+        # which ranks had a gradient is read on the host only when this rank lacks one or holds a sparse one
+        plain = all(p.grad is not None and not p.grad.is_sparse for p in params)
+        seen = [True] * n + [False] * n if plain else (out[n] > 0).tolist()
         for p, g, had, sparse in zip(params, out, seen[:n], seen[n:]):
             if p.grad is not None and not p.grad.is_sparse and not sparse:
                 p.grad.copy_(g)
@@ -228,10 +264,20 @@ class Ranks:
             else torch.device("cpu")
 
     def _mean_coalesced(self, tensors: list) -> list:
-        """All-reduce averages of ``tensors`` (each flattened into buckets of one dtype and device), as new
-        tensors in the same order."""
+        """All-reduce averages of ``tensors``, as new tensors in the same order."""
         world = dist.get_world_size()
         out: list = [None] * len(tensors)
+        for bucket, flat in self._buckets(tensors):
+            flat /= world  # before the sum, as DDP divides: half-precision sums stay in range
+            dist.all_reduce(flat)
+            for j, piece in zip(bucket, flat.split([tensors[j].numel() for j in bucket])):
+                out[j] = piece.view(tensors[j].shape)
+        return out
+
+    @staticmethod
+    def _buckets(tensors: list) -> Iterator[tuple[list, torch.Tensor]]:
+        """``tensors`` by index, grouped by dtype and device into flat copies of at most ``BUCKET_ELEMENTS`` (one
+        larger tensor alone): the same groups on every rank, whose tensors match in shape, dtype and device."""
         order = sorted(range(len(tensors)), key=lambda i: (str(tensors[i].dtype), str(tensors[i].device)))
         bucket: list = []
         size = 0
@@ -239,13 +285,8 @@ class Ranks:
             t = tensors[i] if i is not None else None
             if bucket and (t is None or t.dtype != tensors[bucket[0]].dtype or t.device != tensors[bucket[0]].device
                            or size + t.numel() > BUCKET_ELEMENTS):
-                flat = torch.cat([tensors[j].reshape(-1) for j in bucket])
-                flat /= world  # before the sum, as DDP divides: half-precision sums stay in range
-                dist.all_reduce(flat)
-                for j, piece in zip(bucket, flat.split([tensors[j].numel() for j in bucket])):
-                    out[j] = piece.view(tensors[j].shape)
+                yield bucket, torch.cat([tensors[j].reshape(-1) for j in bucket])
                 bucket, size = [], 0
             if i is not None:
                 bucket.append(i)
                 size += t.numel()
-        return out

@@ -15,8 +15,8 @@ from . import __version__
 from .checklist import CHECKLIST
 from .checklist.base import Check
 from .errors import OptionError, SkipCheck, value_words
-from .report import CheckResult, Report
 from .memory import out_of_memory, release_memory
+from .report import CheckResult, Report
 from .session import Session
 from .target import Target
 
@@ -187,6 +187,7 @@ def run_target(target: Target, *, device: str = "auto", seed: int = 0, select=No
         "timings_s": {k: round(v, 4) for k, v in session.timings.items()},
         "selected": [c.id for c in checks],
         **session.facts,
+        **session.ranks.agreement({r.id: (r.status, r.summary) for r in results}, session.facts.get("batch_size")),
     }
     return Report(target=target.name or "target", checks=tuple(results) + tuple(not_run), run=run,
                   interrupted=interrupted, not_run=tuple(r.id for r in not_run))

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import fsdp2_modules
+
 
 def _cpu_clone(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True)
@@ -156,7 +158,7 @@ class ModelState:
 
     @classmethod
     def capture(cls, model: nn.Module) -> "ModelState":
-        state = cls(sharded=_fsdp2_modules(model))
+        state = cls(sharded=fsdp2_modules(model))
         _reshard(state.sharded)
         for m in model.modules():
             for kind in ("_parameters", "_buffers"):
@@ -195,15 +197,6 @@ class ModelState:
             m.training = flag
         for p, flag in self.requires_grad:
             p.requires_grad_(flag)
-
-
-def _fsdp2_modules(model: nn.Module) -> list:
-    """The modules of ``model`` that FSDP2's ``fully_shard`` manages (none without torch.distributed)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return []
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def _reshard(modules: list) -> None:

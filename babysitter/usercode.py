@@ -10,16 +10,9 @@ import torch
 from torch import nn
 
 from .analysis.batches import named_tensors
+from .distributed import fsdp2_modules
 from .optim import as_optimizer, default_optimizer, rebuilder
 from .target import Target
-
-
-def _fsdp2_root(model: nn.Module) -> bool:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(model, FSDPModule)
 
 
 class _Seen(BaseException):
@@ -110,7 +103,7 @@ class UserCode:
 
         # an FSDP2 root: first of its pre-hooks, so that FSDP does not begin a forward that stops here (otherwise after
         # the user's own pre-hooks: the inputs the model receives, as those hooks transform them)
-        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=_fsdp2_root(self.model))
+        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=self.model in fsdp2_modules(self.model))
         try:
             with torch.no_grad():
                 self.forward(batch)

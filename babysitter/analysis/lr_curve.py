@@ -630,33 +630,35 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
     ``rules.user_longer`` times longer (``user_longer``)."""
     if race_bounds(reading, rules, multiplier) is None or rules.candidates <= 0:
         return ()
-    done = {e.round for e in entries}
-    last = max((RACE_ROUNDS.index(r) for r in done if r in RACE_ROUNDS), default=-1)
-    around = around_user(reading, rules, multiplier)
-    steps = rules.plateau_steps if around else rules.steps
+    last = max((RACE_ROUNDS.index(e.round) for e in entries if e.round in RACE_ROUNDS), default=-1)
     for i, name in enumerate(RACE_ROUNDS):
-        if i < last or (i == last and name != "climb"):
+        if i < last or (i == last and name != "climb"):  # each round once, "climb" again while it finds more
             continue
-        if name == "coarse":
-            lrs = coarse_candidates(reading, rules, multiplier)
-            if not around and len(lrs) > max(rules.finalists, 1):
-                return tuple((lr, rules.first_steps, name) for lr in lrs)
-            continue
-        if name == "final":
-            lrs = finalists(entries, rules) if "coarse" in done else coarse_candidates(reading, rules, multiplier)
-        elif name == "above":
-            lrs = above_window(reading, rules, multiplier, entries)
-        elif name == "climb":
-            lrs = climb(reading, rules, multiplier, entries)
-        elif name == "yours":
-            lrs = (reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()
-        else:
-            if user_longer(reading, entries, rules, start_loss, multiplier):
-                return ((reading.user_lr, int(round(steps * rules.user_longer)), "longer"),)
-            lrs = ()
+        lrs, steps = _round(name, reading, rules, multiplier, entries, start_loss)
         if lrs:
             return tuple((lr, steps, name) for lr in lrs)
     return ()
+
+
+def _round(name: str, reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries,
+           start_loss: Optional[float]) -> tuple[tuple[float, ...], int]:
+    """The LRs round ``name`` trains given the entries so far (none: it does not run), and their steps."""
+    around = around_user(reading, rules, multiplier)
+    steps = rules.plateau_steps if around else rules.steps
+    if name == "coarse":
+        lrs = coarse_candidates(reading, rules, multiplier)
+        return (lrs if not around and len(lrs) > max(rules.finalists, 1) else ()), rules.first_steps
+    if name == "final":
+        coarse = any(e.round == "coarse" for e in entries)
+        return (finalists(entries, rules) if coarse else coarse_candidates(reading, rules, multiplier)), steps
+    if name == "above":
+        return above_window(reading, rules, multiplier, entries), steps
+    if name == "climb":
+        return climb(reading, rules, multiplier, entries), steps
+    if name == "yours":
+        return ((reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()), steps
+    longer = user_longer(reading, entries, rules, start_loss, multiplier)
+    return ((reading.user_lr,) if longer else ()), int(round(steps * rules.user_longer))
 
 
 def _entry(race: LrRace, lr: Optional[float], rounds=("final", "yours")) -> Optional[RaceEntry]:

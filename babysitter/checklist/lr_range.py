@@ -39,6 +39,8 @@ class SweepMeasured:
     scheduler_left_out: bool = False
     extended_to: Optional[float] = None  # the sweep's end, when extended past end_lr to cover the user's LR
     multiplier: Optional[tuple[float, float]] = None  # the usual range of an optimizer whose lr is a multiplier
+    ranks: int = 1  # under torchrun: the ranks every sweep and race step averaged its gradients over
+    batch: Optional[int] = None  # the per-rank batch size
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -218,7 +220,8 @@ class LrRange(Check):
                              optimizer=sweep.optimizer, seconds=sweep.seconds, group_scales=tuple(sweep.group_scales),
                              step=sweep.step, scheduler_left_out=sweep.scheduler_left_out,
                              extended_to=sweep.end_lr if sweep.end_lr and sweep.end_lr > self.end_lr else None,
-                             multiplier=sweep.multiplier)
+                             multiplier=sweep.multiplier, ranks=session.ranks.world,
+                             batch=session.facts.get("batch_size"))
 
     def judge(self, measured: SweepMeasured) -> Judgment:
         """The reading's verdict: ``read_sweep`` judged the user's LR under this check's rules (the options given
@@ -251,6 +254,11 @@ class LrRange(Check):
             notes.append(f"some repeats supported no suggestion: {measured.reading.reason}")
         if measured.step:
             notes.append(f"each sweep step was your step: {', '.join(measured.step)}")
+        if measured.ranks > 1:
+            b, w = measured.batch, measured.ranks
+            notes.append(f"under torchrun every step of the sweep and the race averaged the gradients of the {w} "
+                         f"ranks, as DistributedDataParallel does: the LRs are for the effective batch"
+                         + (f" of {b * w} ({w} ranks x {b})" if isinstance(b, int) else ""))
         if measured.scheduler_left_out:
             notes.append("your LR scheduler was left out of the sweep: the sweep sets the LR itself")
         if measured.multiplier:

@@ -54,8 +54,7 @@ class Stepper:
         self.session, self.optimizer = session, optimizer
         self.ranks = session.ranks if reduce and session.ranks.active else None
         self.own_average = not averages_itself(session.model)  # DDP and FSDP models average the gradients themselves
-        if self.ranks is not None and self.own_average:
-            self.ranks.broadcast_state(session.model)
+        self._unsynced = self.ranks is not None and self.own_average  # rank 0's weights go out at the first step
         custom = session.code.step
         self.custom: Optional[Callable] = custom if callable(custom) and not isinstance(custom, Step) else None
         self.spec: Step = custom if isinstance(custom, Step) else Step()
@@ -75,7 +74,15 @@ class Stepper:
     def local(self) -> None:
         """From now on, this rank's own steps: no collective (under torchrun, a step that a hook may stop half-way
         must not leave the other ranks waiting in an all-reduce)."""
+        self._sync()
         self.ranks = None
+
+    def _sync(self) -> None:
+        """Rank 0's weights onto every rank before the first step (a stepper made only to read its facts, its
+        autocast or accumulation, broadcasts nothing)."""
+        if self._unsynced:
+            self.ranks.broadcast_state(self.session.model)
+            self._unsynced = False
 
     def _mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.ranks.mean(t) if self.ranks is not None else t
@@ -95,6 +102,7 @@ class Stepper:
     # -- one step ----------------------------------------------------------------------------------------------
     def step(self, batches: Sequence[Any], on_grads: Optional[GradReader] = None) -> Outcome:
         """One optimizer step over ``batches`` (the micro-batches: ``accumulate`` of them, or one)."""
+        self._sync()
         if self.custom is not None:
             return self._custom(batches[0], on_grads)
         if self.closure:
