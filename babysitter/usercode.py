@@ -103,7 +103,8 @@ class UserCode:
 
         # an FSDP2 root: first of its pre-hooks, so that FSDP does not begin a forward that stops here (otherwise after
         # the user's own pre-hooks: the inputs the model receives, as those hooks transform them)
-        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=self.model in fsdp2_modules(self.model))
+        first = self.model in fsdp2_modules(self.model)
+        handle = self.model.register_forward_pre_hook(hook, with_kwargs=True, prepend=first)
         try:
             with torch.no_grad():
                 self.forward(batch)

@@ -368,3 +368,18 @@ def test_optimizers_whose_lr_a_sweep_cannot_steer_are_skipped(make, words):
     fields["optimizer"] = make
     result = check(**fields, options=FAST)
     assert result.status == "skip" and words in result.summary, result.summary
+
+
+def test_the_race_figure_shows_every_round_the_race_ran_and_the_effective_batch_is_noted():
+    from babysitter.analysis.lr_curve import LrRace, LrReading, RaceEntry
+
+    entries = (RaceEntry(1e-3, 0.69, "final", steps=48), RaceEntry(3e-3, 0.68, "final", steps=48),
+               RaceEntry(1e-2, 0.6, "climb", steps=48), RaceEntry(1e-3, 0.689, "longer", steps=192))
+    race = LrRace(entries=entries, winner=1e-2, steps=336, held_out=4, start_loss=0.7, around=1e-3)
+    reading = LrReading(analyses=(), user_lr=1e-3, status=Status.WARN, summary="", suggested_lr=1e-2, race=race)
+    labels = [s.name for s in LrRange()._race_plot(reading, race).series]
+    assert labels == ["final round (48 steps)", "climbing above it (48 steps)", "your LR, longer (192 steps)"]
+    one = SweepMeasured(reading=reading, repeats=3, steps=100, optimizer="SGD", seconds=1.0, batch=32)
+    assert not any("torchrun" in n for n in LrRange()._notes(one))
+    two = SweepMeasured(reading=reading, repeats=3, steps=100, optimizer="SGD", seconds=1.0, ranks=2, batch=32)
+    assert any("effective batch of 64 (2 ranks x 32)" in n for n in LrRange()._notes(two))

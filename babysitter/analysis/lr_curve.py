@@ -624,8 +624,8 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
     "coarse": the candidates (``coarse_candidates``) trained ``rules.first_steps`` steps each, skipped when there
     are no more of them than finalists; "final": the best ``rules.finalists`` of them (all, without a coarse round)
     trained ``rules.steps`` steps each: the winner is theirs; "above": one LR above them, as long, when their best
-    is the highest LR raced and the bounds leave room (``above_window``); "yours": the user's LR, when the range test warns about
-    it (``race_user``). A race around the user's LR is one final round of every candidate at ``rules.plateau_steps``
+    is the highest LR raced and the bounds leave room (``above_window``); "yours": the user's LR, when the range test
+    warns about it (``race_user``). A race around the user's LR is one final round of every candidate at ``rules.plateau_steps``
     steps, "climb" rounds above it while its best is its highest LR (``climb``), then "longer": that LR trained
     ``rules.user_longer`` times longer (``user_longer``)."""
     if race_bounds(reading, rules, multiplier) is None or rules.candidates <= 0:

@@ -209,9 +209,10 @@ class GradNorms(Check):
     large_norm: float = threshold(100.0, "under a classification loss (cross-entropy, NLL, BCE: its gradient at "
                                          "the outputs is at most about 1 per example), warn when the median total "
                                          "gradient norm (divided by the batch size for a loss summed over the "
-                                         "batch) is above this: a level the probe holds, not one spike; the 45 healthy models of the corpus and of "
-                                         "the LR benchmark have medians of 0.02 to 6.9, and a forward pass that "
-                                         "amplifies (weights at std 1 where the init meant 0.02) gives hundreds")
+                                         "batch) is above this: a level the probe holds, not one spike; the 45 "
+                                         "healthy models of the corpus and of the LR benchmark have medians of 0.02 "
+                                         "to 6.9, and a forward pass that amplifies (weights at std 1 where the "
+                                         "init meant 0.02) gives hundreds")
     growth: float = threshold(1e3, "fail when the median norm of the last quarter of the probe is this many times "
                                    "that of the first quarter (orders of magnitude of growth: divergence)")
     zero_steps: float = threshold(0.5, "fail when the total gradient norm is exactly zero on more than this share "

@@ -77,8 +77,9 @@ class LrRange(Check):
     loss {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
     range_lr either way). The suggestion is the winner divided by {race_shrink:g}, rounded to the lattice (a
     {race_steps}-step race favours faster LRs; a longer run's best LR lies lower), except when the winner is the top
-    of the window with room above it (then it is a lower bound) and in a race around the user's LR. A curve with no suggestion (a loss that needs more steps than the sweep gives each LR),
-    from a sweep that did not diverge from its start, is raced around the user's LR in one round of
+    of the window with room above it (then it is a lower bound) and in a race around the user's LR. A curve with no
+    suggestion (a loss that needs more steps than the sweep gives each LR), from a sweep that did not diverge from its
+    start, is raced around the user's LR in one round of
     {race_plateau_steps} steps each: it and {race_user_neighbours} LR(s) {race_user_spacing:g} decades either side
     (none past half the divergence point), with, when the sweep diverged, LRs about a decade apart from the
     divergence point / {no_curve_low:g} to / {no_curve_high:g}; when its best is its highest LR it climbs
@@ -349,10 +350,10 @@ class LrRange(Check):
         def points(name):
             return [e for e in race.entries if e.round == name and e.loss]
 
+        rounds = (("first round", "coarse"), ("final round", "final"), ("above the window", "above"),
+                  ("climbing above it", "climb"), ("your LR", "yours"), ("your LR, longer", "longer"))
         series = tuple(Series(f"{label} ({pts[0].steps} steps)", tuple(e.lr for e in pts), tuple(e.loss for e in pts))
-                       for label, pts in (("first round", points("coarse")), ("final round", points("final")), ("above the window", points("above")),
-                                          ("your LR", points("yours")))
-                       if pts)
+                       for label, pts in ((label, points(name)) for label, name in rounds) if pts)
         markers = tuple(Marker(f"{label} {fmt_lr(value)}", value)
                         for label, value in (("suggested", race.suggestion), ("race winner", race.winner),
                                              ("range test", v.range_lr)) if value)
