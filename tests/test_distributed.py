@@ -373,6 +373,19 @@ def _ranks_worker(rank: int, world: int, port: int, out: str) -> None:
     facts["numbers"] = {c.id: c.summary for c in report.checks}
     facts["restored"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     facts["grad_free"] = all(p.grad is None for p in model.parameters())
+
+    def step(m, batch, opt):  # a step function: its gradients are averaged by hooks at the end of backward
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(m(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        return loss
+
+    stepped = Target(model=model, data=target.data, loss_fn=nn.CrossEntropyLoss(), batch_size=32, name="mlp",
+                     optimizer=lambda p: torch.optim.SGD(p, 0.1), step=step)
+    run_target(stepped, device="cpu", select=["grad_norms"], ranks=ranks)
+    facts["no_hooks"] = all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters()) \
+        and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert babysitter is not None
     dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(facts))
@@ -392,3 +405,4 @@ def test_ranks_average_what_the_passes_need_and_every_rank_gets_its_own_state_ba
     assert r0["sparse"] == r1["sparse"] == [True, [0.5, 0.5]]
     assert r0["numbers"] == r1["numbers"]  # one model trained at the effective batch: the same summaries
     assert r0["restored"] and r1["restored"] and r0["grad_free"] and r1["grad_free"]
+    assert r0["no_hooks"] and r1["no_hooks"]
