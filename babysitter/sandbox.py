@@ -27,13 +27,13 @@ def _cpu_clone(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True)
 
 
-def _tree_to_cpu(obj: Any) -> Any:
+def tree_to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return _cpu_clone(obj)
     if isinstance(obj, dict):
-        return {k: _tree_to_cpu(v) for k, v in obj.items()}
+        return {k: tree_to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_tree_to_cpu(v) for v in obj)
+        return type(obj)(tree_to_cpu(v) for v in obj)
     return copy.deepcopy(obj)
 
 
@@ -297,7 +297,7 @@ class Snapshot:
         self.model = model
         self.optimizer = optimizer
         self.model_state = ModelState.capture(model)
-        self.optimizer_state = _tree_to_cpu(optimizer.state_dict()) if optimizer is not None else None
+        self.optimizer_state = tree_to_cpu(optimizer.state_dict()) if optimizer is not None else None
         self.rng = RngState.capture()
 
     def restore_model(self, onto: Optional[torch.device] = None) -> None:

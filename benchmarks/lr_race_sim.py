@@ -95,7 +95,7 @@ def record(task: q.Task, seeds: list[int], known: dict) -> dict:
             start = _held_out_loss(s, Stepper(s, s.make_optimizer(), scheduler=False), held)
             curves = {}
             for lr in GRID:
-                c = train_curve(s, lr, STEPS, train, held, CHECKPOINTS, STOP)
+                c, _ = train_curve(s, lr, STEPS, train, held, CHECKPOINTS, STOP)
                 curves[lr] = {"train": c.train, "held_out": c.held_out, "diverged": c.diverged}
         data["seeds"][seed] = {"sweep": sweep, "start": start, "curves": curves, "batches": len(s.pool),
                                "held": len(held), "final": _final_grid(task, seed, known)}
@@ -160,12 +160,13 @@ def _curve_diverged(curve: dict, steps: int, factor: float) -> bool:
 
 
 class Oracle:
-    """Race entries read from one seed's recorded curves, and what they cost (every candidate trained from the
-    user's state, as the pass does)."""
+    """Race entries read from one seed's recorded curves, and what they cost in training steps (a finalist goes on
+    from its first round's state, as the pass does when its state fits in ``RESUME_BYTES``)."""
 
     def __init__(self, seed_data: dict, rules: RaceRules):
         self.d, self.rules = seed_data, rules
         self.steps = self.evals = 0
+        self.first: dict = {}  # the first round's LRs and their steps
 
     def _grid(self, lr: float) -> Optional[float]:
         """The grid LR within 0.01 decades of ``lr`` (exact for LRs on the race's lattice), None when none is."""
@@ -184,7 +185,10 @@ class Oracle:
         return _curve_diverged(self.d["curves"][near], steps, self.rules.diverge_factor)
 
     def entry(self, lr: float, steps: int, stage: str) -> RaceEntry:
-        self.steps += steps
+        first = next((n for g, n in self.first.items() if abs(math.log10(g / lr)) < 0.01 and n < steps), 0)
+        self.steps += steps - first  # a finalist goes on from its first round's state (the pass's ``Kept``)
+        if stage == "coarse":
+            self.first[lr] = steps
         self.evals += 1
         if self.diverged(lr, steps):
             return RaceEntry(lr=lr, loss=None, round=stage, steps=steps)

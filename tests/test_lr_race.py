@@ -16,7 +16,7 @@ from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, Race
                                           around_user, coarse_candidates, finalists, judge_around_user,
                                           judge_with_race, kept_user_lr, open_top, race_bounds, race_candidates,
                                           race_round, race_suggestion, race_winner, shrinks, snap, with_race)
-from babysitter.analysis.lr_curve import climb
+from babysitter.analysis.lr_curve import below_window, climb
 from babysitter.analysis.status import Status
 from babysitter.passes.lr_race import split_pool
 
@@ -217,6 +217,24 @@ def test_a_best_at_the_windows_open_top_is_raced_above_it_and_not_shrunk():
     assert not open_top(capped, rules, final(lrs[-1]))
 
 
+def test_a_best_at_the_bottom_of_the_final_round_descends_below_it_while_it_keeps_winning():
+    rules, reading = RaceRules(), _reading(Status.PASS, 1e-2)
+    lrs = race_candidates(1e-2, race_bounds(reading, rules)[:2], rules)  # 0.000316 ... 0.0464
+    coarse = tuple(RaceEntry(lr, 1.0 - i / 10, "coarse", steps=16) for i, lr in enumerate(lrs))  # fast ones lead
+    final = coarse + tuple(RaceEntry(lr, 0.4 + 0.1 * i, "final", steps=96) for i, lr in enumerate(lrs[-4:]))
+    assert race_round(reading, rules, None, final, 1.0) == ((pytest.approx(lrs[-5]), rules.steps, "below"),)
+    better = final + (RaceEntry(lrs[-5], 0.3, "below", steps=96),)  # it won: one step further down
+    assert race_round(reading, rules, None, better, 1.0) == ((pytest.approx(lrs[-6]), rules.steps, "below"),)
+    worse = better + (RaceEntry(lrs[-6], 0.35, "below", steps=96),)  # it lost: the descent stops, lrs[-5] wins
+    assert race_round(reading, rules, None, worse, 1.0) == () and race_winner(worse, rules, 1.0) == lrs[-5]
+    assert shrinks(reading, rules, entries=worse)  # the winner is shrunk as any other
+    capped = better + (RaceEntry(lrs[-6], 0.2, "below", steps=96),)  # at most rules.descend steps down
+    assert below_window(reading, rules, None, capped) == ()
+    assert below_window(reading, RaceRules(descend=0), None, final) == ()
+    inside = coarse + tuple(RaceEntry(lr, 0.5 - abs(i - 1) / 10, "final", steps=96) for i, lr in enumerate(lrs[-4:]))
+    assert below_window(reading, rules, None, inside) == ()  # the best inside the final round: no descent
+
+
 def test_the_suggestion_is_the_winner_shrunk_to_the_lattice_step_below_except_around_your_lr():
     rules = RaceRules(shrink=1.5, lattice=6)  # a short race favours faster LRs: the suggestion is a step lower
     assert race_suggestion(1e-2, rules) == pytest.approx(10 ** (-2 - 1 / 6))
@@ -353,10 +371,11 @@ def _train(fields, lr, steps=60):
 def test_the_race_winner_trains_better_than_a_plainly_bad_lr():
     result = check(**zoo.regression_target())
     m = result.metrics
-    # 7 first, 4 final, and 1 above the window when the best of those is its top
-    assert result.status == "pass" and m["race_lrs"] in (11, 12) and m["range_lr"] is not None
-    rules = RaceRules()  # 7 LRs of 16 steps, then 4 (or 5) of 96
-    assert m["race_steps"] <= rules.candidates * rules.first_steps + (rules.finalists + 1) * rules.steps
+    # 7 first, 4 final, and 1 above the window when the best of those is its top, or up to 2 below when its bottom
+    rules = RaceRules()
+    extra = max(1, rules.descend)
+    assert result.status == "pass" and 11 <= m["race_lrs"] <= 11 + extra and m["range_lr"] is not None
+    assert m["race_steps"] <= rules.candidates * rules.first_steps + (rules.finalists + extra) * rules.steps
     won = _train(zoo.regression_target(), m["suggested_lr"])
     assert won < _train(zoo.regression_target(), m["suggested_lr"] / 100)
     assert won < _train(zoo.regression_target(), 1.0)
@@ -390,6 +409,27 @@ def test_the_race_leaves_the_model_as_it_was_found():
     assert result.metrics["race_steps"] > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and model.training
+
+
+def _dropout_target():
+    torch.manual_seed(0)  # dropout draws from the RNG at every training step: a resumed run must continue it
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(64, 4))
+    return zoo.blobs_fields(model, optimizer=zoo.adam(1e-3))
+
+
+@pytest.mark.parametrize("make", [zoo.cnn_target, _dropout_target], ids=["batchnorm-momentum", "dropout-adam"])
+def test_finalists_resumed_from_their_first_round_race_exactly_as_when_trained_again(make, monkeypatch):
+    import babysitter.passes.lr_race as lr_race
+
+    resumed = check(**make())
+    monkeypatch.setattr(lr_race, "RESUME_BYTES", 0)  # nothing kept: every finalist trained again from your state
+    again = check(**make())
+    races = [next(t for t in r.tables if t.id == "race").records() for r in (resumed, again)]
+    assert races[0] == races[1] and resumed.metrics["suggested_lr"] == again.metrics["suggested_lr"]
+    finals = sum(r["round"] != "coarse" and any(c["round"] == "coarse" and c["lr"] == r["lr"] for c in races[0])
+                 for r in races[0])
+    assert finals >= 1 and again.metrics["race_steps"] - resumed.metrics["race_steps"] == \
+        finals * RaceRules().first_steps
 
 
 # -- a curve the range test cannot read: the corpus's BERT, whose loss falls only after ~50-100 steps at any LR ----

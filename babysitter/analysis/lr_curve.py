@@ -346,6 +346,10 @@ class RaceRules:
     #: ... and your LR, when it did not train there while another did, is trained this many times that race's steps
     #: before a warning (a plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 and 96)
     user_longer: float = 4.0
+    #: when the final round's best is its lowest LR, the LR ``spacing`` decades below it is trained as long, again
+    #: while it is the best (the first round's few steps favour fast LRs, so the best of a longer run may lie
+    #: below the finalists), at most this many times (``below_window``); 0: never
+    descend: int = 2
     #: a candidate whose training loss exceeds this multiple of its first loss stops (it diverged)
     diverge_factor: float = SweepSettings.diverge_factor
     #: the suggestion is the winner divided by this, rounded to the lattice (``race_suggestion``): the race compares
@@ -491,8 +495,8 @@ def same_lr(a: float, b: float) -> bool:
     return abs(math.log10(a / b)) < 0.02
 
 
-#: the rounds whose entries compete for the win: the final round and its extension above the window
-FINAL_ROUNDS = ("final", "above", "climb")
+#: the rounds whose entries compete for the win: the final round and its extensions above and below the window
+FINAL_ROUNDS = ("final", "above", "below", "climb")
 
 
 def _tried(lr: float, entries, rounds=("final", "yours")) -> bool:
@@ -549,6 +553,28 @@ def above_window(reading: LrReading, rules: RaceRules, multiplier: Optional[tupl
         return ()
     top = max(e.lr for e in entries if e.round in ("coarse",) + FINAL_ROUNDS)
     return (snap(top * 10 ** rules.spacing, rules.lattice),)
+
+
+def below_window(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries
+                 ) -> tuple[float, ...]:
+    """The final round's extension downwards: when its best is the lowest LR trained as long, the LR
+    ``rules.spacing`` decades below it (never below the race's bounds), again while the new LR is the best, at most
+    ``rules.descend`` times. The first round ranks LRs after a few steps, where the fast ones lead, so its finalists
+    are its highest LRs; their best being the lowest of them says the best of a longer run may lie lower (CS231n:
+    when the best lies at the edge of the searched range, search beyond it). Only after a first round around the
+    range test's suggestion."""
+    if rules.descend <= 0 or multiplier is not None or around_user(reading, rules, multiplier) or \
+            not any(e.round == "coarse" for e in entries):
+        return ()
+    long = [e for e in entries if e.round in FINAL_ROUNDS]
+    ok = [e for e in long if e.loss is not None]
+    if not ok or sum(e.round == "below" for e in long) >= rules.descend:
+        return ()
+    best = min(ok, key=lambda e: e.loss)
+    if not same_lr(best.lr, min(e.lr for e in long)):
+        return ()
+    lower = snap(best.lr / 10 ** rules.spacing, rules.lattice)
+    return (lower,) if lower >= race_bounds(reading, rules)[0] * 0.999 else ()
 
 
 def climb(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries
@@ -610,9 +636,10 @@ def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optio
     return not (yours is None or yours.loss is None or trained(yours, start_loss, rules) or same_lr(winner, user))
 
 
-#: the race's rounds, in order; each runs once, on what the rounds before it found ("climb" again and again, one LR
-#: at a time, while it finds a lower held-out loss)
-RACE_ROUNDS = ("coarse", "final", "above", "climb", "yours", "longer")
+#: the race's rounds, in order; each runs once, on what the rounds before it found ("below" and "climb" again and
+#: again, one LR at a time, while they find a lower held-out loss)
+RACE_ROUNDS = ("coarse", "final", "above", "below", "climb", "yours", "longer")
+REPEATED_ROUNDS = ("below", "climb")
 
 
 def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries,
@@ -632,7 +659,7 @@ def race_round(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[
         return ()
     last = max((RACE_ROUNDS.index(e.round) for e in entries if e.round in RACE_ROUNDS), default=-1)
     for i, name in enumerate(RACE_ROUNDS):
-        if i < last or (i == last and name != "climb"):  # each round once, "climb" again while it finds more
+        if i < last or (i == last and name not in REPEATED_ROUNDS):  # each round once, some again while they find more
             continue
         lrs, steps = _round(name, reading, rules, multiplier, entries, start_loss)
         if lrs:
@@ -653,6 +680,8 @@ def _round(name: str, reading: LrReading, rules: RaceRules, multiplier: Optional
         return (finalists(entries, rules) if coarse else coarse_candidates(reading, rules, multiplier)), steps
     if name == "above":
         return above_window(reading, rules, multiplier, entries), steps
+    if name == "below":
+        return below_window(reading, rules, multiplier, entries), steps
     if name == "climb":
         return climb(reading, rules, multiplier, entries), steps
     if name == "yours":

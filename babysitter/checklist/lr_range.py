@@ -72,7 +72,8 @@ class LrRange(Check):
     out of that training (eval mode); the {race_finalists} with the lowest held-out loss are trained again for
     {race_steps} steps, and the lowest held-out loss then wins; when the winner is the highest LR raced and the
     bounds leave room, the LR {race_spacing:.2g} decades above it is trained as long and joins them (the best may lie
-    past the window). The race may go above the range's top (up to {above_top:g}x it, never past half the divergence
+    past the window); when it is the lowest of them, the LR {race_spacing:.2g} decades below it is, again while that
+    LR wins (at most {race_descend} times: the first round's few steps favour fast LRs). The race may go above the range's top (up to {above_top:g}x it, never past half the divergence
     point): a sweep's top is where the loss turned up at ~5 steps per LR. The winner must have brought the held-out
     loss {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
     range_lr either way). The suggestion is the winner divided by {race_shrink:g}, rounded to the lattice (a
@@ -126,9 +127,9 @@ class LrRange(Check):
         "K. Jamieson, A. Talwalkar, 'Non-stochastic best arm identification and hyperparameter optimization' "
         "(AISTATS 2016): successive halving, many configurations trained briefly, the best of them longer",
         "The race's defaults (7 LRs a third of a decade apart from 1.5 decades below to 0.75 above the range test's "
-        "suggestion, 16 steps, the best 4 trained 96, the winner shrunk 1.5x) were chosen with a "
-        "simulator (benchmarks/lr_race_sim.py) on the 26 tuning tasks of benchmarks/lr_quality.py only; the README "
-        "reports its 8 held-out tasks beside them",
+        "suggestion, 16 steps, the best 4 trained 96, a descent below them when their best is their lowest, the "
+        "winner shrunk 1.5x) were chosen with a simulator (benchmarks/lr_race_sim.py) on the 34 tuning tasks of "
+        "benchmarks/lr_quality.py only; the README reports its 8 held-out tasks beside them",
         "Range and fail thresholds: a sweep of 100 steps over 8 decades spends ~5 steps per LR value "
         "(1/ln(10^(8/99))), so an LR 100x below where the sweep first moved the loss gets as far in ~500 steps, "
         "and one 1000x below needs ~5000",
@@ -180,6 +181,12 @@ class LrRange(Check):
                                                     "trained again for race_steps")
     race_steps: int = threshold(RACE.steps, "training steps of each finalist, from your state: the lowest held-out "
                                             "loss after them wins")
+    race_descend: int = threshold(RACE.descend, "when the final round's best is its lowest LR, the LR race_spacing "
+                                                "decades below it is trained race_steps too, again while it wins, at "
+                                                "most this many times (0: never): the first round ranks LRs after "
+                                                "race_first_steps steps, where fast LRs lead, so its finalists are "
+                                                "its highest LRs (on tabular-layernorm-adamw of the tuning set, the "
+                                                "best of a 150-step run lay below all four)")
     race_shrink: float = threshold(RACE.shrink, "the suggestion is the race's winner divided by this, rounded to the "
                                                 "lattice (one step down): the race ranks LRs after race_steps steps, "
                                                 "where a faster LR is ahead, and a longer run's best LR lies lower; "
@@ -351,7 +358,7 @@ class LrRange(Check):
             return [e for e in race.entries if e.round == name and e.loss]
 
         rounds = (("first round", "coarse"), ("final round", "final"), ("above the window", "above"),
-                  ("climbing above it", "climb"), ("your LR", "yours"), ("your LR, longer", "longer"))
+                  ("below the window", "below"), ("climbing above it", "climb"), ("your LR", "yours"), ("your LR, longer", "longer"))
         series = tuple(Series(f"{label} ({pts[0].steps} steps)", tuple(e.lr for e in pts), tuple(e.loss for e in pts))
                        for label, pts in ((label, points(name)) for label, name in rounds) if pts)
         markers = tuple(Marker(f"{label} {fmt_lr(value)}", value)

@@ -3,7 +3,8 @@ the user trains and compared on batches held out of that training; a first round
 of them trained longer (CS231n's coarse-to-fine search in log space, as successive halving).
 
 Every candidate starts from the same state (``session.reset()``: the user's weights, optimizer state and seeds, so
-the same batches and dropout masks), trains its round's steps on the pool's first batches with the user's step
+the same batches and dropout masks; a finalist goes on from its first round's state, kept on the host, which is the
+same run), trains its round's steps on the pool's first batches with the user's step
 (clipping, accumulation, autocast; the scheduler left out, as in the sweep: the race sets the LR) and is then
 evaluated, in eval mode and without gradients, on the pool's last ``held_out`` batches. Which LRs are tried and
 which wins are the pure rules of ``babysitter.analysis.lr_curve``.
@@ -18,13 +19,18 @@ from typing import Optional
 
 import torch
 
+from ..analysis.batches import nbytes
 from ..analysis.lr_curve import (FINAL_ROUNDS, LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user,
-                                 race_bounds, race_round, race_suggestion, race_winner, shrinks)
+                                 race_bounds, race_round, race_suggestion, race_winner, same_lr, shrinks)
 from ..optim import group_scales, set_lr
+from ..sandbox import ModelState, RngState, tree_to_cpu
 from .stepper import Stepper
 
 #: losses are read from the device every this many race steps, to stop a candidate that diverged
 SYNC_EVERY = 8
+#: the first round's states kept on the host (to continue a finalist from instead of training its first steps
+#: again) take at most this many bytes together; those of the lowest held-out loss are kept
+RESUME_BYTES = 256 << 20
 
 
 def split_pool(n: int, held_out: int) -> Optional[tuple[list[int], list[int]]]:
@@ -67,38 +73,118 @@ class TrainedCurve:
     diverged: bool
 
 
-def train_curve(session, lr: float, steps: int, train: list[int], held: list[int], checkpoints=(),
-                diverge_factor: float = math.inf) -> TrainedCurve:
-    """Train ``steps`` steps at ``lr`` from the user's state (``session.reset()``: weights, optimizer state, seeds)
-    with the user's step on the ``train`` batches, evaluating the held-out loss after each step count in
-    ``checkpoints``. Losses are read from the device every ``SYNC_EVERY`` steps and at each checkpoint; the run stops
-    when its training loss turns non-finite or its recent mean exceeds ``diverge_factor`` times its first loss."""
+@dataclasses.dataclass
+class Paused:
+    """A candidate stopped after ``steps`` steps, on the host: its weights, optimizer state, GradScaler state and
+    RNG as they were after its last step (before its held-out evaluation), and its training losses so far.
+    ``resume`` puts it back and continues it exactly as a run trained from the user's state would have gone on."""
+
+    lr: float
+    steps: int
+    model: ModelState
+    optimizer: dict
+    scaler: Optional[dict]
+    rng: RngState
+    train: tuple[float, ...]
+
+    @classmethod
+    def capture(cls, session, stepper: Stepper, lr: float, steps: int, seen: list) -> "Paused":
+        scaler = stepper.scaler.state_dict() if stepper.scaler is not None else None
+        return cls(lr=lr, steps=steps, model=ModelState.capture(session.model),
+                   optimizer=tree_to_cpu(stepper.optimizer.state_dict()), scaler=scaler, rng=RngState.capture(),
+                   train=tuple(seen))
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.optimizer) + sum(c.numel() * c.element_size() + (0 if g is None else g.numel() *
+                                            g.element_size()) for _, c, _, g in self.model.tensors.values())
+
+    def resume(self, session) -> Stepper:
+        """The session's model and a fresh optimizer put in this state; a stepper over them."""
+        session.reset()
+        self.model.restore(onto=session.device if session.model_device is not None else None)
+        optimizer = session.make_optimizer()
+        optimizer.load_state_dict(tree_to_cpu(self.optimizer))  # a copy: this state may be resumed again
+        stepper = Stepper(session, optimizer, scheduler=False)
+        if self.scaler is not None and stepper.scaler is not None:
+            stepper.scaler.load_state_dict(self.scaler)
+        self.rng.restore()
+        return stepper
+
+
+def _start(session, lr: float, resume: Optional[Paused]) -> tuple[Stepper, int, list]:
+    """A stepper at ``lr`` from the user's state (``session.reset()``: weights, optimizer state, seeds), or from a
+    paused candidate; the steps already taken and their losses."""
+    if resume is not None:
+        return resume.resume(session), resume.steps, list(resume.train)
     session.reset()
     session.model.train()
-    optimizer = session.make_optimizer()
-    stepper = Stepper(session, optimizer, scheduler=False)
-    set_lr(optimizer, lr, group_scales(optimizer)[1])
-    k, pending, seen, losses = stepper.accumulate, [], [], {}
+    stepper = Stepper(session, session.make_optimizer(), scheduler=False)
+    set_lr(stepper.optimizer, lr, group_scales(stepper.optimizer)[1])
+    return stepper, 0, []
+
+
+def train_curve(session, lr: float, steps: int, train: list[int], held: list[int], checkpoints=(),
+                diverge_factor: float = math.inf, resume: Optional[Paused] = None,
+                pause: bool = False) -> tuple[TrainedCurve, Optional[Paused]]:
+    """Train ``steps`` steps at ``lr`` from the user's state (or on from ``resume``, a run of fewer steps at ``lr``)
+    with the user's step on the ``train`` batches, evaluating the held-out loss after each step count in
+    ``checkpoints``; with ``pause``, the run's state after its last step is kept too (``Paused``). Losses are read
+    from the device every ``SYNC_EVERY`` steps and at each checkpoint; the run stops when its training loss turns
+    non-finite or its recent mean exceeds ``diverge_factor`` times its first loss."""
+    stepper, done, seen = _start(session, lr, resume)
+    k, pending, losses, paused = stepper.accumulate, [], {}, None
     marks = set(checkpoints)
-    for i in range(steps):
+    for i in range(done, steps):
         pending.append(stepper.step([session.batch(train[(i * k + j) % len(train)]) for j in range(k)]).loss)
         if len(pending) == SYNC_EVERY or i == steps - 1 or i + 1 in marks:
             seen += torch.stack(pending).float().cpu().tolist()
             pending = []
             if _diverged(seen[-SYNC_EVERY:], seen[0], diverge_factor):
-                return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=True)
+                return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=True), None
+        if pause and i == steps - 1:
+            paused = Paused.capture(session, stepper, lr, steps, seen)
         if i + 1 in marks:
             losses[i + 1] = _held_out_loss(session, stepper, held)
-    return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=False)
+    return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=False), paused
+
+
+class Kept:
+    """The first round's paused candidates, within ``RESUME_BYTES`` (those of the lowest held-out loss first), and
+    the steps they saved. Nothing is kept under torchrun (each rank would keep its own copies and every resume must
+    stay collective) nor when ``budget`` is 0."""
+
+    def __init__(self, session, budget: Optional[int] = None):
+        self.budget = (RESUME_BYTES if budget is None else budget) if not session.ranks.active else 0
+        self.held: list[tuple[float, Paused]] = []  # (held-out loss, paused), best first
+        self.saved = 0
+
+    def get(self, lr: float, steps: int) -> Optional[Paused]:
+        return next((p for _, p in self.held if same_lr(p.lr, lr) and p.steps < steps), None)
+
+    def add(self, paused: Optional[Paused], loss: Optional[float]) -> None:
+        if paused is None or loss is None:
+            return
+        self.held = sorted(self.held + [(loss, paused)], key=lambda h: h[0])
+        while self.held and sum(p.nbytes for _, p in self.held) > self.budget:
+            self.held.pop()
 
 
 def run_candidate(session, lr: float, rules: RaceRules, train: list[int], held: list[int], stage: str,
-                  steps: Optional[int] = None) -> RaceEntry:
-    """Train ``steps`` (default ``rules.steps``) steps at ``lr`` from the user's state; its held-out loss at the end.
-    A candidate whose training loss turns non-finite or exceeds ``rules.diverge_factor`` times its first loss stops
-    (loss None)."""
+                  steps: Optional[int] = None, kept: Optional[Kept] = None) -> RaceEntry:
+    """Train ``steps`` (default ``rules.steps``) steps at ``lr`` from the user's state (on from the first round's
+    state at that LR when ``kept`` holds it: the same run, its first steps not trained again); its held-out loss at
+    the end. A first-round candidate's state is kept when ``kept`` has room. A candidate whose training loss turns
+    non-finite or exceeds ``rules.diverge_factor`` times its first loss stops (loss None)."""
     steps = steps or rules.steps
-    return entry_of(train_curve(session, lr, steps, train, held, (steps,), rules.diverge_factor), steps, stage)
+    resume = kept.get(lr, steps) if kept is not None else None
+    pause = kept is not None and kept.budget > 0 and stage == "coarse"
+    curve, paused = train_curve(session, lr, steps, train, held, (steps,), rules.diverge_factor, resume, pause)
+    entry = entry_of(curve, steps, stage)
+    if kept is not None:
+        kept.saved += resume.steps if resume is not None else 0
+        kept.add(paused, entry.loss)
+    return entry
 
 
 def entry_of(curve: TrainedCurve, steps: int, stage: str) -> RaceEntry:
@@ -137,14 +223,15 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
     session.reset()
     start = _held_out_loss(session, Stepper(session, session.make_optimizer(), scheduler=False), held)
     entries: list[RaceEntry] = []
+    kept = Kept(session)
     while True:
         todo = race_round(reading, rules, multiplier, tuple(entries), start)
         if not todo:
             break
-        entries += [run_candidate(session, lr, rules, train, held, stage, steps) for lr, steps, stage in todo]
+        entries += [run_candidate(session, lr, rules, train, held, stage, steps, kept) for lr, steps, stage in todo]
     winner = race_winner(entries, rules, start)
     session.reset()
-    return LrRace(entries=tuple(entries), winner=winner, steps=sum(e.steps for e in entries),
+    return LrRace(entries=tuple(entries), winner=winner, steps=sum(e.steps for e in entries) - kept.saved,
                   suggested=race_suggestion(winner, rules, shrinks(reading, rules, multiplier, entries)),
                   seconds=time.perf_counter() - t0, held_out=len(held), bounds=bounds[:2], start_loss=start,
                   reason="" if winner else _no_winner(entries, start, rules),
