@@ -16,7 +16,7 @@ from babysitter.analysis.lr_curve import (CurveAnalysis, LrRace, LrReading, Race
                                           around_user, coarse_candidates, finalists, judge_around_user,
                                           judge_with_race, kept_user_lr, open_top, race_bounds, race_candidates,
                                           race_round, race_suggestion, race_winner, shrinks, snap, with_race)
-from babysitter.analysis.lr_curve import below_window, climb
+from babysitter.analysis.lr_curve import below_window, climb, plateau
 from babysitter.analysis.status import Status
 from babysitter.passes.lr_race import split_pool
 
@@ -261,6 +261,31 @@ def _race_around(losses, winner, user=5e-4, start=0.70):
     entries = tuple(RaceEntry(lr, loss, "final", steps=48) for lr, loss in losses.items())
     return LrRace(entries=entries, winner=winner, steps=48 * len(entries), held_out=4, start_loss=start,
                   around=user, bounds=(min(losses), max(losses)))
+
+
+def test_a_race_around_your_lr_where_nothing_trained_trains_its_best_longer_and_it_may_win():
+    """A dropout CNN with a 10-class loss at ln 10 for 48 steps at every LR (the held-out set's segments-dropout-cnn):
+    no LR lowers the held-out loss 2%, so the best of them is trained 4x longer, and wins when it trains then."""
+    rules, reading = RaceRules(), _unread(user=1e-3)
+    flat = _race_around({3e-4: 2.3055, 1e-3: 2.3047, 3e-3: 2.3030, 0.058: 2.2938, 0.4: 2.3246}, None, 1e-3, 2.306)
+    todo = race_round(reading, rules, None, flat.entries, 2.306)
+    assert todo == ((0.058, int(rules.plateau_steps * rules.user_longer), "plateau"),)
+    trained_then = flat.entries + (RaceEntry(0.058, 2.036, "plateau", steps=192),)
+    assert race_winner(trained_then, rules, 2.306) == 0.058 and plateau(reading, trained_then, rules, 2.306) == ()
+    # then your LR, which did not train, is trained as long before the verdict: it warns if it still does not
+    assert race_round(reading, rules, None, trained_then, 2.306) == ((1e-3, 192, "longer"),)
+    race = dataclasses.replace(flat, entries=trained_then + (RaceEntry(1e-3, 2.3038, "longer", steps=192),),
+                               winner=0.058)
+    status, summary, _ = judge_around_user(reading, race, rules, ReadingRules())
+    assert status is Status.WARN and "did not train" in summary and "2.036 in 192 steps" in summary
+    # the best raced being your own LR: it wins, trained longer, and passes
+    yours_best = _race_around({3e-4: 2.3055, 1e-3: 2.2990, 3e-3: 2.3030}, None, 1e-3, 2.306).entries
+    assert race_round(reading, rules, None, yours_best, 2.306) == ((1e-3, 192, "plateau"),)
+    won = dataclasses.replace(flat, entries=yours_best + (RaceEntry(1e-3, 2.1, "plateau", steps=192),), winner=1e-3)
+    assert judge_around_user(reading, won, rules, ReadingRules())[0] is Status.PASS
+    # nothing of this when a race around your LR has a winner, or with user_longer 1
+    assert plateau(reading, _race_around({1e-3: 0.6, 3e-3: 0.5}, 3e-3).entries, rules, 0.70) == ()
+    assert plateau(reading, flat.entries, RaceRules(user_longer=1), 2.306) == ()
 
 
 def test_a_race_around_your_lr_climbs_while_its_best_is_its_highest_lr():

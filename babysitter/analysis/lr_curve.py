@@ -496,7 +496,7 @@ def same_lr(a: float, b: float) -> bool:
 
 
 #: the rounds whose entries compete for the win: the final round and its extensions above and below the window
-FINAL_ROUNDS = ("final", "above", "below", "climb")
+FINAL_ROUNDS = ("final", "above", "below", "climb", "plateau")
 
 
 def _tried(lr: float, entries, rounds=("final", "yours")) -> bool:
@@ -624,6 +624,19 @@ def race_user(reading: LrReading, entries, rules: RaceRules,
     return not _tried(user, entries)
 
 
+def plateau(reading: LrReading, entries, rules: RaceRules, start_loss: Optional[float],
+            multiplier: Optional[tuple[float, float]] = None) -> tuple[float, ...]:
+    """A race around the user's LR where no LR trained (none lowered the held-out loss ``rules.min_drop``): the LR of
+    the lowest held-out loss is trained ``rules.user_longer`` times the race's steps, and wins if it trains then. A
+    loss on a plateau at every LR for the race's steps (the corpus's BERT; a dropout CNN whose 10-class loss sat at
+    ln 10 for 48 steps at every LR) may leave it later, at the best of them first."""
+    raced = [e for e in entries if e.round in ("final", "climb") and e.loss is not None]
+    if rules.user_longer <= 1 or not around_user(reading, rules, multiplier) or not raced or \
+            race_winner(entries, rules, start_loss) is not None:
+        return ()
+    return (min(raced, key=lambda e: e.loss).lr,)
+
+
 def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optional[float],
                 multiplier: Optional[tuple[float, float]] = None) -> bool:
     """In a race around the user's LR, train the user's LR ``rules.user_longer`` times the race's steps when it did
@@ -638,7 +651,7 @@ def user_longer(reading: LrReading, entries, rules: RaceRules, start_loss: Optio
 
 #: the race's rounds, in order; each runs once, on what the rounds before it found ("below" and "climb" again and
 #: again, one LR at a time, while they find a lower held-out loss)
-RACE_ROUNDS = ("coarse", "final", "above", "below", "climb", "yours", "longer")
+RACE_ROUNDS = ("coarse", "final", "above", "below", "climb", "plateau", "yours", "longer")
 REPEATED_ROUNDS = ("below", "climb")
 
 
@@ -684,17 +697,21 @@ def _round(name: str, reading: LrReading, rules: RaceRules, multiplier: Optional
         return below_window(reading, rules, multiplier, entries), steps
     if name == "climb":
         return climb(reading, rules, multiplier, entries), steps
+    if name == "plateau":
+        return plateau(reading, entries, rules, start_loss, multiplier), int(round(steps * rules.user_longer))
     if name == "yours":
         return ((reading.user_lr,) if race_user(reading, entries, rules, multiplier) else ()), steps
     longer = user_longer(reading, entries, rules, start_loss, multiplier)
     return ((reading.user_lr,) if longer else ()), int(round(steps * rules.user_longer))
 
 
-def _entry(race: LrRace, lr: Optional[float], rounds=("final", "yours")) -> Optional[RaceEntry]:
-    """The race's entry at ``lr`` (within 5%) in one of ``rounds``, None when that LR was not raced there."""
+def race_entry(race: LrRace, lr: Optional[float], rounds=("final", "yours")) -> Optional[RaceEntry]:
+    """The race's entry at ``lr`` (within 5%) in one of ``rounds`` (the one trained longest, when that LR was raced
+    twice: a plateau's best trained longer), None when that LR was not raced there."""
     if not lr:
         return None
-    return next((e for e in race.entries if e.round in rounds and same_lr(e.lr, lr)), None)
+    return max((e for e in race.entries if e.round in rounds and same_lr(e.lr, lr)), key=lambda e: e.steps,
+               default=None)
 
 
 def race_range(reading: LrReading, race: LrRace,
@@ -727,7 +744,7 @@ def judge_with_race(reading: LrReading, race: LrRace, rules: RaceRules, reading_
         dataclasses.replace(reading_rules, fail_below=0.0)
     status, summary, advice = judge_user_lr(user, suggested, low, high, reading.diverged_at, judged_by,
                                             reading.open_top and multiplier is None and high == reading.lr_high)
-    yours, best = _entry(race, user), _entry(race, winner, FINAL_ROUNDS)
+    yours, best = race_entry(race, user), race_entry(race, winner, FINAL_ROUNDS)
     if status is not Status.WARN or yours is None or yours.loss is None or best is None:
         return status, summary, advice
     if yours.loss <= best.loss + rules.user_tolerance * abs(best.loss):
@@ -761,7 +778,7 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
         return (Status.FAIL, f"your LR {u} is above the point where the loss diverged ({fmt_lr(diverged)}); {head}; "
                              f"a race below it suggests {w}",
                 (f"Lower the LR to about {w}: at {u} the loss diverges.",))
-    yours, best = _entry(race, user), _entry(race, winner, FINAL_ROUNDS)
+    yours, best = race_entry(race, user, ("final", "yours", "plateau")), race_entry(race, winner, FINAL_ROUNDS)
     if yours is None or best is None:
         return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
@@ -786,7 +803,7 @@ def _untrained(reading: LrReading, race: LrRace, yours: RaceEntry, best: RaceEnt
     """The user's LR did not train in the race around it while the winner did: a warning, unless it trained when
     given ``user_longer`` times the steps (the race's "longer" entry: a plateau it leaves later)."""
     u, w = fmt_lr(reading.user_lr), fmt_lr(race.winner)
-    longer = _entry(race, reading.user_lr, ("longer",))
+    longer = race_entry(race, reading.user_lr, ("longer",))
     if yours.loss is not None and longer is not None and trained(longer, race.start_loss, rules):
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains, later than {w} (held-out loss "
                              f"{yours.loss:.4g} after {yours.steps} steps, {longer.loss:.4g} after {longer.steps}"
@@ -820,8 +837,8 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
         return dataclasses.replace(out, suggested_lr=keep,
                                    summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}{then}")
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
-    keep = status is Status.PASS and as_good(_entry(race, out.user_lr), _entry(race, race.winner, FINAL_ROUNDS),
-                                             rules)
+    best = race_entry(race, race.winner, FINAL_ROUNDS)
+    keep = status is Status.PASS and as_good(race_entry(race, out.user_lr), best, rules)
     return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.winner, status=status,
                                summary=summary, advice=advice)
 
@@ -833,7 +850,7 @@ def kept_user_lr(reading: LrReading, race: LrRace) -> Optional[float]:
     whose loss barely moves in a short run at any LR). None when it diverged, was not raced, or another LR did
     better (an LR far too low, beaten even by its neighbours on a plateau). The check's status stays the range
     test's skip: the race did not show that the user's LR trains either."""
-    yours = _entry(race, reading.user_lr)
+    yours = race_entry(race, reading.user_lr)
     losses = [e.loss for e in race.entries if e.round in FINAL_ROUNDS and e.loss is not None]
     if race.winner is not None or yours is None or yours.loss is None or yours.loss > min(losses, default=math.inf):
         return None

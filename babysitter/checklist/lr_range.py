@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Optional, TYPE_CHECKING
 
 from ..analysis.fmt import lr as fmt_lr
-from ..analysis.lr_curve import FINAL_ROUNDS, LrRace, LrReading, RaceRules, ReadingRules, SweepSettings
+from ..analysis.lr_curve import (FINAL_ROUNDS, LrRace, LrReading, RaceRules, ReadingRules, SweepSettings,
+                                 race_entry)
 from ..analysis.status import Status
 from ..report import CheckResult, Marker, Plot, Series, Table
 from .base import Check, Judgment, threshold
@@ -73,7 +74,8 @@ class LrRange(Check):
     {race_steps} steps, and the lowest held-out loss then wins; when the winner is the highest LR raced and the
     bounds leave room, the LR {race_spacing:.2g} decades above it is trained as long and joins them (the best may lie
     past the window); when it is the lowest of them, the LR {race_spacing:.2g} decades below it is, again while that
-    LR wins (at most {race_descend} times: the first round's few steps favour fast LRs). The race may go above the range's top (up to {above_top:g}x it, never past half the divergence
+    LR wins (at most {race_descend} times: the first round's few steps favour fast LRs).
+    The race may go above the range's top (up to {above_top:g}x it, never past half the divergence
     point): a sweep's top is where the loss turned up at ~5 steps per LR. The winner must have brought the held-out
     loss {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
     range_lr either way). The suggestion is the winner divided by {race_shrink:g}, rounded to the lattice (a
@@ -85,7 +87,9 @@ class LrRange(Check):
     (none past half the divergence point), with, when the sweep diverged, LRs about a decade apart from the
     divergence point / {no_curve_low:g} to / {no_curve_high:g}; when its best is its highest LR it climbs
     {race_user_spacing:g} decades at a time (at most {race_climb} times, never past half the divergence point nor the
-    sweep's last LR) while the held-out loss keeps falling. The user's LR then passes when it won or came within
+    sweep's last LR) while the held-out loss keeps falling; when no LR lowered the held-out loss {race_min_drop:.0%}
+    (a plateau at every LR), the LR of the lowest held-out loss is trained {race_user_longer:g}x those steps, and wins
+    if it trains then. The user's LR then passes when it won or came within
     {race_user_tolerance:.0%} of the winner's held-out loss, and when beaten clearly (the winner suggested:
     {race_plateau_steps} steps on a plateau are weak evidence against an LR that trains); it
     warns only when it diverged or did not bring the held-out loss {race_min_drop:.0%} below its start while the
@@ -218,7 +222,8 @@ class LrRange(Check):
                                         "in that race, your LR, when its held-out loss did not fall while another "
                                         "LR's did, is trained this many times race_plateau_steps before a warning (a "
                                         "plateau it leaves later: the corpus's BERT at 5e-4 falls between steps 48 "
-                                        "and 96); 1: no longer run")
+                                        "and 96); and when no LR's held-out loss fell, the LR of the lowest is "
+                                        "trained as long; 1: no longer run")
 
     def measure(self, session: "Session") -> SweepMeasured:
         sweep = session.evidence("lr_sweep")
@@ -345,9 +350,9 @@ class LrRange(Check):
 
     @staticmethod
     def _race_table(race: LrRace) -> Table:
+        won = race_entry(race, race.winner, FINAL_ROUNDS)
         rows = [(e.round, e.lr, e.steps, e.loss, e.train_loss,
-                 "winner" if e.lr == race.winner and e.round in FINAL_ROUNDS else "diverged" if e.loss is None else "")
-                for e in race.entries]
+                 "winner" if e is won else "diverged" if e.loss is None else "") for e in race.entries]
         return Table("race", "The race: each LR trained from your state for its round's steps, its loss on the held-out "
                              "batches after them (the final round's lowest wins)",
                      ("round", "lr", "steps", "held_out_loss", "train_loss", "note"), rows)
@@ -358,7 +363,8 @@ class LrRange(Check):
             return [e for e in race.entries if e.round == name and e.loss]
 
         rounds = (("first round", "coarse"), ("final round", "final"), ("above the window", "above"),
-                  ("below the window", "below"), ("climbing above it", "climb"), ("your LR", "yours"), ("your LR, longer", "longer"))
+                  ("below the window", "below"), ("climbing above it", "climb"),
+                  ("the best, longer (a plateau)", "plateau"), ("your LR", "yours"), ("your LR, longer", "longer"))
         series = tuple(Series(f"{label} ({pts[0].steps} steps)", tuple(e.lr for e in pts), tuple(e.loss for e in pts))
                        for label, pts in ((label, points(name)) for label, name in rounds) if pts)
         markers = tuple(Marker(f"{label} {fmt_lr(value)}", value)
