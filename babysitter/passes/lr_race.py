@@ -142,7 +142,7 @@ def train_curve(session, lr: float, steps: int, train: list[int], held: list[int
             pending = []
             if _diverged(seen[-SYNC_EVERY:], seen[0], diverge_factor):
                 return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=True), None
-        if pause and i == steps - 1:
+        if pause and i == steps - 1 and isinstance(stepper.optimizer, torch.optim.Optimizer):  # not a group of them
             paused = Paused.capture(session, stepper, lr, steps, seen)
         if i + 1 in marks:
             losses[i + 1] = _held_out_loss(session, stepper, held)
