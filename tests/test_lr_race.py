@@ -288,6 +288,18 @@ def test_a_race_around_your_lr_where_nothing_trained_trains_its_best_longer_and_
     assert plateau(reading, flat.entries, RaceRules(user_longer=1), 2.306) == ()
 
 
+def test_a_race_around_your_lr_lowers_a_winner_other_than_yours_a_step_as_any_race_does():
+    rules, reading = RaceRules(), _unread(user=1e-3)
+    other = _race_around({1e-3: 0.69, 3e-3: 0.6, 1e-2: 0.5}, None, 1e-3).entries  # 1e-2 won a 48-step race
+    assert shrinks(reading, rules, entries=other) and race_suggestion(1e-2, rules) == pytest.approx(10 ** (-13 / 6))
+    yours = _race_around({1e-3: 0.5, 3e-3: 0.6}, None, 1e-3).entries  # yours won: it stays the suggestion
+    assert not shrinks(reading, rules, entries=yours)
+    race = dataclasses.replace(_race_around({1e-3: 0.64, 3e-3: 0.6, 1e-2: 0.5}, 1e-2, 1e-3, start=0.70),
+                               suggested=race_suggestion(1e-2, rules))
+    out = with_race(reading, race, rules, ReadingRules())
+    assert out.suggested_lr == pytest.approx(0.0068, rel=0.01) and "a step below the winner 0.01" in out.summary
+
+
 def test_a_race_around_your_lr_climbs_while_its_best_is_its_highest_lr():
     """Plain SGD at 1e-3 on a multi-label BCE head, 1000x below the best LR: the sweep cannot read the curve, the
     race around 1e-3 is best at its top, so it climbs half a decade at a time until the held-out loss turns up."""

@@ -528,7 +528,8 @@ def race_suggestion(winner: Optional[float], rules: RaceRules, shrinks: bool = T
     ``shrinks`` (a race around the range test's suggestion), else the winner. The race ranks LRs after ``rules.steps``
     steps, a short run: a faster LR is ahead there, and the best LR of a longer run lies lower (on the 26 tuning tasks
     of benchmarks/lr_quality.py the winner was a median 2 lattice steps, 2.2x, above the best LR of a 150-step
-    run). Not for a race around the user's LR (the user's LR is the prior there) nor over a multiplier's range."""
+    run). Not when the user's LR won a race around it (the user's LR is the prior there) nor over a multiplier's
+    range."""
     if winner is None or not shrinks or rules.shrink <= 1:
         return winner
     return snap(winner / rules.shrink, rules.lattice)
@@ -536,11 +537,16 @@ def race_suggestion(winner: Optional[float], rules: RaceRules, shrinks: bool = T
 
 def shrinks(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]] = None,
             entries=()) -> bool:
-    """Whether the race's suggestion is its winner shrunk (``race_suggestion``): a race around the range test's
-    suggestion or below the divergence point, not around the user's LR nor over a multiplier's usual range, and
-    not when the winner is the highest LR raced while the race's bounds left room above it (``open_top``)."""
-    return multiplier is None and not around_user(reading, rules, multiplier) and \
-        not open_top(reading, rules, entries)
+    """Whether the race's suggestion is its winner shrunk (``race_suggestion``): not over a multiplier's usual range;
+    in a race around the range test's suggestion or below the divergence point, not when the winner is the highest
+    LR raced while the race's bounds left room above it (``open_top``); in a race around the user's LR, when another
+    LR than the user's won (it won a short race, as any other winner; the user's LR is the prior there)."""
+    if multiplier is not None:
+        return False
+    if around_user(reading, rules, multiplier):
+        winner = race_winner(entries, rules)
+        return winner is not None and not same_lr(winner, reading.user_lr)
+    return not open_top(reading, rules, entries)
 
 
 def above_window(reading: LrReading, rules: RaceRules, multiplier: Optional[tuple[float, float]], entries
@@ -772,15 +778,15 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
     the suggestion (a short race on a plateau is weak evidence against an LR that trains), unless it diverged or did
     not train at all (``trained``) while the winner did: a warning naming both."""
     user, winner, diverged = reading.user_lr, race.winner, reading.diverged_at
-    u, w = fmt_lr(user), fmt_lr(winner)
+    u, w, sug = fmt_lr(user), fmt_lr(winner), _suggested(race)
     head = f"the range test could not read the curve ({reading.reason})"
     if diverged is not None and user > reading_rules.fail_above * diverged:
         return (Status.FAIL, f"your LR {u} is above the point where the loss diverged ({fmt_lr(diverged)}); {head}; "
-                             f"a race below it suggests {w}",
-                (f"Lower the LR to about {w}: at {u} the loss diverges.",))
+                             f"a race below it suggests {sug}",
+                (f"Lower the LR to about {fmt_lr(race.suggestion)}: at {u} the loss diverges.",))
     yours, best = race_entry(race, user, ("final", "yours", "plateau")), race_entry(race, winner, FINAL_ROUNDS)
     if yours is None or best is None:
-        return reading.status, f"{reading.summary}; a race around your LR suggests {w}", reading.advice
+        return reading.status, f"{reading.summary}; a race around your LR suggests {sug}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
     if as_good(yours, best, rules):  # then yours is the suggestion: a short race's winner is no reason to move
         best_is = "yours is the winner" if yours is best else f"the winner {w} reached {best.loss:.4g}"
@@ -789,7 +795,7 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
     if not trained(yours, race.start_loss, rules):
         return _untrained(reading, race, yours, best, head, rules)
     return (Status.PASS, f"{head}; a race around your LR trained {w} better than yours {u} (held-out loss "
-                         f"{best.loss:.4g} vs {yours.loss:.4g} {after}); suggested {w}", ())
+                         f"{best.loss:.4g} vs {yours.loss:.4g} {after}); suggested {sug}", ())
 
 
 def as_good(yours: Optional[RaceEntry], best: Optional[RaceEntry], rules: RaceRules) -> bool:
@@ -808,12 +814,18 @@ def _untrained(reading: LrReading, race: LrRace, yours: RaceEntry, best: RaceEnt
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains, later than {w} (held-out loss "
                              f"{yours.loss:.4g} after {yours.steps} steps, {longer.loss:.4g} after {longer.steps}"
                              f"{_start(race)}; "
-                             f"{w}: {best.loss:.4g} after {best.steps}); suggested {w}", ())
+                             f"{w}: {best.loss:.4g} after {best.steps}); suggested {_suggested(race)}", ())
     what = "diverged" if yours.loss is None else f"did not train (held-out loss {yours.loss:.4g} after {yours.steps} " \
         f"steps{_longer_words(longer)}{_start(race)})"
     return (Status.WARN, f"{head}; in a race around your LR, yours {u} {what} while {w} brought the held-out loss to "
                          f"{best.loss:.4g} in {best.steps} steps",
-            (f"Try an LR near {w}: at {u} the held-out loss did not fall.",))
+            (f"Try an LR near {fmt_lr(race.suggestion)}: at {u} the held-out loss did not fall.",))
+
+
+def _suggested(race: LrRace) -> str:
+    """The race's suggestion, and its winner when the suggestion is the winner lowered (``race_suggestion``)."""
+    s = fmt_lr(race.suggestion)
+    return s if race.suggestion == race.winner else f"{s}, a step below the winner {fmt_lr(race.winner)}"
 
 
 def _start(race: LrRace) -> str:
@@ -839,7 +851,7 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
     best = race_entry(race, race.winner, FINAL_ROUNDS)
     keep = status is Status.PASS and as_good(race_entry(race, out.user_lr), best, rules)
-    return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.winner, status=status,
+    return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.suggestion, status=status,
                                summary=summary, advice=advice)
 
 

@@ -80,10 +80,9 @@ class LrRange(Check):
     loss {race_min_drop:.0%} below the loss at the user's state, else the range test's suggestion stands (kept as
     range_lr either way). The suggestion is the winner divided by {race_shrink:g}, rounded to the lattice (a
     {race_steps}-step race favours faster LRs; a longer run's best LR lies lower), except when the winner is the top
-    of the window with room above it (then it is a lower bound) and in a race around the user's LR. A curve with no
-    suggestion (a loss that needs more steps than the sweep gives each LR), from a sweep that did not diverge from its
-    start, is raced around the user's LR in one round of
-    {race_plateau_steps} steps each: it and {race_user_neighbours} LR(s) {race_user_spacing:g} decades either side
+    of the window with room above it (then it is a lower bound) and when the user's LR won a race around it. A curve
+    with no suggestion (a loss that needs more steps than the sweep gives each LR), from a sweep that did not diverge
+    from its start, is raced around the user's LR in one round of {race_plateau_steps} steps each: it and {race_user_neighbours} LR(s) {race_user_spacing:g} decades either side
     (none past half the divergence point), with, when the sweep diverged, LRs about a decade apart from the
     divergence point / {no_curve_low:g} to / {no_curve_high:g}; when its best is its highest LR it climbs
     {race_user_spacing:g} decades at a time (at most {race_climb} times, never past half the divergence point nor the
@@ -195,7 +194,7 @@ class LrRange(Check):
                                                 "lattice (one step down): the race ranks LRs after race_steps steps, "
                                                 "where a faster LR is ahead, and a longer run's best LR lies lower; "
                                                 "not when the winner is the top of the window with room above, nor "
-                                                "in a race around your LR; 1: the winner itself")
+                                                "when your LR won a race around it; 1: the winner itself")
     race_plateau_steps: int = threshold(RACE.plateau_steps,
                                         "a curve with no suggestion is raced around your LR in one round of this many "
                                         "steps per LR (a loss that needs more steps than the sweep gives each LR, which "
