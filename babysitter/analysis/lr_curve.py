@@ -525,7 +525,7 @@ def race_winner(entries, rules: RaceRules, start_loss: Optional[float] = None) -
 
 def race_suggestion(winner: Optional[float], rules: RaceRules, shrinks: bool = True) -> Optional[float]:
     """The suggestion from a race's winner: the winner divided by ``rules.shrink`` and rounded to the lattice when
-    ``shrinks`` (a race around the range test's suggestion), else the winner. The race ranks LRs after ``rules.steps``
+    ``shrinks`` (see ``shrinks``: when), else the winner. The race ranks LRs after ``rules.steps``
     steps, a short run: a faster LR is ahead there, and the best LR of a longer run lies lower (on the 26 tuning tasks
     of benchmarks/lr_quality.py the winner was a median 2 lattice steps, 2.2x, above the best LR of a 150-step
     run). Not when the user's LR won a race around it (the user's LR is the prior there) nor over a multiplier's
