@@ -249,7 +249,7 @@ def _into(live: Any, value: Any, param: torch.Tensor, device_step: bool, key: An
     return copy.deepcopy(value)
 
 
-def _in_place_loadable(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
+def in_place_loadable(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
     """Whether putting ``saved`` back needs nothing ``load_state_dict`` alone does: torch's own method, no load
     hooks, the same groups with as many parameters each."""
     return type(optimizer).load_state_dict is torch.optim.Optimizer.load_state_dict \
@@ -260,7 +260,7 @@ def _in_place_loadable(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
         and all(len(g["params"]) == len(s["params"]) for g, s in zip(optimizer.param_groups, saved["param_groups"]))
 
 
-def _load_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+def load_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """What ``optimizer.load_state_dict(saved)`` leaves, reached by copying into the tensors the optimizer holds:
     no second state is allocated beside the one a check trained, and the user's own state tensors stay theirs."""
     entries = {}
@@ -310,8 +310,8 @@ class Snapshot:
         are already where it would cast them). Either way a check's state and a second copy never coexist."""
         if self.optimizer is None:
             return
-        if _in_place_loadable(self.optimizer, self.optimizer_state):
-            _load_in_place(self.optimizer, self.optimizer_state)
+        if in_place_loadable(self.optimizer, self.optimizer_state):
+            load_in_place(self.optimizer, self.optimizer_state)
             return
         if isinstance(getattr(self.optimizer, "state", None), dict):
             self.optimizer.state.clear()

@@ -300,6 +300,26 @@ def test_a_race_around_your_lr_lowers_a_winner_other_than_yours_a_step_as_any_ra
     assert out.suggested_lr == pytest.approx(0.0068, rel=0.01) and "a step below the winner 0.01" in out.summary
 
 
+def test_against_a_plateaus_best_your_lr_is_compared_trained_as_long_and_must_have_trained():
+    rules, reading = RaceRules(), _unread(user=1e-3)
+    flat = _race_around({3e-4: 2.3055, 1e-3: 2.3050, 3e-3: 2.3030}, None, 1e-3, 2.306).entries
+    won = flat + (RaceEntry(3e-3, 2.20, "plateau", steps=192),)
+    # yours trained as long did not train: 5% of a loss of 2.3 is more than the winner moved it, no pass
+    still = dataclasses.replace(_race_around({1e-3: 0.1}, 3e-3), entries=won + (RaceEntry(1e-3, 2.304, "longer",
+                                                                                        steps=192),), start_loss=2.306)
+    status, summary, _ = judge_around_user(reading, still, rules, ReadingRules())
+    assert status is Status.WARN and "did not train" in summary
+    # yours trained as long beat the winner: yours passes and stays the suggestion
+    better = dataclasses.replace(still, entries=won + (RaceEntry(1e-3, 2.10, "longer", steps=192),))
+    status, summary, _ = judge_around_user(reading, better, rules, ReadingRules())
+    assert status is Status.PASS and "held-out loss 2.1," in summary and "suggested: yours" in summary
+    assert with_race(reading, better, rules, ReadingRules()).suggested_lr == 1e-3
+    # your LR as the plateau's best, lowering the loss less than 2%: no winner, and yours is kept
+    mine = flat + (RaceEntry(1e-3, 2.29, "plateau", steps=192),)
+    nobody = dataclasses.replace(_race_around({1e-3: 0.1}, None), entries=mine, start_loss=2.306)
+    assert kept_user_lr(reading, nobody) == 1e-3
+
+
 def test_a_race_around_your_lr_climbs_while_its_best_is_its_highest_lr():
     """Plain SGD at 1e-3 on a multi-label BCE head, 1000x below the best LR: the sweep cannot read the curve, the
     race around 1e-3 is best at its top, so it climbs half a decade at a time until the held-out loss turns up."""
@@ -467,6 +487,43 @@ def test_finalists_resumed_from_their_first_round_race_exactly_as_when_trained_a
                  for r in races[0])
     assert finals >= 1 and again.metrics["race_steps"] - resumed.metrics["race_steps"] == \
         finals * RaceRules().first_steps
+
+
+def test_a_user_optimizer_instance_keeps_its_objects_and_a_state_too_large_is_not_copied(monkeypatch):
+    import babysitter.passes.lr_race as lr_race
+
+    fields = _dropout_target()
+    opt = torch.optim.Adam(fields["model"].parameters(), lr=1e-3)
+    fields["optimizer"] = opt
+    group = opt.param_groups[0]
+    check(**fields)  # finalists resumed into the instance: its groups are the same objects afterwards
+    assert opt.param_groups[0] is group and not opt.state
+    captured = []
+    monkeypatch.setattr(lr_race.Paused, "capture", classmethod(lambda cls, *a: captured.append(a)))
+    monkeypatch.setattr(lr_race, "RESUME_BYTES", 1000)  # smaller than any state: nothing is copied to the host
+    assert check(**_dropout_target()).metrics["race_steps"] > 0 and captured == []
+
+
+def test_only_a_state_that_comes_back_exactly_is_resumed_and_only_at_its_own_lr():
+    from babysitter.passes.lr_race import Paused, resumable
+
+    model = torch.nn.Linear(3, 2).double()
+    nadam = torch.optim.NAdam(model.parameters())
+    model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+    nadam.step()  # its float32 mu_product beside float64 weights would come back float64
+    assert not resumable(nadam) and resumable(torch.optim.Adam(model.parameters()))
+    paused = Paused(lr=0.0021544346900318843, steps=16, model=None, optimizer={}, scaler=None, rng=None, train=())
+    kept = _kept_with(paused)
+    assert kept.get(0.0021544346900318843, 96) is paused and kept.get(0.0022, 96) is None  # 2% apart: another LR
+    assert kept.get(0.0021544346900318843, 16) is None  # nothing to go on from
+
+
+def _kept_with(paused):
+    from babysitter.passes.lr_race import Kept
+
+    kept = Kept.__new__(Kept)
+    kept.budget, kept.held, kept.saved = 1 << 20, [(0.5, paused)], 0
+    return kept
 
 
 # -- a curve the range test cannot read: the corpus's BERT, whose loss falls only after ~50-100 steps at any LR ----

@@ -788,14 +788,37 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
     if yours is None or best is None:
         return reading.status, f"{reading.summary}; a race around your LR suggests {sug}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
-    if as_good(yours, best, rules):  # then yours is the suggestion: a short race's winner is no reason to move
-        best_is = "yours is the winner" if yours is best else f"the winner {w} reached {best.loss:.4g}"
+    if yours_as_good(race, user, best, rules):  # then yours is the suggestion: a short race's winner is no reason
+        same = yours_against(race, user, best)  # to move
+        best_is = "yours is the winner" if same is best else f"the winner {w} reached {best.loss:.4g}"
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains as well as the best raced (held-out "
-                             f"loss {yours.loss:.4g}, {best_is}, {after}); suggested: yours, {u}", ())
+                             f"loss {same.loss:.4g}, {best_is}, {after}); suggested: yours, {u}", ())
     if not trained(yours, race.start_loss, rules):
         return _untrained(reading, race, yours, best, head, rules)
     return (Status.PASS, f"{head}; a race around your LR trained {w} better than yours {u} (held-out loss "
                          f"{best.loss:.4g} vs {yours.loss:.4g} {after}); suggested {sug}", ())
+
+
+def yours_against(race: LrRace, user: Optional[float], best: Optional[RaceEntry]) -> Optional[RaceEntry]:
+    """The user's entry to compare with the winner's ``best``: the one trained as many steps when the winner was
+    trained longer (a plateau's best, 4x the race's steps, against your LR trained as long), else yours from the
+    race's rounds."""
+    yours = race_entry(race, user, ("final", "yours", "plateau"))
+    longer = race_entry(race, user, ("longer",))
+    if yours is not None and best is not None and longer is not None and longer.steps == best.steps > yours.steps:
+        return longer
+    return yours
+
+
+def yours_as_good(race: LrRace, user: Optional[float], best: Optional[RaceEntry], rules: RaceRules) -> bool:
+    """Whether the user's LR did as well as the winner (``as_good``, trained as many steps when it was raced that
+    long); against a plateau's best it must also have trained (lowered the held-out loss ``rules.min_drop``): on a
+    loss that barely moves, 5% of the loss is more than any LR moved it."""
+    yours = yours_against(race, user, best)
+    if yours is best:
+        return yours is not None
+    plateau = best is not None and best.round == "plateau"
+    return as_good(yours, best, rules) and (not plateau or trained(yours, race.start_loss, rules))
 
 
 def as_good(yours: Optional[RaceEntry], best: Optional[RaceEntry], rules: RaceRules) -> bool:
@@ -849,8 +872,8 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
         return dataclasses.replace(out, suggested_lr=keep,
                                    summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}{then}")
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
-    best = race_entry(race, race.winner, FINAL_ROUNDS)
-    keep = status is Status.PASS and as_good(race_entry(race, out.user_lr), best, rules)
+    keep = status is Status.PASS and yours_as_good(race, out.user_lr, race_entry(race, race.winner, FINAL_ROUNDS),
+                                                   rules)
     return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.suggestion, status=status,
                                summary=summary, advice=advice)
 
@@ -862,7 +885,7 @@ def kept_user_lr(reading: LrReading, race: LrRace) -> Optional[float]:
     whose loss barely moves in a short run at any LR). None when it diverged, was not raced, or another LR did
     better (an LR far too low, beaten even by its neighbours on a plateau). The check's status stays the range
     test's skip: the race did not show that the user's LR trains either."""
-    yours = race_entry(race, reading.user_lr)
+    yours = race_entry(race, reading.user_lr, ("final", "yours", "plateau"))
     losses = [e.loss for e in race.entries if e.round in FINAL_ROUNDS and e.loss is not None]
     if race.winner is not None or yours is None or yours.loss is None or yours.loss > min(losses, default=math.inf):
         return None

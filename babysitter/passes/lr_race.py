@@ -21,9 +21,9 @@ import torch
 
 from ..analysis.batches import nbytes
 from ..analysis.lr_curve import (FINAL_ROUNDS, LrRace, LrReading, LrSweep, RaceEntry, RaceRules, around_user,
-                                 race_bounds, race_round, race_suggestion, race_winner, same_lr, shrinks)
+                                 race_bounds, race_round, race_suggestion, race_winner, shrinks)
 from ..optim import group_scales, set_lr
-from ..sandbox import ModelState, RngState, tree_to_cpu
+from ..sandbox import ModelState, RngState, in_place_loadable, load_in_place, tree_to_cpu
 from .stepper import Stepper
 
 #: losses are read from the device every this many race steps, to stop a candidate that diverged
@@ -104,12 +104,38 @@ class Paused:
         session.reset()
         self.model.restore(onto=session.device if session.model_device is not None else None)
         optimizer = session.make_optimizer()
-        optimizer.load_state_dict(tree_to_cpu(self.optimizer))  # a copy: this state may be resumed again
+        if in_place_loadable(optimizer, self.optimizer):  # into the optimizer's own tensors (a user's instance keeps
+            load_in_place(optimizer, self.optimizer)       # its objects), copied: this state may be resumed again
+        else:
+            optimizer.load_state_dict(tree_to_cpu(self.optimizer))
         stepper = Stepper(session, optimizer, scheduler=False)
         if self.scaler is not None and stepper.scaler is not None:
             stepper.scaler.load_state_dict(self.scaler)
         self.rng.restore()
         return stepper
+
+
+def resumable(optimizer) -> bool:
+    """Whether a paused state of ``optimizer`` comes back exactly: one torch optimizer (not a step function's group
+    of several) whose state tensors, its ``step`` counters aside, have their parameter's device and (for a
+    floating-point parameter) dtype, which is where loading a state dict puts them (NAdam's float32 ``mu_product``
+    beside float64 parameters would come back float64)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return False
+    for p, state in optimizer.state.items():
+        for key, v in state.items():
+            if key != "step" and isinstance(v, torch.Tensor) and isinstance(p, torch.Tensor) and (
+                    v.device != p.device or (p.is_floating_point() and v.dtype != p.dtype)):
+                return False
+    return True
+
+
+def _state_bytes(session, optimizer) -> int:
+    """What pausing would copy to the host: the model's parameters, buffers and gradients, the optimizer's state."""
+    model = session.model
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    tensors.update({id(p.grad): p.grad for p in model.parameters() if p.grad is not None})
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + nbytes(optimizer.state)
 
 
 def _start(session, lr: float, resume: Optional[Paused]) -> tuple[Stepper, int, list]:
@@ -126,23 +152,25 @@ def _start(session, lr: float, resume: Optional[Paused]) -> tuple[Stepper, int, 
 
 def train_curve(session, lr: float, steps: int, train: list[int], held: list[int], checkpoints=(),
                 diverge_factor: float = math.inf, resume: Optional[Paused] = None,
-                pause: bool = False) -> tuple[TrainedCurve, Optional[Paused]]:
+                pause_within: int = 0) -> tuple[TrainedCurve, Optional[Paused]]:
     """Train ``steps`` steps at ``lr`` from the user's state (or on from ``resume``, a run of fewer steps at ``lr``)
     with the user's step on the ``train`` batches, evaluating the held-out loss after each step count in
-    ``checkpoints``; with ``pause``, the run's state after its last step is kept too (``Paused``). Losses are read
-    from the device every ``SYNC_EVERY`` steps and at each checkpoint; the run stops when its training loss turns
-    non-finite or its recent mean exceeds ``diverge_factor`` times its first loss."""
+    ``checkpoints``; the run's state after its last step is kept too (``Paused``) when it takes at most
+    ``pause_within`` bytes and comes back exactly (``resumable``). Losses are read from the device every
+    ``SYNC_EVERY`` steps (counted from the user's state, resumed or not) and at each checkpoint; the run stops when
+    its training loss turns non-finite or its recent mean exceeds ``diverge_factor`` times its first loss."""
     stepper, done, seen = _start(session, lr, resume)
     k, pending, losses, paused = stepper.accumulate, [], {}, None
     marks = set(checkpoints)
     for i in range(done, steps):
         pending.append(stepper.step([session.batch(train[(i * k + j) % len(train)]) for j in range(k)]).loss)
-        if len(pending) == SYNC_EVERY or i == steps - 1 or i + 1 in marks:
+        if (i + 1) % SYNC_EVERY == 0 or i == steps - 1 or i + 1 in marks:
             seen += torch.stack(pending).float().cpu().tolist()
             pending = []
             if _diverged(seen[-SYNC_EVERY:], seen[0], diverge_factor):
                 return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=True), None
-        if pause and i == steps - 1 and isinstance(stepper.optimizer, torch.optim.Optimizer):  # not a group of them
+        if pause_within and i == steps - 1 and resumable(stepper.optimizer) and \
+                _state_bytes(session, stepper.optimizer) <= pause_within:
             paused = Paused.capture(session, stepper, lr, steps, seen)
         if i + 1 in marks:
             losses[i + 1] = _held_out_loss(session, stepper, held)
@@ -160,7 +188,7 @@ class Kept:
         self.saved = 0
 
     def get(self, lr: float, steps: int) -> Optional[Paused]:
-        return next((p for _, p in self.held if same_lr(p.lr, lr) and p.steps < steps), None)
+        return next((p for _, p in self.held if math.isclose(p.lr, lr, rel_tol=1e-9) and p.steps < steps), None)
 
     def add(self, paused: Optional[Paused], loss: Optional[float]) -> None:
         if paused is None or loss is None:
@@ -178,8 +206,8 @@ def run_candidate(session, lr: float, rules: RaceRules, train: list[int], held: 
     non-finite or exceeds ``rules.diverge_factor`` times its first loss stops (loss None)."""
     steps = steps or rules.steps
     resume = kept.get(lr, steps) if kept is not None else None
-    pause = kept is not None and kept.budget > 0 and stage == "coarse"
-    curve, paused = train_curve(session, lr, steps, train, held, (steps,), rules.diverge_factor, resume, pause)
+    within = kept.budget if kept is not None and stage == "coarse" else 0
+    curve, paused = train_curve(session, lr, steps, train, held, (steps,), rules.diverge_factor, resume, within)
     entry = entry_of(curve, steps, stage)
     if kept is not None:
         kept.saved += resume.steps if resume is not None else 0
