@@ -318,6 +318,10 @@ def test_against_a_plateaus_best_your_lr_is_compared_trained_as_long_and_must_ha
     mine = flat + (RaceEntry(1e-3, 2.29, "plateau", steps=192),)
     nobody = dataclasses.replace(_race_around({1e-3: 0.1}, None), entries=mine, start_loss=2.306)
     assert kept_user_lr(reading, nobody) == 1e-3
+    # ... and when trained longer it did worse (the tuning set's llama-tiny): its 48 steps were still the best raced
+    best48 = _race_around({3e-4: 2.3055, 1e-3: 2.3020, 3e-3: 2.3030}, None, 1e-3, 2.306).entries
+    worse = dataclasses.replace(nobody, entries=best48 + (RaceEntry(1e-3, 2.33, "plateau", steps=192),))
+    assert kept_user_lr(reading, worse) == 1e-3
 
 
 def test_a_race_around_your_lr_climbs_while_its_best_is_its_highest_lr():

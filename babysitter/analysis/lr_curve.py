@@ -885,7 +885,8 @@ def kept_user_lr(reading: LrReading, race: LrRace) -> Optional[float]:
     whose loss barely moves in a short run at any LR). None when it diverged, was not raced, or another LR did
     better (an LR far too low, beaten even by its neighbours on a plateau). The check's status stays the range
     test's skip: the race did not show that the user's LR trains either."""
-    yours = race_entry(race, reading.user_lr, ("final", "yours", "plateau"))
+    mine = [e for e in race.entries if e.round in ("final", "yours", "plateau") and same_lr(e.lr, reading.user_lr)]
+    yours = min(mine, key=lambda e: math.inf if e.loss is None else e.loss, default=None)  # its lowest, 48 or 192
     losses = [e.loss for e in race.entries if e.round in FINAL_ROUNDS and e.loss is not None]
     if race.winner is not None or yours is None or yours.loss is None or yours.loss > min(losses, default=math.inf):
         return None
