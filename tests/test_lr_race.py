@@ -504,30 +504,25 @@ def test_a_user_optimizer_instance_keeps_its_objects_and_a_state_too_large_is_no
     assert opt.param_groups[0] is group and not opt.state
     captured = []
     monkeypatch.setattr(lr_race.Paused, "capture", classmethod(lambda cls, *a: captured.append(a)))
+    # (a state over the budget is measured on the device and never copied)
     monkeypatch.setattr(lr_race, "RESUME_BYTES", 1000)  # smaller than any state: nothing is copied to the host
     assert check(**_dropout_target()).metrics["race_steps"] > 0 and captured == []
 
 
 def test_only_a_state_that_comes_back_exactly_is_resumed_and_only_at_its_own_lr():
-    from babysitter.passes.lr_race import Paused, resumable
+    from babysitter.passes.lr_race import Kept, Paused, resumable
 
     model = torch.nn.Linear(3, 2).double()
     nadam = torch.optim.NAdam(model.parameters())
     model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
     nadam.step()  # its float32 mu_product beside float64 weights would come back float64
     assert not resumable(nadam) and resumable(torch.optim.Adam(model.parameters()))
-    paused = Paused(lr=0.0021544346900318843, steps=16, model=None, optimizer={}, scaler=None, rng=None, train=())
-    kept = _kept_with(paused)
+    paused = Paused(lr=0.0021544346900318843, steps=16, model=None, optimizer={}, scaler=None, rng=None, train=(),
+                    nbytes=100)
+    kept = Kept(1 << 20)
+    kept.add(paused, 0.5)
     assert kept.get(0.0021544346900318843, 96) is paused and kept.get(0.0022, 96) is None  # 2% apart: another LR
     assert kept.get(0.0021544346900318843, 16) is None  # nothing to go on from
-
-
-def _kept_with(paused):
-    from babysitter.passes.lr_race import Kept
-
-    kept = Kept.__new__(Kept)
-    kept.budget, kept.held, kept.saved = 1 << 20, [(0.5, paused)], 0
-    return kept
 
 
 # -- a curve the range test cannot read: the corpus's BERT, whose loss falls only after ~50-100 steps at any LR ----

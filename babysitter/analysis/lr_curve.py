@@ -788,8 +788,8 @@ def judge_around_user(reading: LrReading, race: LrRace, rules: RaceRules,
     if yours is None or best is None:
         return reading.status, f"{reading.summary}; a race around your LR suggests {sug}", reading.advice
     after = f"after {best.steps} steps{_start(race)}"
-    if yours_as_good(race, user, best, rules):  # then yours is the suggestion: a short race's winner is no reason
-        same = yours_against(race, user, best)  # to move
+    same = yours_against(race, user, best)
+    if yours_as_good(same, best, race.start_loss, rules):  # then yours is the suggestion: a short race's winner is
         best_is = "yours is the winner" if same is best else f"the winner {w} reached {best.loss:.4g}"
         return (Status.PASS, f"{head}; a race around your LR: yours {u} trains as well as the best raced (held-out "
                              f"loss {same.loss:.4g}, {best_is}, {after}); suggested: yours, {u}", ())
@@ -810,15 +810,15 @@ def yours_against(race: LrRace, user: Optional[float], best: Optional[RaceEntry]
     return yours
 
 
-def yours_as_good(race: LrRace, user: Optional[float], best: Optional[RaceEntry], rules: RaceRules) -> bool:
-    """Whether the user's LR did as well as the winner (``as_good``, trained as many steps when it was raced that
-    long); against a plateau's best it must also have trained (lowered the held-out loss ``rules.min_drop``): on a
-    loss that barely moves, 5% of the loss is more than any LR moved it."""
-    yours = yours_against(race, user, best)
+def yours_as_good(yours: Optional[RaceEntry], best: Optional[RaceEntry], start_loss: Optional[float],
+                  rules: RaceRules) -> bool:
+    """Whether the user's LR did as well as the winner (``as_good``; ``yours`` from ``yours_against``: trained as
+    many steps when it was raced that long); against a plateau's best it must also have trained (lowered the
+    held-out loss ``rules.min_drop``): on a loss that barely moves, 5% of the loss is more than any LR moved it."""
     if yours is best:
         return yours is not None
     plateau = best is not None and best.round == "plateau"
-    return as_good(yours, best, rules) and (not plateau or trained(yours, race.start_loss, rules))
+    return as_good(yours, best, rules) and (not plateau or trained(yours, start_loss, rules))
 
 
 def as_good(yours: Optional[RaceEntry], best: Optional[RaceEntry], rules: RaceRules) -> bool:
@@ -872,8 +872,8 @@ def _around_user_reading(out: LrReading, race: LrRace, rules: RaceRules, reading
         return dataclasses.replace(out, suggested_lr=keep,
                                    summary=f"{out.summary}; a race around your LR ({lrs}): {race.reason}{then}")
     status, summary, advice = judge_around_user(out, race, rules, reading_rules)
-    keep = status is Status.PASS and yours_as_good(race, out.user_lr, race_entry(race, race.winner, FINAL_ROUNDS),
-                                                   rules)
+    best = race_entry(race, race.winner, FINAL_ROUNDS)
+    keep = status is Status.PASS and yours_as_good(yours_against(race, out.user_lr, best), best, race.start_loss, rules)
     return dataclasses.replace(out, suggested_lr=out.user_lr if keep else race.suggestion, status=status,
                                summary=summary, advice=advice)
 

@@ -86,22 +86,19 @@ class Paused:
     scaler: Optional[dict]
     rng: RngState
     train: tuple[float, ...]
+    nbytes: int  # what it holds on the host (``_state_bytes``)
 
     @classmethod
-    def capture(cls, session, stepper: Stepper, lr: float, steps: int, seen: list) -> "Paused":
+    def capture(cls, session, stepper: Stepper, lr: float, steps: int, seen: list, size: int) -> "Paused":
         scaler = stepper.scaler.state_dict() if stepper.scaler is not None else None
         return cls(lr=lr, steps=steps, model=ModelState.capture(session.model),
                    optimizer=tree_to_cpu(stepper.optimizer.state_dict()), scaler=scaler, rng=RngState.capture(),
-                   train=tuple(seen))
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes(self.optimizer) + sum(c.numel() * c.element_size() + (0 if g is None else g.numel() *
-                                            g.element_size()) for _, c, _, g in self.model.tensors.values())
+                   train=tuple(seen), nbytes=size)
 
     def resume(self, session) -> Stepper:
-        """The session's model and a fresh optimizer put in this state; a stepper over them."""
-        session.reset()
+        """The session's model and a fresh optimizer put in this state; a stepper over them. (No
+        ``session.reset()`` first: the model's values, gradients and flags, the optimizer and the RNG are all put
+        back here.)"""
         self.model.restore(onto=session.device if session.model_device is not None else None)
         optimizer = session.make_optimizer()
         if in_place_loadable(optimizer, self.optimizer):  # into the optimizer's own tensors (a user's instance keeps
@@ -169,21 +166,20 @@ def train_curve(session, lr: float, steps: int, train: list[int], held: list[int
             pending = []
             if _diverged(seen[-SYNC_EVERY:], seen[0], diverge_factor):
                 return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=True), None
-        if pause_within and i == steps - 1 and resumable(stepper.optimizer) and \
-                _state_bytes(session, stepper.optimizer) <= pause_within:
-            paused = Paused.capture(session, stepper, lr, steps, seen)
+        if pause_within and i == steps - 1 and resumable(stepper.optimizer):
+            size = _state_bytes(session, stepper.optimizer)
+            paused = Paused.capture(session, stepper, lr, steps, seen, size) if size <= pause_within else None
         if i + 1 in marks:
             losses[i + 1] = _held_out_loss(session, stepper, held)
     return TrainedCurve(lr=lr, train=tuple(seen), held_out=losses, diverged=False), paused
 
 
 class Kept:
-    """The first round's paused candidates, within ``RESUME_BYTES`` (those of the lowest held-out loss first), and
-    the steps they saved. Nothing is kept under torchrun (each rank would keep its own copies and every resume must
-    stay collective) nor when ``budget`` is 0."""
+    """The first round's paused candidates, within ``budget`` bytes (those of the lowest held-out loss first), and
+    the steps they saved. Nothing is kept when ``budget`` is 0."""
 
-    def __init__(self, session, budget: Optional[int] = None):
-        self.budget = (RESUME_BYTES if budget is None else budget) if not session.ranks.active else 0
+    def __init__(self, budget: int):
+        self.budget = budget
         self.held: list[tuple[float, Paused]] = []  # (held-out loss, paused), best first
         self.saved = 0
 
@@ -251,7 +247,7 @@ def lr_race(session, sweep: LrSweep, reading: LrReading, rules: RaceRules = Race
     session.reset()
     start = _held_out_loss(session, Stepper(session, session.make_optimizer(), scheduler=False), held)
     entries: list[RaceEntry] = []
-    kept = Kept(session)
+    kept = Kept(0 if session.ranks.active else RESUME_BYTES)  # under torchrun each rank would keep its own copies
     while True:
         todo = race_round(reading, rules, multiplier, tuple(entries), start)
         if not todo:
