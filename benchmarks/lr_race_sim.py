@@ -174,15 +174,17 @@ class Oracle:
         return near if abs(math.log10(near / lr)) < 0.01 else None
 
     def held(self, lr: float, steps: int) -> float:
-        step = _nearest(steps)
+        step = _nearest(steps)  # past the recorded STEPS: the last record
         table = {g: (c["held_out"].get(step) if c["held_out"].get(step) is not None else math.inf)
                  for g, c in self.d["curves"].items()}
         g = self._grid(lr)
         return table[g] if g is not None else _log_interp(lr, table)
 
     def diverged(self, lr: float, steps: int) -> bool:
+        """Whether the run at ``lr`` diverged within ``steps`` (a run longer than the recorded ``STEPS``, the race's
+        plateau and longer rounds, is read at ``STEPS``: it was counted diverged before, whatever it did)."""
         near = min(self.d["curves"], key=lambda g: abs(math.log10(g / lr)))
-        return _curve_diverged(self.d["curves"][near], steps, self.rules.diverge_factor)
+        return _curve_diverged(self.d["curves"][near], min(steps, STEPS), self.rules.diverge_factor)
 
     def entry(self, lr: float, steps: int, stage: str) -> RaceEntry:
         first = next((n for g, n in self.first.items() if abs(math.log10(g / lr)) < 0.01 and n < steps), 0)
