@@ -1965,11 +1965,43 @@ def _args(argv):
     ap.add_argument("--cost-only", action="store_true", help="only the sweep-cost measurement")
     ap.add_argument("--cost-repeats", type=int, default=None, help="rounds of the cost measurement (default 5)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "lr_quality.json"))
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of runs saved by --out as one (written to --out) and run nothing")
     return ap.parse_args(argv)
+
+
+def print_tables(rows: list[dict], grid: list[float], seeds: list[int], steps: int, names: list[str]) -> None:
+    """The regret tables of ``rows`` (both objectives, each half present)."""
+    print(f"LR suggestion regret: {len(grid)} LRs {grid[0]:.0e}..{grid[-1]:.0e}, {len(seeds)} seeds, {steps} steps "
+          f"per run, torch {torch.__version__}, one thread; each cell: median suggestion, its spread over seeds "
+          f"(largest / smallest), **median regret** [best, worst seed]" + (f"; options {OPTIONS}" if OPTIONS else ""))
+    for objective, half in itertools.product(OBJECTIVES, ("tune", "held")):
+        part = [r for r in rows if r["half"] == half]
+        if part:
+            print(f"\n{'Tuning' if half == 'tune' else 'Held-out'} set ({len(part)} tasks), regret of the loss on "
+                  f"{'the test set' if objective == 'test' else 'the training data'}:\n")
+            print(markdown(part, names, objective))
+
+
+def merge(paths: list[str], out: str) -> int:
+    """The tables of runs saved by ``--out`` (e.g. the halves of a set run in two processes) as one, saved to
+    ``out``; the runs must share their grid, seeds and steps."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    if any((r["grid"], r["seeds"], r["steps"]) != (first["grid"], first["seeds"], first["steps"]) for r in runs):
+        raise SystemExit(f"refused: {paths} were run with other grids, seeds or steps")
+    rows = [row for r in runs for row in r["rows"]]
+    names = [n for n in FINDERS if any(n in row["methods"] for row in rows)]
+    OPTIONS.update(first.get("options") or {})
+    print_tables(rows, first["grid"], first["seeds"], first["steps"], names)
+    Path(out).write_text(json.dumps({**first, "rows": rows, "cost": []}, indent=1, default=str))
+    return 0
 
 
 def main(argv=None) -> int:
     args = _args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     torch.set_num_threads(1)
     OPTIONS.update(json.loads(args.options) if args.options else {})
     steps = args.steps or (100 if args.quick else 150)
@@ -1985,15 +2017,7 @@ def main(argv=None) -> int:
     for half, task in ([] if args.cost_only else chosen):
         rows.append({**evaluate(task, grid, seeds, steps, cache, names), "half": half})
         print(f"  {half} {task.name}: done ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    print(f"LR suggestion regret: {len(grid)} LRs {grid[0]:.0e}..{grid[-1]:.0e}, {len(seeds)} seeds, {steps} steps "
-          f"per run, torch {torch.__version__}, one thread; each cell: median suggestion, its spread over seeds "
-          f"(largest / smallest), **median regret** [best, worst seed]" + (f"; options {OPTIONS}" if OPTIONS else ""))
-    for objective, half in itertools.product(OBJECTIVES, halves):
-        part = [r for r in rows if r["half"] == half]
-        if part:
-            print(f"\n{'Tuning' if half == 'tune' else 'Held-out'} set ({len(part)} tasks), regret of the loss on "
-                  f"{'the test set' if objective == 'test' else 'the training data'}:\n")
-            print(markdown(part, names, objective))
+    print_tables(rows, grid, seeds, steps, names)
     cost = []
     if not args.no_cost:
         repeats = args.cost_repeats or (1 if args.quick else 5)
