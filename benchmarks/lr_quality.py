@@ -4,7 +4,7 @@ Two sets of task/optimizer pairs, each task with its data generated in code, lab
 of examples (or heavy-tailed noise on a regression target) so that the best reachable loss is well above zero, and a
 test set of 1024 examples from the same generator that no run trains on.
 
-- The tuning set (``tuning_tasks``, 42), in four parts. ``first_tasks`` (14): MLPs, a 6-layer and a 4-layer MLP,
+- The tuning set (``tuning_tasks``, 50), in five parts. ``first_tasks`` (14): MLPs, a 6-layer and a 4-layer MLP,
   CNNs with and without BatchNorm, a GRU, an LSTM, a Transformer encoder, Hugging Face BERT and GPT-2 from tiny random
   configs; SGD, SGD with momentum or Nesterov, Adam, AdamW; cross-entropy and MSE. ``second_tasks`` (12), the first
   held-out set, run once as such and seen since: other data generators and shapes (1-D signals, glyph and dot-count
@@ -20,24 +20,24 @@ test set of 1024 examples from the same generator that no run trains on.
   SGD+momentum with weight decay, SGD+Nesterov, AdamW (betas 0.9/0.98), Adamax, plain SGD with weight decay, RAdam,
   centered RMSprop with momentum; Poisson NLL, BCE with logits (multi-label), MSE reconstruction.
   ``fourth_tasks`` (8), the third held-out set, run once as such and seen since: texture images, 2-D point sets on
-  shape outlines, token sequences tagged like parts of speech (ambiguous words settled by the next one), unstandardized tabular rows labelled by a
-  decision tree, seven-segment digits, a heteroscedastic regression, hidden-Markov token sequences, a three-link
+  shape outlines, token sequences tagged like parts of speech (ambiguous words settled by the next one),
+  unstandardized tabular rows labelled by a decision tree, seven-segment digits, a heteroscedastic regression, hidden-Markov token sequences, a three-link
   arm's joint positions with Student-t noise; a Hugging Face ViT from a tiny random config, a Set Transformer
   (induced set attention, attention pooling), a bidirectional LSTM tagger, a BatchNorm1d MLP, a CNN with dropout, a
   mean-and-variance MLP, a GRU language model, a tanh MLP with 6 outputs; AdamW (wd 0.05, 0.1), Adam with L2 weight
   decay, Adam, RMSprop (alpha 0.9), SGD+Nesterov with weight decay, SGD+momentum, Adagrad (initial accumulator
-  0.1); cross-entropy with label smoothing, Gaussian NLL, smooth L1 (multi-output), CE per token. lr_range's rules
-  are chosen on these 42.
-- The held-out set (``held_out_tasks``, 8): written and committed before any result on them was seen (only their
-  speed, and that their loss stays finite for 30 steps at 1e-3, were checked), and run once, after the rules were
-  final (``--half held``): images of shapes with a class per pixel, binary bar images, molecule-like graphs,
+  0.1); cross-entropy with label smoothing, Gaussian NLL, smooth L1 (multi-output), CE per token.
+  ``fifth_tasks`` (8), the fourth held-out set, run once as such (blind, ``benchmarks/out/lr_quality_held5_blind.txt``)
+  and seen since: images of shapes with a class per pixel, binary bar images, molecule-like graphs,
   waveforms of tone sequences, inputs with a random teacher's noisy soft targets, triplets of identities under a
   nuisance pose, token reviews with negations, sequences to sort; an in-tree U-Net (BatchNorm), an MLP VAE, a GCN
   on dense adjacency, a Hugging Face Wav2Vec2 for CTC and T5 from tiny random configs, a residual SwiGLU MLP with
   RMSNorm, an L2-normalized embedding MLP, Kim's text CNN; SGD with momentum 0.99, Adam with amsgrad, NAdam and
   RAdam with decoupled weight decay, AdamW, ASGD, Adadelta, Hugging Face's Adafactor at an absolute LR; CE per
   pixel, the negative ELBO (BCE + KL), CE, CTC, KL divergence to soft targets, the triplet margin loss, BCE with
-  logits on one logit, CE per token.
+  logits on one logit, CE per token. lr_range's rules are chosen on these 50.
+- The held-out set (``held_out_tasks``): written and committed before any result on them was seen, and run once,
+  after the rules were final (``--half held``).
 
 For each task and seed: train from that seed's initial model for a fixed budget (150 steps) at every LR of a
 13-point log grid from 1e-4 to 1, and at each finder's suggestion (each finder runs on that same initial model).
@@ -1226,12 +1226,12 @@ def fourth_tasks() -> list[Task]:
 
 
 def tuning_tasks() -> list[Task]:
-    """The tuning set: the 42 tasks the rules are chosen on (``first_tasks()``, ``second_tasks()``,
-    ``third_tasks()``, then ``fourth_tasks()``)."""
-    return first_tasks() + second_tasks() + third_tasks() + fourth_tasks()
+    """The tuning set: the 50 tasks the rules are chosen on (``first_tasks()``, ``second_tasks()``,
+    ``third_tasks()``, ``fourth_tasks()``, then ``fifth_tasks()``)."""
+    return first_tasks() + second_tasks() + third_tasks() + fourth_tasks() + fifth_tasks()
 
 
-# -- the held-out set: other again in data, architecture, optimizer and loss --------------------------------------
+# -- the fifth tuning tasks: the fourth held-out set, run once as such (blind) and seen since ---------------------
 # Written and committed before any result on them was seen (only their speed, and that their loss stays finite for
 # 30 steps at 1e-3, were checked).
 def scenes(n: int, size: int = 16, seed: int = 70) -> tuple:
@@ -1556,10 +1556,10 @@ def _hf_adafactor(**kw) -> Callable:
     return lambda p, lr: Adafactor(p, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False, **kw)
 
 
-def held_out_tasks() -> list[Task]:
-    """The held-out set: 8 task/optimizer pairs, each with a data generator none of the 42 tuning tasks uses and an
-    architecture, optimizer or loss none of them pairs it with; written and committed before any result on them was
-    seen (only their speed, and that their loss stays finite for 30 steps at 1e-3, were checked)."""
+def fifth_tasks() -> list[Task]:
+    """The fourth held-out set, run once as such (blind) and seen since: 8 task/optimizer pairs, each with a data
+    generator none of the 42 tuning tasks of its round used and an architecture, optimizer or loss none of them
+    paired it with."""
     t = TEST
     sc, br, mo, tw = scenes(512 + t), bars(768 + t), molecules(512 + t), tone_words(384 + t)
     st, tp, rv, so = soft_targets(768 + t), triplets(768 + t), reviews(768 + t), sorting(384 + t)
@@ -1587,7 +1587,12 @@ def held_out_tasks() -> list[Task]:
     ]
 
 
-#: the split: the 42 tuning tasks (all of them seen while the rules were tuned) and the held-out tasks, written and
+def held_out_tasks() -> list[Task]:
+    """The held-out set: none yet (the next one is written and committed before any rule of its round changes)."""
+    return []
+
+
+#: the split: the 50 tuning tasks (all of them seen while the rules were tuned) and the held-out tasks, written and
 #: committed before any result on them was seen
 SPLITS: dict[str, Callable[[], list[Task]]] = {"tune": tuning_tasks, "held": held_out_tasks}
 
@@ -1956,7 +1961,7 @@ def _args(argv):
     ap.add_argument("--steps", type=int, default=None, help="training budget per run (default 150; 100 quick)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; 2 quick)")
     ap.add_argument("--half", choices=("tune", "held", "all"), default="all",
-                    help="which set: the 42 tuning tasks, the held-out tasks, or both")
+                    help="which set: the 50 tuning tasks, the held-out tasks, or both")
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: all of the half)")
     ap.add_argument("--methods", default="", help="comma-separated finders (default: all)")
     ap.add_argument("--options", default="", help="lr_range options for babysitter, as JSON")

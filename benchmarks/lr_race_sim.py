@@ -283,7 +283,7 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("record", "eval"))
-    ap.add_argument("--tasks", default="", help="comma-separated tuning task names (default: all 42)")
+    ap.add_argument("--tasks", default="", help="comma-separated tuning task names (default: all 50)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rules", default="", help="RaceRules fields as JSON (eval)")
     ap.add_argument("--repeats", type=int, default=SweepSettings.repeats, help="sweep repeats read (eval; 3 recorded)")
