@@ -1990,12 +1990,13 @@ def print_tables(rows: list[dict], grid: list[float], seeds: list[int], steps: i
 
 def merge(paths: list[str], out: str) -> int:
     """The tables of runs saved by ``--out`` (e.g. the halves of a set run in two processes) as one, saved to
-    ``out``; the runs must share their grid, seeds and steps."""
+    ``out``, each task in the set it belongs to now (``split_of``: a held-out set's blind run is a part of the tuning
+    set once that set has joined it); the runs must share their grid, seeds and steps."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     first = runs[0]
     if any((r["grid"], r["seeds"], r["steps"]) != (first["grid"], first["seeds"], first["steps"]) for r in runs):
         raise SystemExit(f"refused: {paths} were run with other grids, seeds or steps")
-    rows = [row for r in runs for row in r["rows"]]
+    rows = [{**row, "half": split_of(row["task"])} for r in runs for row in r["rows"]]
     names = [n for n in FINDERS if any(n in row["methods"] for row in rows)]
     OPTIONS.update(first.get("options") or {})
     print_tables(rows, first["grid"], first["seeds"], first["steps"], names)
